@@ -1,0 +1,256 @@
+//! The effective configuration: what the loader produces and every other module reads.
+//!
+//! Field names follow php-fpm's directive names (dots become underscores). Defaults are
+//! php-fpm's unless a comment says otherwise. Values are already validated and resolved
+//! (durations parsed, `$pool` substituted, paths made absolute against the prefix).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration, as loaded from the main file and its includes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The main configuration file, as given (`-y`) or defaulted.
+    pub path: PathBuf,
+    /// `-p/--prefix`, if given: the base for relative paths in the config.
+    pub prefix: Option<PathBuf>,
+    pub global: GlobalConfig,
+    /// Pools in the order they first appear.
+    pub pools: Vec<PoolConfig>,
+    /// Non-fatal findings, each one line, already carrying file/section/key context
+    /// (e.g. "[pool www] 'pm.status_path' is not implemented yet; ignored").
+    pub warnings: Vec<String>,
+}
+
+/// Severity of log messages, php-fpm's `log_level` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Notice,
+    Warning,
+    Error,
+    Alert,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Alert => "alert",
+        }
+    }
+}
+
+/// Where the error log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorLog {
+    /// Standard error of the master. Our default when `error_log` is unset, so that a
+    /// foreground or systemd-run master logs somewhere visible; php-fpm defaults to
+    /// `log/php-fpm.log` under its prefix instead.
+    Stderr,
+    File(PathBuf),
+    Syslog,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalConfig {
+    pub pid: Option<PathBuf>,
+    pub error_log: ErrorLog,
+    /// Default `daemon`.
+    pub syslog_facility: String,
+    /// Default `cgi-fpm`.
+    pub syslog_ident: String,
+    /// Default notice.
+    pub log_level: LogLevel,
+    /// Default 1024 (minimum 512).
+    pub log_limit: usize,
+    /// Default yes.
+    pub log_buffering: bool,
+    /// Default 0 (off).
+    pub emergency_restart_threshold: u32,
+    /// Default 0 (off).
+    pub emergency_restart_interval: Duration,
+    /// Default 0.
+    pub process_control_timeout: Duration,
+    /// Default 0 (no limit).
+    pub process_max: u32,
+    pub process_priority: Option<i32>,
+    /// php-fpm's default is yes.
+    pub daemonize: bool,
+    pub rlimit_files: Option<u64>,
+    pub rlimit_core: Option<RlimitCore>,
+    pub events_mechanism: Option<String>,
+    /// Default 10 s; 0 disables.
+    pub systemd_interval: Duration,
+}
+
+/// `rlimit_core`: a number of bytes or `unlimited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlimitCore {
+    Unlimited,
+    Bytes(u64),
+}
+
+/// A listening address in php-fpm's forms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    /// `/path/to/socket` (anything that is neither `host:port` nor all digits).
+    Unix(PathBuf),
+    /// `ip:port`, `[ipv6]:port`, `host:port` (resolved at load time) or `*:port`.
+    Tcp(SocketAddr),
+    /// A bare `port`: every address, IPv6 and IPv4-mapped where IPv6 is available.
+    AnyPort(u16),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Unix(p) => write!(f, "{}", p.display()),
+            ListenAddress::Tcp(a) => write!(f, "{a}"),
+            ListenAddress::AnyPort(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessManager {
+    Static,
+    Dynamic,
+    Ondemand,
+}
+
+impl ProcessManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessManager::Static => "static",
+            ProcessManager::Dynamic => "dynamic",
+            ProcessManager::Ondemand => "ondemand",
+        }
+    }
+}
+
+/// `cgi.stderr`: where a CGI child's standard error goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrMode {
+    /// As FCGI_STDERR records to the web server (default; nginx logs them).
+    Fastcgi,
+    /// To the error log, one entry per line.
+    Log,
+    Both,
+    Discard,
+}
+
+impl StderrMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StderrMode::Fastcgi => "fastcgi",
+            StderrMode::Log => "log",
+            StderrMode::Both => "both",
+            StderrMode::Discard => "discard",
+        }
+    }
+}
+
+/// One `cgi.interpreter[.EXT] = program args...` mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// The extension with its leading dot, as written (`.php`); matched case-sensitively.
+    pub extension: String,
+    /// The program and its fixed arguments; the script path is appended at spawn time.
+    pub argv: Vec<String>,
+}
+
+/// The `cgi.*` directives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgiConfig {
+    pub interpreters: Vec<Interpreter>,
+    /// Canonical directories scripts must lie under; empty means anywhere.
+    pub allowed_roots: Vec<PathBuf>,
+    pub stderr: StderrMode,
+}
+
+/// `php_value[]`, `php_flag[]`, `php_admin_value[]`, `php_admin_flag[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhpSetting {
+    pub name: String,
+    pub value: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub prefix: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+
+    pub listen: ListenAddress,
+    /// Default 511.
+    pub listen_backlog: i32,
+    pub listen_owner: Option<String>,
+    pub listen_group: Option<String>,
+    /// Default 0o660.
+    pub listen_mode: u32,
+    pub listen_acl_users: Option<String>,
+    pub listen_acl_groups: Option<String>,
+    /// Empty means any client.
+    pub listen_allowed_clients: Vec<std::net::IpAddr>,
+
+    pub process_priority: Option<i32>,
+    /// Default no.
+    pub process_dumpable: bool,
+
+    pub pm: ProcessManager,
+    pub pm_max_children: u32,
+    pub pm_start_servers: u32,
+    pub pm_min_spare_servers: u32,
+    pub pm_max_spare_servers: u32,
+    /// Default 32.
+    pub pm_max_spawn_rate: u32,
+    /// Default 10 s.
+    pub pm_process_idle_timeout: Duration,
+    /// Default 0 (no limit).
+    pub pm_max_requests: u64,
+    pub pm_status_path: Option<String>,
+    pub pm_status_listen: Option<ListenAddress>,
+    pub ping_path: Option<String>,
+    /// Default `pong`.
+    pub ping_response: String,
+
+    pub access_log: Option<PathBuf>,
+    /// Default `%R - %u %t "%m %r" %s`.
+    pub access_format: String,
+    pub access_suppress_path: Vec<String>,
+
+    pub slowlog: Option<PathBuf>,
+    pub request_slowlog_timeout: Duration,
+    /// Default 20.
+    pub request_slowlog_trace_depth: u32,
+    /// Our directive: a command run on a slow request, `%p` replaced by the CGI child's pid.
+    pub request_slowlog_trace_command: Option<String>,
+    pub request_terminate_timeout: Duration,
+    pub request_terminate_timeout_track_finished: bool,
+
+    pub rlimit_files: Option<u64>,
+    pub rlimit_core: Option<RlimitCore>,
+    pub chroot: Option<PathBuf>,
+    pub chdir: Option<PathBuf>,
+    /// Default no.
+    pub catch_workers_output: bool,
+    /// Default yes.
+    pub decorate_workers_output: bool,
+    /// Default yes.
+    pub clear_env: bool,
+    /// `env[NAME] = value` in file order, later duplicates replacing earlier ones; `$VAR`
+    /// values already taken from the master's environment.
+    pub env: Vec<(String, String)>,
+    /// Extensions with their leading dot; empty means any. php-fpm's default is `.php .phar`;
+    /// ours is empty (any), since CGI scripts come in every language.
+    pub security_limit_extensions: Vec<String>,
+    pub php_settings: Vec<PhpSetting>,
+    pub cgi: CgiConfig,
+}
