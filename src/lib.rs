@@ -1,4 +1,11 @@
 //! cgi-fpm: a FastCGI process manager that runs CGI scripts in any language.
 
+pub mod cgi;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod fastcgi;
+pub mod logging;
+pub mod master;
+pub mod scoreboard;
+pub mod worker;

@@ -1,0 +1,44 @@
+#!/bin/sh
+# Install what the test suite needs on Debian or Ubuntu, only what is missing:
+# nginx and cgi-fcgi (libfcgi-bin) as independent FastCGI peers, php-cgi, perl and python3
+# for the example scripts, and a C compiler for the compiled-CGI test.
+set -eu
+
+need=""
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have nginx    || need="$need nginx"
+have cgi-fcgi || need="$need libfcgi-bin"
+have php-cgi  || need="$need php-cgi"
+have perl     || need="$need perl"
+have python3  || need="$need python3"
+have cc       || need="$need gcc libc6-dev"
+
+if [ -z "$need" ]; then
+    echo "test dependencies: all present"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing:$need; this script knows only apt-get (Debian/Ubuntu); install them by hand" >&2
+    exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install:$need" >&2; exit 1; }
+    SUDO="sudo"
+fi
+echo "installing:$need"
+# Keep package scripts from starting a system nginx or php service on public ports: the
+# tests start their own, on unix sockets and loopback only.
+policy=/usr/sbin/policy-rc.d
+created_policy=""
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    created_policy=yes
+fi
+cleanup() { [ -n "$created_policy" ] && $SUDO rm -f "$policy"; }
+trap cleanup EXIT
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+echo "test dependencies installed"

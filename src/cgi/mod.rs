@@ -1,0 +1,11 @@
+//! Running one request as a CGI child (RFC 3875): which script, its environment, and the
+//! process itself.
+
+pub mod env;
+pub mod resolve;
+pub mod response;
+pub mod spawn;
+
+pub use env::{EnvPolicy, build_env};
+pub use resolve::{Refusal, Resolved, ScriptPolicy, ScriptRequest, resolve};
+pub use spawn::{CgiChild, spawn};

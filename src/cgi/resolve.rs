@@ -1,0 +1,453 @@
+//! From a request's params to the program to run: which file, whether the pool allows it,
+//! and with which interpreter.
+//!
+//! Every refusal carries the HTTP status a user of the web server should see and a reason
+//! for the operator's log.
+
+use crate::config::{Interpreter, PoolConfig};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// What a pool allows to run, taken from its configuration once per worker.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptPolicy {
+    pub allowed_roots: Vec<PathBuf>,
+    pub limit_extensions: Vec<String>,
+    pub interpreters: Vec<Interpreter>,
+}
+
+impl ScriptPolicy {
+    pub fn from_pool(pool: &PoolConfig) -> ScriptPolicy {
+        ScriptPolicy {
+            allowed_roots: pool.cgi.allowed_roots.clone(),
+            limit_extensions: pool.security_limit_extensions.clone(),
+            interpreters: pool.cgi.interpreters.clone(),
+        }
+    }
+
+    fn interpreter_for(&self, extension: Option<&str>) -> Option<&Interpreter> {
+        let ext = extension?;
+        self.interpreters.iter().find(|i| i.extension == ext)
+    }
+}
+
+/// The request's view of where the script is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScriptRequest<'a> {
+    pub script_filename: Option<&'a [u8]>,
+    pub document_root: Option<&'a [u8]>,
+    pub script_name: Option<&'a [u8]>,
+}
+
+/// A script that may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The script as the request named it, minus any trailing path info: the value of the
+    /// child's SCRIPT_FILENAME.
+    pub script_filename: PathBuf,
+    /// The file itself, every symlink resolved: what is checked and what runs.
+    pub canonical: PathBuf,
+    /// Path components after the script (`/a.sh/x/y` → `/x/y`), when the request named a
+    /// path below the script file.
+    pub path_info: Option<OsString>,
+    /// The program and its arguments: an interpreter's argv plus the script, or the script.
+    pub argv: Vec<OsString>,
+}
+
+impl Resolved {
+    /// The working directory for the child: the script's own directory, as RFC 3875
+    /// suggests and as CGI scripts that open files relative to themselves expect.
+    pub fn directory(&self) -> &Path {
+        self.canonical.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// Why a script does not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// For the log: what exactly was wrong.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn not_found(reason: String) -> Refusal {
+        Refusal {
+            status: 404,
+            reason,
+        }
+    }
+
+    fn forbidden(reason: String) -> Refusal {
+        Refusal {
+            status: 403,
+            reason,
+        }
+    }
+}
+
+fn non_empty(v: Option<&[u8]>) -> Option<&[u8]> {
+    v.filter(|v| !v.is_empty())
+}
+
+/// The script path the request names: SCRIPT_FILENAME, else DOCUMENT_ROOT + SCRIPT_NAME.
+fn requested_path(req: &ScriptRequest<'_>) -> Result<PathBuf, Refusal> {
+    let path = if let Some(f) = non_empty(req.script_filename) {
+        PathBuf::from(OsStr::from_bytes(f))
+    } else if let (Some(root), Some(name)) =
+        (non_empty(req.document_root), non_empty(req.script_name))
+    {
+        let mut joined = root.to_vec();
+        if !name.starts_with(b"/") {
+            joined.push(b'/');
+        }
+        joined.extend_from_slice(name);
+        PathBuf::from(OsStr::from_bytes(&joined))
+    } else {
+        return Err(Refusal::not_found(
+            "the request names no script: neither SCRIPT_FILENAME nor DOCUMENT_ROOT and \
+             SCRIPT_NAME are set"
+                .into(),
+        ));
+    };
+    if !path.is_absolute() {
+        return Err(Refusal::forbidden(format!(
+            "script path '{}' is not absolute",
+            path.display()
+        )));
+    }
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(Refusal::not_found("script path contains a NUL byte".into()));
+    }
+    Ok(path)
+}
+
+/// Find the longest prefix of `path` that exists; what follows it is path info.
+///
+/// `/srv/cgi/app.sh/users/7` names `/srv/cgi/app.sh` with path info `/users/7`, which is how
+/// web servers pass PATH_INFO when they do not split it themselves.
+fn split_path_info(path: &Path) -> Result<(PathBuf, Option<OsString>, std::fs::Metadata), Refusal> {
+    let mut candidate = path.to_path_buf();
+    let mut tail: Vec<OsString> = Vec::new();
+    loop {
+        match std::fs::metadata(&candidate) {
+            Ok(meta) => {
+                if tail.is_empty() || meta.is_file() {
+                    let info = (!tail.is_empty()).then(|| {
+                        let mut info = OsString::new();
+                        for part in tail.iter().rev() {
+                            info.push("/");
+                            info.push(part);
+                        }
+                        info
+                    });
+                    return Ok((candidate, info, meta));
+                }
+                // We walked up to a directory: the named file simply does not exist.
+                return Err(Refusal::not_found(format!(
+                    "script '{}' does not exist",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Refusal::forbidden(format!(
+                    "script '{}' cannot be reached: {e}",
+                    path.display()
+                )));
+            }
+            Err(_) => {
+                let Some(name) = candidate.file_name().map(OsStr::to_os_string) else {
+                    return Err(Refusal::not_found(format!(
+                        "script '{}' does not exist",
+                        path.display()
+                    )));
+                };
+                tail.push(name);
+                if !candidate.pop() || candidate.as_os_str().len() <= 1 {
+                    return Err(Refusal::not_found(format!(
+                        "script '{}' does not exist",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn extension_of(path: &Path) -> Option<String> {
+    path.extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+}
+
+/// Resolve and vet the script a request names.
+pub fn resolve(req: &ScriptRequest<'_>, policy: &ScriptPolicy) -> Result<Resolved, Refusal> {
+    let requested = requested_path(req)?;
+    // `..` is resolved by canonicalisation below, so confinement still holds; but a request
+    // that climbs is suspicious enough to say so in the log.
+    let climbs = requested
+        .components()
+        .any(|c| matches!(c, Component::ParentDir));
+    let (script_filename, path_info, meta) = split_path_info(&requested)?;
+    if !meta.is_file() {
+        return Err(Refusal::forbidden(format!(
+            "script '{}' is not a regular file",
+            script_filename.display()
+        )));
+    }
+    let canonical = std::fs::canonicalize(&script_filename).map_err(|e| {
+        Refusal::forbidden(format!(
+            "script '{}' cannot be resolved: {e}",
+            script_filename.display()
+        ))
+    })?;
+    if !policy.allowed_roots.is_empty()
+        && !policy
+            .allowed_roots
+            .iter()
+            .any(|root| canonical.starts_with(root))
+    {
+        return Err(Refusal::forbidden(format!(
+            "script '{}'{} resolves to '{}', outside cgi.allowed_roots",
+            script_filename.display(),
+            if climbs { " (with '..')" } else { "" },
+            canonical.display()
+        )));
+    }
+    let extension = extension_of(&script_filename);
+    if !policy.limit_extensions.is_empty()
+        && !extension
+            .as_deref()
+            .is_some_and(|e| policy.limit_extensions.iter().any(|allowed| allowed == e))
+    {
+        return Err(Refusal::forbidden(format!(
+            "access to the script '{}' has been denied (see security.limit_extensions)",
+            script_filename.display()
+        )));
+    }
+    let argv = match policy.interpreter_for(extension.as_deref()) {
+        Some(interp) => {
+            if nix::unistd::access(&canonical, nix::unistd::AccessFlags::R_OK).is_err() {
+                return Err(Refusal::forbidden(format!(
+                    "script '{}' is not readable",
+                    script_filename.display()
+                )));
+            }
+            let mut argv: Vec<OsString> = interp.argv.iter().map(OsString::from).collect();
+            argv.push(script_filename.clone().into_os_string());
+            argv
+        }
+        None => {
+            let executable = meta.permissions().mode() & 0o111 != 0
+                && nix::unistd::access(&canonical, nix::unistd::AccessFlags::X_OK).is_ok();
+            if !executable {
+                return Err(Refusal::forbidden(format!(
+                    "script '{}' is not executable and no cgi.interpreter matches its extension",
+                    script_filename.display()
+                )));
+            }
+            vec![canonical.clone().into_os_string()]
+        }
+    };
+    Ok(Resolved {
+        script_filename,
+        canonical,
+        path_info,
+        argv,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    struct Tree {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let t = Tree { dir };
+            fs::create_dir(t.path("www")).expect("mkdir");
+            fs::create_dir(t.path("outside")).expect("mkdir");
+            t.file("www/run.sh", 0o755);
+            t.file("www/plain.txt", 0o644);
+            t.file("www/page.php", 0o644);
+            t.file("outside/secret.sh", 0o755);
+            t
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.dir.path().join(rel)
+        }
+
+        fn file(&self, rel: &str, mode: u32) {
+            fs::write(self.path(rel), b"#!/bin/sh\necho hi\n").expect("write");
+            fs::set_permissions(self.path(rel), fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+
+        fn policy(&self) -> ScriptPolicy {
+            ScriptPolicy {
+                allowed_roots: vec![fs::canonicalize(self.path("www")).expect("canon")],
+                limit_extensions: vec![],
+                interpreters: vec![Interpreter {
+                    extension: ".php".into(),
+                    argv: vec!["/usr/bin/php-cgi".into(), "-q".into()],
+                }],
+            }
+        }
+    }
+
+    fn by_filename(path: &Path) -> Vec<u8> {
+        path.as_os_str().as_bytes().to_vec()
+    }
+
+    fn resolve_file(path: &Path, policy: &ScriptPolicy) -> Result<Resolved, Refusal> {
+        let f = by_filename(path);
+        resolve(
+            &ScriptRequest {
+                script_filename: Some(&f),
+                ..Default::default()
+            },
+            policy,
+        )
+    }
+
+    #[test]
+    fn an_executable_runs_itself() {
+        let t = Tree::new();
+        let r = resolve_file(&t.path("www/run.sh"), &t.policy()).expect("resolves");
+        assert_eq!(r.argv, vec![r.canonical.clone().into_os_string()]);
+        assert_eq!(r.path_info, None);
+        assert_eq!(r.directory(), fs::canonicalize(t.path("www")).unwrap());
+    }
+
+    #[test]
+    fn an_interpreter_gets_the_script_as_its_last_argument() {
+        let t = Tree::new();
+        let r = resolve_file(&t.path("www/page.php"), &t.policy()).expect("resolves");
+        assert_eq!(
+            r.argv,
+            vec![
+                OsString::from("/usr/bin/php-cgi"),
+                OsString::from("-q"),
+                t.path("www/page.php").into_os_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn document_root_plus_script_name_is_the_fallback() {
+        let t = Tree::new();
+        let root = by_filename(&t.path("www"));
+        let r = resolve(
+            &ScriptRequest {
+                script_filename: Some(b""),
+                document_root: Some(&root),
+                script_name: Some(b"/run.sh"),
+            },
+            &t.policy(),
+        )
+        .expect("resolves");
+        assert_eq!(r.script_filename, t.path("www/run.sh"));
+    }
+
+    #[test]
+    fn path_info_is_split_off() {
+        let t = Tree::new();
+        let r = resolve_file(&t.path("www/run.sh/users/7"), &t.policy()).expect("resolves");
+        assert_eq!(r.script_filename, t.path("www/run.sh"));
+        assert_eq!(r.path_info, Some(OsString::from("/users/7")));
+    }
+
+    #[test]
+    fn missing_scripts_are_404() {
+        let t = Tree::new();
+        for p in ["www/nope.sh", "www/nope.sh/more", "nodir/x.sh"] {
+            let e = resolve_file(&t.path(p), &t.policy()).unwrap_err();
+            assert_eq!(e.status, 404, "{p}: {}", e.reason);
+        }
+        let e = resolve(&ScriptRequest::default(), &t.policy()).unwrap_err();
+        assert_eq!(e.status, 404);
+    }
+
+    #[test]
+    fn directories_and_relative_paths_are_403() {
+        let t = Tree::new();
+        assert_eq!(
+            resolve_file(&t.path("www"), &t.policy())
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            resolve_file(Path::new("www/run.sh"), &t.policy())
+                .unwrap_err()
+                .status,
+            403
+        );
+    }
+
+    #[test]
+    fn not_executable_without_interpreter_is_403() {
+        let t = Tree::new();
+        let e = resolve_file(&t.path("www/plain.txt"), &t.policy()).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(e.reason.contains("not executable"), "{}", e.reason);
+    }
+
+    #[test]
+    fn outside_the_roots_is_403_however_it_is_reached() {
+        let t = Tree::new();
+        symlink(t.path("outside/secret.sh"), t.path("www/link.sh")).unwrap();
+        for p in [
+            "outside/secret.sh",
+            "www/../outside/secret.sh",
+            "www/link.sh",
+        ] {
+            let e = resolve_file(&t.path(p), &t.policy()).unwrap_err();
+            assert_eq!(e.status, 403, "{p}");
+            assert!(
+                e.reason.contains("outside cgi.allowed_roots"),
+                "{}",
+                e.reason
+            );
+        }
+        // A symlink that stays inside is fine, and what runs is its target.
+        symlink(t.path("www/run.sh"), t.path("www/alias.sh")).unwrap();
+        let r = resolve_file(&t.path("www/alias.sh"), &t.policy()).expect("resolves");
+        assert_eq!(r.canonical, fs::canonicalize(t.path("www/run.sh")).unwrap());
+        assert_eq!(r.script_filename, t.path("www/alias.sh"));
+    }
+
+    #[test]
+    fn no_roots_means_anywhere() {
+        let t = Tree::new();
+        let mut policy = t.policy();
+        policy.allowed_roots.clear();
+        assert!(resolve_file(&t.path("outside/secret.sh"), &policy).is_ok());
+    }
+
+    #[test]
+    fn limit_extensions_refuse_others() {
+        let t = Tree::new();
+        let mut policy = t.policy();
+        policy.limit_extensions = vec![".php".into()];
+        assert!(resolve_file(&t.path("www/page.php"), &policy).is_ok());
+        let e = resolve_file(&t.path("www/run.sh"), &policy).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(e.reason.contains("security.limit_extensions"));
+        t.file("www/noext", 0o755);
+        assert_eq!(
+            resolve_file(&t.path("www/noext"), &policy)
+                .unwrap_err()
+                .status,
+            403
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The error log in php-fpm's format: `[22-Nov-2026 10:00:00] NOTICE: message`.
+//!
+//! A `log` backend that writes each entry with a single write(2) to one descriptor (fd 2
+//! unless told otherwise), so lines from the master and every worker sharing an O_APPEND
+//! file never interleave. The process is single-threaded, so plain atomics are enough.
+
+use crate::config::LogLevel;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+/// `log::error!(target: ALERT, ...)` logs at php-fpm's ALERT level.
+pub const ALERT: &str = "alert";
+
+struct Logger {
+    fd: AtomicI32,
+    level: AtomicU8,
+}
+
+static LOGGER: Logger = Logger {
+    fd: AtomicI32::new(2),
+    level: AtomicU8::new(LogLevel::Notice as u8),
+};
+
+fn level_from_u8(v: u8) -> LogLevel {
+    match v {
+        0 => LogLevel::Debug,
+        1 => LogLevel::Notice,
+        2 => LogLevel::Warning,
+        3 => LogLevel::Error,
+        _ => LogLevel::Alert,
+    }
+}
+
+fn level_of(record_level: log::Level, target: &str) -> LogLevel {
+    match record_level {
+        log::Level::Error if target == ALERT => LogLevel::Alert,
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warning,
+        log::Level::Info => LogLevel::Notice,
+        log::Level::Debug | log::Level::Trace => LogLevel::Debug,
+    }
+}
+
+fn label(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Debug => "DEBUG",
+        LogLevel::Notice => "NOTICE",
+        LogLevel::Warning => "WARNING",
+        LogLevel::Error => "ERROR",
+        LogLevel::Alert => "ALERT",
+    }
+}
+
+/// Local time as `22-Nov-2026 10:00:00`, php-fpm's error-log timestamp.
+pub fn timestamp() -> String {
+    strftime_now(c"%d-%b-%Y %H:%M:%S")
+}
+
+/// Format the current local time with a strftime(3) pattern.
+pub fn strftime_now(pattern: &std::ffi::CStr) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as nix::libc::time_t)
+        .unwrap_or(0);
+    strftime_at(now, pattern)
+}
+
+/// Format a Unix time in local time with a strftime(3) pattern.
+pub fn strftime_at(when: nix::libc::time_t, pattern: &std::ffi::CStr) -> String {
+    let mut tm = std::mem::MaybeUninit::<nix::libc::tm>::zeroed();
+    let mut buf = [0u8; 128];
+    // SAFETY: localtime_r writes only into `tm`, which is large enough and zero-initialised;
+    // strftime writes at most buf.len() bytes into `buf` and returns how many it wrote.
+    let len = unsafe {
+        if nix::libc::localtime_r(&when, tm.as_mut_ptr()).is_null() {
+            return when.to_string();
+        }
+        nix::libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            pattern.as_ptr(),
+            tm.as_ptr(),
+        )
+    };
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        level_of(metadata.level(), metadata.target()) as u8 >= self.level.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = level_of(record.level(), record.target());
+        let mut line = String::with_capacity(128);
+        let _ = write!(
+            line,
+            "[{}] {}: {}",
+            timestamp(),
+            label(level),
+            record.args()
+        );
+        line.push('\n');
+        write_all_fd(self.fd.load(Ordering::Relaxed), line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Write everything, retrying short writes; a log that cannot be written is dropped, since
+/// there is nowhere left to report that.
+fn write_all_fd(fd: i32, mut bytes: &[u8]) {
+    // SAFETY: the descriptor is the log's, kept open for the process's lifetime.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Install the logger. Safe to call more than once (later calls only change the level).
+pub fn init(level: LogLevel) {
+    set_level(level);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+pub fn set_level(level: LogLevel) {
+    LOGGER.level.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn level() -> LogLevel {
+    level_from_u8(LOGGER.level.load(Ordering::Relaxed))
+}
+
+/// Send log lines to another descriptor (which must stay open).
+pub fn set_fd(fd: i32) {
+    LOGGER.fd.store(fd, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_map_to_php_fpm_labels() {
+        assert_eq!(label(level_of(log::Level::Error, ALERT)), "ALERT");
+        assert_eq!(label(level_of(log::Level::Error, "x")), "ERROR");
+        assert_eq!(label(level_of(log::Level::Warn, "x")), "WARNING");
+        assert_eq!(label(level_of(log::Level::Info, "x")), "NOTICE");
+        assert_eq!(label(level_of(log::Level::Debug, "x")), "DEBUG");
+    }
+
+    #[test]
+    fn level_round_trips_through_u8() {
+        for l in [
+            LogLevel::Debug,
+            LogLevel::Notice,
+            LogLevel::Warning,
+            LogLevel::Error,
+            LogLevel::Alert,
+        ] {
+            assert_eq!(level_from_u8(l as u8), l);
+        }
+    }
+
+    #[test]
+    fn timestamp_has_php_fpm_shape() {
+        // 22-Nov-2026 10:00:00
+        let t = strftime_at(0, c"%d-%b-%Y %H:%M:%S");
+        assert_eq!(t.len(), 20, "{t}");
+        assert_eq!(&t[2..3], "-");
+        assert_eq!(&t[6..7], "-");
+        assert_eq!(&t[11..12], " ");
+    }
+}

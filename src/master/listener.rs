@@ -1,0 +1,197 @@
+//! Pool listening sockets, created by the master and shared with its workers.
+
+use crate::config::{ListenAddress, PoolConfig};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr, bind, listen,
+    setsockopt, socket, sockopt,
+};
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{Gid, Group, Uid, User, chown};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// A bound, listening, non-blocking socket.
+#[derive(Debug)]
+pub struct Listener {
+    pub address: ListenAddress,
+    fd: OwnedFd,
+    /// The socket file we created, removed again when we stop.
+    unix_path: Option<PathBuf>,
+}
+
+impl Listener {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Close the socket and remove its file.
+    pub fn close(self) {
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Open the pool's socket. Errors name the pool and address.
+pub fn open(pool: &PoolConfig) -> Result<Listener, String> {
+    let context = |what: &str, e: &dyn std::fmt::Display| {
+        format!("[pool {}] listen {}: {what}: {e}", pool.name, pool.listen)
+    };
+    let backlog = Backlog::new(pool.listen_backlog.clamp(-1, i32::MAX))
+        .map_err(|e| context("invalid listen.backlog", &e))?;
+    match &pool.listen {
+        ListenAddress::Unix(path) => open_unix(pool, path, backlog),
+        ListenAddress::Tcp(addr) => {
+            let fd = open_tcp(*addr, false).map_err(|e| context("bind", &e))?;
+            listen(&fd, backlog).map_err(|e| context("listen", &e))?;
+            Ok(Listener {
+                address: pool.listen.clone(),
+                fd,
+                unix_path: None,
+            })
+        }
+        ListenAddress::AnyPort(port) => {
+            // Every address: IPv6 with IPv4-mapped, or IPv4 alone where IPv6 is off.
+            let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, *port, 0, 0));
+            let fd = match open_tcp(v6, true) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EAFNOSUPPORT) => {
+                    let v4 = SocketAddr::from(([0, 0, 0, 0], *port));
+                    open_tcp(v4, false).map_err(|e| context("bind", &e))?
+                }
+                Err(e) => return Err(context("bind", &e)),
+            };
+            listen(&fd, backlog).map_err(|e| context("listen", &e))?;
+            Ok(Listener {
+                address: pool.listen.clone(),
+                fd,
+                unix_path: None,
+            })
+        }
+    }
+}
+
+fn open_tcp(addr: SocketAddr, dual_stack: bool) -> nix::Result<OwnedFd> {
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = match addr {
+        SocketAddr::V4(a) => {
+            let fd = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+            fd
+        }
+        SocketAddr::V6(a) => {
+            let fd = socket(AddressFamily::Inet6, SockType::Stream, flags, None)?;
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            setsockopt(&fd, sockopt::Ipv6V6Only, &!dual_stack)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+            fd
+        }
+    };
+    Ok(fd)
+}
+
+fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listener, String> {
+    let context = |what: &str, e: &dyn std::fmt::Display| {
+        format!(
+            "[pool {}] listen {}: {what}: {e}",
+            pool.name,
+            path.display()
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "[pool {}] listen {}: another cgi-fpm (or php-fpm) instance seems to already listen on it",
+                    pool.name,
+                    path.display()
+                ));
+            }
+            // A socket file nobody answers on is left over from a crash: replace it.
+            std::fs::remove_file(path).map_err(|e| context("removing the stale socket", &e))?;
+        }
+        Ok(_) => {
+            return Err(context(
+                "refusing to replace it",
+                &"it exists and is not a socket",
+            ));
+        }
+        Err(_) => {}
+    }
+    let owner = resolve_owner(pool)?;
+    let addr = UnixAddr::new(path).map_err(|e| context("invalid socket path", &e))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| context("socket", &e))?;
+    // The mode is set through the umask at bind time, so the socket never exists with
+    // looser permissions than configured, not even for an instant.
+    let mode = Mode::from_bits_truncate(pool.listen_mode & 0o777);
+    let saved = umask(Mode::from_bits_truncate(0o777) & !mode);
+    let bound = bind(fd.as_raw_fd(), &addr);
+    umask(saved);
+    bound.map_err(|e| context("bind", &e))?;
+    let listener = Listener {
+        address: pool.listen.clone(),
+        fd,
+        unix_path: Some(path.to_path_buf()),
+    };
+    if let Some((uid, gid)) = owner
+        && let Err(e) = chown(path, uid, gid)
+    {
+        listener.close();
+        return Err(context("chown", &e));
+    }
+    if let Err(e) = listen(&listener.fd, backlog) {
+        listener.close();
+        return Err(context("listen", &e));
+    }
+    Ok(listener)
+}
+
+/// listen.owner / listen.group as ids, when either is set.
+fn resolve_owner(pool: &PoolConfig) -> Result<Option<(Option<Uid>, Option<Gid>)>, String> {
+    if pool.listen_owner.is_none() && pool.listen_group.is_none() {
+        return Ok(None);
+    }
+    let uid = match &pool.listen_owner {
+        None => None,
+        Some(name) => Some(lookup_user(name).ok_or_else(|| {
+            format!(
+                "[pool {}] listen.owner: cannot get uid for user '{name}'",
+                pool.name
+            )
+        })?),
+    };
+    let gid = match &pool.listen_group {
+        None => None,
+        Some(name) => Some(lookup_group(name).ok_or_else(|| {
+            format!(
+                "[pool {}] listen.group: cannot get gid for group '{name}'",
+                pool.name
+            )
+        })?),
+    };
+    Ok(Some((uid, gid)))
+}
+
+fn lookup_user(name: &str) -> Option<Uid> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Some(Uid::from_raw(id));
+    }
+    User::from_name(name).ok().flatten().map(|u| u.uid)
+}
+
+fn lookup_group(name: &str) -> Option<Gid> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Some(Gid::from_raw(id));
+    }
+    Group::from_name(name).ok().flatten().map(|g| g.gid)
+}

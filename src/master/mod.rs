@@ -1,0 +1,492 @@
+//! The master process: one thread, one mio loop. It owns the listening sockets and the
+//! scoreboards, forks the workers, reaps and replaces them, and acts on signals. It never
+//! accepts a pool connection itself.
+
+mod listener;
+
+use crate::config::Config;
+use crate::scoreboard::Scoreboard;
+use crate::worker::{self, WorkerSpec};
+use listener::Listener;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook_mio::v1_0::Signals;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(0);
+/// The maintenance tick, as php-fpm's.
+const TICK: Duration = Duration::from_secs(1);
+/// A worker that exits sooner than this after its start counts as failing to start.
+const QUICK_EXIT: Duration = Duration::from_secs(1);
+/// The longest wait before another start attempt for a pool whose workers keep failing.
+const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
+/// How long a fast stop waits at least before SIGKILL: a worker gives its CGI child two
+/// seconds between TERM and KILL, and needs a moment to reap it.
+const MIN_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Command-line settings that shape the run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `-g`: overrides the config's pid file.
+    pub pid_file: Option<std::path::PathBuf>,
+}
+
+struct Pool {
+    config_index: usize,
+    listener: Listener,
+    scoreboard: Scoreboard,
+    /// Consecutive workers that died right after starting.
+    quick_failures: u32,
+    respawn_at: Option<Instant>,
+}
+
+struct Child {
+    pool: usize,
+    slot: usize,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    /// QUIT: workers finish the request in hand.
+    Finishing {
+        escalate_at: Option<Instant>,
+    },
+    /// TERM/INT: workers stop now.
+    Terminating {
+        kill_at: Instant,
+        killed: bool,
+    },
+}
+
+pub struct Master {
+    config: Config,
+    pools: Vec<Pool>,
+    children: HashMap<Pid, Child>,
+    state: State,
+    inherited_env: Vec<(OsString, OsString)>,
+    pid_file: Option<std::path::PathBuf>,
+}
+
+/// Start the master on a checked configuration and run until stopped.
+/// Returns the process exit code.
+pub fn run(config: Config, options: RunOptions) -> i32 {
+    let mut master = match Master::start(config, options) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("{e}");
+            log::error!("FPM initialization failed");
+            return 78;
+        }
+    };
+    let code = master.event_loop();
+    master.shutdown();
+    code
+}
+
+impl Master {
+    fn start(config: Config, options: RunOptions) -> Result<Master, String> {
+        let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
+        for (config_index, pool) in config.pools.iter().enumerate() {
+            let opened = listener::open(pool).and_then(|listener| {
+                match Scoreboard::new(pool.pm_max_children as usize) {
+                    Ok(scoreboard) => Ok((listener, scoreboard)),
+                    Err(e) => {
+                        listener.close();
+                        Err(format!(
+                            "[pool {}] cannot create the scoreboard: {e}",
+                            pool.name
+                        ))
+                    }
+                }
+            });
+            match opened {
+                Ok((listener, scoreboard)) => {
+                    log::debug!("[pool {}] listening on {}", pool.name, listener.address);
+                    pools.push(Pool {
+                        config_index,
+                        listener,
+                        scoreboard,
+                        quick_failures: 0,
+                        respawn_at: None,
+                    })
+                }
+                Err(e) => {
+                    // Leave no socket file behind for pools that did open.
+                    pools.into_iter().for_each(|p| p.listener.close());
+                    return Err(e);
+                }
+            }
+        }
+        let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
+        let master = Master {
+            config,
+            pools,
+            children: HashMap::new(),
+            state: State::Running,
+            inherited_env: std::env::vars_os().collect(),
+            pid_file,
+        };
+        if let Some(path) = &master.pid_file
+            && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+        {
+            let err = format!("failed to write the pid file '{}': {e}", path.display());
+            master.close_listeners();
+            return Err(err);
+        }
+        Ok(master)
+    }
+
+    fn close_listeners(self) {
+        for pool in self.pools {
+            pool.listener.close();
+        }
+    }
+
+    fn event_loop(&mut self) -> i32 {
+        let mut poll = match Poll::new() {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("epoll_create failed: {e}");
+                return 71;
+            }
+        };
+        let mut signals =
+            match Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP]) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("failed to install signal handlers: {e}");
+                    return 71;
+                }
+            };
+        if let Err(e) = poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+        {
+            log::error!("failed to watch signals: {e}");
+            return 71;
+        }
+        log::info!("fpm is running, pid {}", std::process::id());
+        self.maintain_pools();
+        log::info!("ready to handle connections");
+
+        let mut events = Events::with_capacity(64);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = poll.poll(&mut events, Some(timeout))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("epoll_wait failed: {e}");
+                return 71;
+            }
+            for signal in signals.pending() {
+                self.on_signal(signal);
+            }
+            self.reap_children();
+            match self.state {
+                State::Running => self.maintain_pools(),
+                _ => {
+                    if self.children.is_empty() {
+                        return 0;
+                    }
+                    self.escalate_stop();
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut next = now + TICK;
+        for pool in &self.pools {
+            if let Some(at) = pool.respawn_at {
+                next = next.min(at);
+            }
+        }
+        match self.state {
+            State::Finishing {
+                escalate_at: Some(at),
+            } => next = next.min(at),
+            State::Terminating {
+                kill_at,
+                killed: false,
+            } => next = next.min(kill_at),
+            _ => {}
+        }
+        next.saturating_duration_since(now)
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        match signal {
+            SIGCHLD => {}
+            SIGTERM | SIGINT => self.terminate(),
+            SIGQUIT => self.finish(),
+            SIGUSR1 | SIGUSR2 | SIGHUP => {
+                log::warn!(
+                    "received {}: not implemented yet; ignored",
+                    signal_name(signal)
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Fast stop: workers kill their CGI children and exit; KILL after a grace period.
+    fn terminate(&mut self) {
+        if matches!(self.state, State::Terminating { .. }) {
+            return;
+        }
+        log::info!("Terminating ...");
+        let grace = self
+            .config
+            .global
+            .process_control_timeout
+            .max(MIN_STOP_GRACE);
+        self.state = State::Terminating {
+            kill_at: Instant::now() + grace,
+            killed: false,
+        };
+        self.signal_children(Signal::SIGTERM);
+    }
+
+    /// Graceful stop: workers finish the request in hand, then exit.
+    fn finish(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        log::info!("Finishing ...");
+        let timeout = self.config.global.process_control_timeout;
+        self.state = State::Finishing {
+            escalate_at: (!timeout.is_zero()).then(|| Instant::now() + timeout),
+        };
+        self.signal_children(Signal::SIGQUIT);
+    }
+
+    fn escalate_stop(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            State::Finishing {
+                escalate_at: Some(at),
+            } if now >= at => {
+                log::warn!(
+                    "process_control_timeout ({}s) passed with {} worker(s) still busy; terminating them",
+                    self.config.global.process_control_timeout.as_secs(),
+                    self.children.len()
+                );
+                self.state = State::Running;
+                self.terminate();
+            }
+            State::Terminating {
+                kill_at,
+                killed: false,
+            } if now >= kill_at => {
+                log::warn!(
+                    "{} worker(s) still running after SIGTERM; sending SIGKILL",
+                    self.children.len()
+                );
+                self.signal_children(Signal::SIGKILL);
+                self.state = State::Terminating {
+                    kill_at,
+                    killed: true,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    fn signal_children(&self, signal: Signal) {
+        for pid in self.children.keys() {
+            let _ = kill(*pid, signal);
+        }
+        if signal == Signal::SIGKILL {
+            // A worker killed outright cannot stop its CGI child; do it for it.
+            for pool in &self.pools {
+                for slot in pool.scoreboard.slots() {
+                    let cgi = slot.cgi_pid.load(Ordering::Relaxed);
+                    if cgi > 0 {
+                        let _ = killpg(Pid::from_raw(cgi), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reap_children(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.on_child_exit(status)
+                }
+                Ok(_) => {}
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log::error!("waitpid() failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_child_exit(&mut self, status: WaitStatus) {
+        let Some(pid) = status.pid() else { return };
+        let Some(child) = self.children.remove(&pid) else {
+            return;
+        };
+        let Some(pool) = self.pools.get_mut(child.pool) else {
+            return;
+        };
+        let name = &self.config.pools[pool.config_index].name;
+        let lived = child.started.elapsed();
+        let stopping = self.state != State::Running;
+        let (how, clean) = match status {
+            WaitStatus::Exited(_, code) => (format!("exited with code {code}"), code == 0),
+            WaitStatus::Signaled(_, sig, core) => (
+                format!(
+                    "exited on signal {} ({}{})",
+                    sig as i32,
+                    sig.as_str(),
+                    if core { " - core dumped" } else { "" }
+                ),
+                stopping && matches!(sig, Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGKILL),
+            ),
+            _ => return,
+        };
+        let line = format!(
+            "[pool {name}] child {pid} {how} after {}.{:06} seconds from start",
+            lived.as_secs(),
+            lived.subsec_micros()
+        );
+        if clean {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+        if let Some(slot) = pool.scoreboard.slot(child.slot) {
+            // A worker that died abruptly leaves its CGI child behind; nobody else will
+            // ever read its output or stop it.
+            let cgi = slot.cgi_pid.load(Ordering::Relaxed);
+            if cgi > 0 && matches!(status, WaitStatus::Signaled(..)) {
+                let _ = killpg(Pid::from_raw(cgi), Signal::SIGKILL);
+                log::warn!("[pool {name}] killed CGI process group {cgi} left by child {pid}");
+            }
+            slot.release();
+        }
+        if stopping {
+            return;
+        }
+        if lived < QUICK_EXIT && !clean {
+            pool.quick_failures += 1;
+            if pool.quick_failures >= 2 {
+                let delay = Duration::from_millis(100 << (pool.quick_failures - 2).min(7))
+                    .min(MAX_RESPAWN_DELAY);
+                pool.respawn_at = Some(Instant::now() + delay);
+                log::warn!(
+                    "[pool {name}] workers keep exiting right after they start; next start in {}.{:03}s",
+                    delay.as_secs(),
+                    delay.subsec_millis()
+                );
+            }
+        } else {
+            pool.quick_failures = 0;
+        }
+    }
+
+    /// Bring each pool to its worker count.
+    fn maintain_pools(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.pools.len() {
+            let pool = &self.pools[index];
+            if pool.respawn_at.is_some_and(|at| now < at) {
+                continue;
+            }
+            let wanted = self.config.pools[pool.config_index].pm_max_children as usize;
+            let running = self.children.values().filter(|c| c.pool == index).count();
+            for _ in running..wanted {
+                if let Err(e) = self.spawn_worker(index) {
+                    log::error!("{e}");
+                    break;
+                }
+            }
+            self.pools[index].respawn_at = None;
+        }
+    }
+
+    fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
+        let pool = &self.pools[index];
+        let config = &self.config.pools[pool.config_index];
+        let slot_index = pool
+            .scoreboard
+            .free_slot()
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+        let slot = pool
+            .scoreboard
+            .slot(slot_index)
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+        // Reserve before forking so the worker never races our bookkeeping.
+        slot.claim(-1);
+
+        // Signals stay blocked across fork: the worker must not run the master's handlers
+        // before it has replaced them.
+        let mut saved = SigSet::empty();
+        let _ = sigprocmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut saved),
+        );
+        // SAFETY: the master is single-threaded, so the child inherits no lock held by
+        // another thread. The child never returns into the master's code: worker::run
+        // ends with _exit.
+        let forked = unsafe { fork() };
+        match forked {
+            Ok(ForkResult::Child) => worker::run(WorkerSpec {
+                pool: config,
+                scoreboard: &pool.scoreboard,
+                slot_index,
+                listener: pool.listener.raw_fd(),
+                inherited_env: self.inherited_env.clone(),
+            }),
+            Ok(ForkResult::Parent { child }) => {
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+                slot.pid.store(child.as_raw(), Ordering::Release);
+                log::info!("[pool {}] child {} started", config.name, child);
+                self.children.insert(
+                    child,
+                    Child {
+                        pool: index,
+                        slot: slot_index,
+                        started: Instant::now(),
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+                slot.release();
+                Err(format!("[pool {}] fork() failed: {e}", config.name))
+            }
+        }
+    }
+
+    fn shutdown(self) {
+        if let Some(path) = &self.pid_file {
+            let _ = std::fs::remove_file(path);
+        }
+        self.close_listeners();
+        log::info!("exiting, bye-bye!");
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    Signal::try_from(signal)
+        .map(Signal::as_str)
+        .unwrap_or("signal")
+}

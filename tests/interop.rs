@@ -1,0 +1,228 @@
+//! Interoperability with FastCGI peers nobody here wrote: nginx (`fastcgi_pass`) and
+//! `cgi-fcgi` from Debian's libfcgi-bin.
+
+mod common;
+
+use common::http;
+use common::nginx::{Nginx, Upstream};
+use common::{Fpm, examples_dir, require_tool, which};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// An example scripts tree for nginx's document root: the repo's examples plus a compiled
+/// binary and the PHP pool, so each example answers at /cgi-bin/<name>.
+struct Site {
+    fpm: Fpm,
+}
+
+fn site(workers: u32, listen_tcp: bool) -> Site {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::os::unix::fs::symlink(examples_dir(), www.join("cgi-bin")).expect("symlink");
+    let php = which("php-cgi")
+        .map(|p| format!("cgi.interpreter[.php] = {}", p.display()))
+        .unwrap_or_default();
+    let (listen, address) = if listen_tcp {
+        let port = free_port();
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
+    } else {
+        let sock = dir.path().join("www.sock").display().to_string();
+        (sock.clone(), sock)
+    };
+    let config = format!(
+        "[www]\nlisten = {listen}\npm = static\npm.max_children = {workers}\n\
+         cgi.allowed_roots = {www} {examples}\n\
+         cgi.interpreter[.py] = /usr/bin/env python3\n\
+         cgi.interpreter[.pl] = /usr/bin/perl\n{php}\n\
+         env[PATH] = /usr/local/bin:/usr/bin:/bin\n",
+        www = www.display(),
+        examples = examples_dir().display(),
+    );
+    Site {
+        fpm: Fpm::start_with(dir, &config, &address),
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Site {
+    fn docroot(&self) -> std::path::PathBuf {
+        self.fpm.path("www")
+    }
+
+    fn upstream(&self, keepalive: Option<u32>) -> Upstream {
+        let server = if self.fpm.address.starts_with('/') {
+            format!("unix:{}", self.fpm.address)
+        } else {
+            self.fpm.address.clone()
+        };
+        Upstream { server, keepalive }
+    }
+}
+
+/// Every example through nginx: right status, headers and body.
+fn check_examples_through_nginx(nginx: &Nginx) {
+    let mut cases = vec![
+        ("/cgi-bin/hello.sh?x=1", "Hello from sh via cgi-fpm"),
+        ("/cgi-bin/hello.py?x=1", "Hello from python3 via cgi-fpm"),
+        ("/cgi-bin/hello.pl?x=1", "Hello from perl via cgi-fpm"),
+    ];
+    if which("php-cgi").is_some() {
+        cases.push(("/cgi-bin/hello.php?x=1", "Hello from PHP via cgi-fpm"));
+    }
+    for (target, expected) in cases {
+        let r = http::get(&nginx.socket, target).expect("HTTP request");
+        assert_eq!(
+            r.status,
+            200,
+            "{target}: {}\n{}",
+            r.text(),
+            nginx.error_log()
+        );
+        assert!(
+            r.header("Content-Type")
+                .is_some_and(|v| v.starts_with("text/plain")),
+            "{target}: {:?}",
+            r.headers
+        );
+        let body = r.text();
+        assert!(body.contains(expected), "{target}: {body}");
+        assert!(body.contains("method=GET query=x=1"), "{target}: {body}");
+    }
+    let r = http::get(&nginx.socket, "/cgi-bin/nope.sh").expect("HTTP request");
+    assert_eq!(r.status, 404, "missing script through nginx");
+
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let r = http::request(&nginx.socket, "POST", "/cgi-bin/echo.sh", &[], &body)
+        .expect("POST through nginx");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == body,
+        "echo through nginx differs ({} bytes back)",
+        r.body.len()
+    );
+
+    let r = http::request(
+        &nginx.socket,
+        "GET",
+        "/cgi-bin/env.sh/some/path?q=v",
+        &[("X-Test-Header", "interop")],
+        b"",
+    )
+    .expect("env through nginx");
+    let text = r.text();
+    assert!(text.contains("HTTP_X_TEST_HEADER=interop"), "{text}");
+    assert!(text.contains("QUERY_STRING=q=v"), "{text}");
+    assert!(text.contains("REQUEST_METHOD=GET"), "{text}");
+}
+
+#[test]
+fn nginx_over_a_unix_socket() {
+    let site = site(2, false);
+    let Some(nginx) = Nginx::start(&site.upstream(None), &site.docroot()) else {
+        return;
+    };
+    check_examples_through_nginx(&nginx);
+}
+
+#[test]
+fn nginx_over_tcp() {
+    let site = site(2, true);
+    let Some(nginx) = Nginx::start(&site.upstream(None), &site.docroot()) else {
+        return;
+    };
+    check_examples_through_nginx(&nginx);
+}
+
+#[test]
+fn nginx_with_kept_connections() {
+    let site = site(3, false);
+    let Some(nginx) = Nginx::start(&site.upstream(Some(2)), &site.docroot()) else {
+        return;
+    };
+    check_examples_through_nginx(&nginx);
+    // Many requests over few kept connections: all succeed, and the workers accepted far
+    // fewer connections than there were requests.
+    for i in 0..40 {
+        let r = http::get(&nginx.socket, &format!("/cgi-bin/hello.sh?i={i}")).expect("request");
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains(&format!("query=i={i}")));
+    }
+}
+
+#[test]
+fn cgi_fcgi_bind_connect_runs_each_example() {
+    if !require_tool("cgi-fcgi") {
+        return;
+    }
+    let site = site(2, false);
+    let ex = examples_dir();
+    let mut cases = vec![
+        ("hello.sh", "Hello from sh via cgi-fpm"),
+        ("hello.py", "Hello from python3 via cgi-fpm"),
+        ("hello.pl", "Hello from perl via cgi-fpm"),
+    ];
+    if which("php-cgi").is_some() {
+        cases.push(("hello.php", "Hello from PHP via cgi-fpm"));
+    }
+    for (script, expected) in cases {
+        let out = cgi_fcgi(&site.fpm.address, &ex.join(script), "GET", "k=v", b"");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("Content-Type: text/plain"),
+            "{script}: {text}"
+        );
+        assert!(text.contains(expected), "{script}: {text}");
+        assert!(text.contains("method=GET query=k=v"), "{script}: {text}");
+    }
+    let body = b"posted through cgi-fcgi";
+    let out = cgi_fcgi(&site.fpm.address, &ex.join("echo.sh"), "POST", "", body);
+    assert!(out.ends_with(body), "{}", String::from_utf8_lossy(&out));
+    let out = cgi_fcgi(&site.fpm.address, &ex.join("missing.sh"), "GET", "", b"");
+    assert!(
+        String::from_utf8_lossy(&out).contains("Status: 404"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// `cgi-fcgi -bind -connect` sends its own environment as the params and its stdin as the
+/// body, and prints the response.
+fn cgi_fcgi(
+    address: &str,
+    script: &std::path::Path,
+    method: &str,
+    query: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("cgi-fcgi")
+        .args(["-bind", "-connect", address])
+        .env_clear()
+        .env("SCRIPT_FILENAME", script)
+        .env("REQUEST_METHOD", method)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cgi-fcgi");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(body).expect("write body");
+    drop(stdin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "cgi-fcgi hung");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("cgi-fcgi output");
+    out.stdout
+}
