@@ -2,6 +2,7 @@
 //! `${ENV}`, durations and booleans as php-fpm reads them, plus our `cgi.*` keys.
 
 mod directives;
+mod dump;
 mod ini;
 mod load;
 mod model;
@@ -102,8 +103,7 @@ fn load_with_env(
 
 /// The effective configuration in php-fpm's `-tt` style: every directive, one per line.
 pub fn dump(config: &Config) -> String {
-    let _ = config;
-    todo!("config dump")
+    dump::render(config)
 }
 
 /// Every directive the loader knows, array ones written `env[]`, `cgi.interpreter[]`, ...

@@ -276,6 +276,37 @@ fn realistic_configuration_loads() {
 }
 
 #[test]
+fn realistic_configuration_dumps_every_directive() {
+    let files = realistic();
+    let config = files.loaded("cgi-fpm.conf");
+    let text = dump(&config);
+    for name in directive_names()
+        .into_iter()
+        .filter(|&name| name != "include")
+    {
+        let key = name.trim_end_matches("[]");
+        let present = text.lines().any(|line| {
+            line.starts_with(&format!("{key} =")) || line.starts_with(&format!("{key}["))
+        });
+        // php-fpm dumps flags among the values; the sample sets no suppressed path.
+        let not_in_sample = matches!(
+            name,
+            "access.suppress_path[]" | "php_flag[]" | "php_admin_flag[]"
+        );
+        assert!(
+            present || not_in_sample,
+            "{name} is not in the dump:\n{text}"
+        );
+    }
+    assert!(text.contains("[www]\n"));
+    assert!(text.contains("php_value[display_errors] = 0\n"));
+    assert!(text.contains("php_admin_value[error_log] = /var/log/fpm-php.www.log\n"));
+    assert!(text.contains("pm.start_servers = 4\n"));
+    assert!(text.contains("listen = 127.0.0.1:9100\n"));
+    assert!(text.contains("log_level = warning\n"));
+}
+
+#[test]
 fn prefix_is_the_base_for_paths_and_includes() {
     let files = Files::new();
     files.write(
