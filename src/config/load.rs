@@ -32,6 +32,8 @@ pub(super) struct PoolDraft {
     /// Where the pool's section first appears.
     pub opened_at: Location,
     pub seen: Seen,
+    /// Directives whose value was refused: already reported, so not "missing" as well.
+    pub rejected: HashSet<&'static str>,
 }
 
 impl PoolDraft {
@@ -45,8 +47,9 @@ impl PoolDraft {
 /// Everything read, before the checks that need the whole picture.
 pub(super) struct Draft {
     pub global: GlobalConfig,
-    pub global_seen: Seen,
     pub pools: Vec<PoolDraft>,
+    /// False when the main file itself could not be read.
+    pub main_read: bool,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<String>,
 }
@@ -75,8 +78,8 @@ pub(super) fn read(main: &Path, include_base: Option<&Path>, env: EnvLookup) -> 
         include_base,
         draft: Draft {
             global: GlobalConfig::default(),
-            global_seen: Seen::new(),
             pools: Vec::new(),
+            main_read: false,
             errors: Vec::new(),
             warnings: Vec::new(),
         },
@@ -84,7 +87,7 @@ pub(super) fn read(main: &Path, include_base: Option<&Path>, env: EnvLookup) -> 
         warned_later: HashSet::new(),
         open_files: 0,
     };
-    reader.read_file(main, None);
+    reader.draft.main_read = reader.read_file(main, None);
     reader.draft
 }
 
@@ -100,7 +103,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn read_file(&mut self, path: &Path, included_at: Option<&Location>) {
+    /// Whether the file could be read; the errors in it are collected either way.
+    fn read_file(&mut self, path: &Path, included_at: Option<&Location>) -> bool {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -115,7 +119,7 @@ impl Reader<'_> {
                         message: format!("cannot read the configuration file: {error}"),
                     },
                 });
-                return;
+                return false;
             }
         };
         self.open_files += 1;
@@ -134,6 +138,7 @@ impl Reader<'_> {
             }
         }
         self.open_files -= 1;
+        true
     }
 
     fn current_section(&self) -> Option<&str> {
@@ -162,6 +167,7 @@ impl Reader<'_> {
                 config: PoolConfig::new(&name, directives::unset_listen()),
                 opened_at: location,
                 seen: Seen::new(),
+                rejected: HashSet::new(),
             });
             self.draft.pools.len() - 1
         }));
@@ -239,6 +245,9 @@ impl Reader<'_> {
             }
         };
         if let Err(why) = outcome {
+            if let Some(pool) = self.current_pool {
+                self.draft.pools[pool].rejected.insert(directive.name);
+            }
             let error = self.error(
                 &location,
                 Some(shown_key),
@@ -258,11 +267,9 @@ impl Reader<'_> {
             );
             self.draft.warnings.push(warning.to_string());
         }
-        let seen = match self.current_pool {
-            Some(pool) => &mut self.draft.pools[pool].seen,
-            None => &mut self.draft.global_seen,
-        };
-        seen.insert(directive.name, location);
+        if let Some(pool) = self.current_pool {
+            self.draft.pools[pool].seen.insert(directive.name, location);
+        }
     }
 
     /// php-fpm replaces `$pool` with the pool's name in every value, and refuses it where

@@ -438,17 +438,11 @@ fn unreadable_files_are_errors() {
     if let Err(error) = std::os::unix::fs::symlink(files.path("gone"), files.path("links/x.conf")) {
         panic!("symlink: {error}");
     }
-    let errors = files
-        .load("missing.conf")
-        .err()
-        .map(|e| joined(&e))
-        .unwrap_or_default();
-    assert!(
-        errors.starts_with(&format!(
-            "[{}] cannot read the configuration file:",
-            files.path("missing.conf").display()
-        )),
-        "{errors}"
+    assert_eq!(
+        files.errors("missing.conf"),
+        [
+            "[DIR/missing.conf] cannot read the configuration file: No such file or directory (os error 2)"
+        ]
     );
     let errors = files.errors("main.conf");
     assert_eq!(
@@ -599,9 +593,24 @@ fn bad_values_name_the_key_and_value() {
             "[DIR/main.conf:11] [pool www] 'cgi.interpreter[.py]': invalid value 'python3': the program 'python3' must be an absolute path",
             "[DIR/main.conf:12] [pool www] 'security.limit_extensions': invalid value '.php php': 'php' is not an extension: it must start with '.'",
             "[DIR/main.conf:13] [pool www] 'catch_workers_output': invalid value '2': expected yes or no (also on/off, true/false, 1/0)",
+        ]
+    );
+}
+
+#[test]
+fn mandatory_directives() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        "[global]\n\n[www]\npm = dynamic\n[api]\nlisten = 9001\n",
+    );
+    assert_eq!(
+        files.errors("main.conf"),
+        [
             "[DIR/main.conf:3] [pool www] 'listen': no listen address has been defined",
-            "[DIR/main.conf:3] [pool www] 'pm': the process manager is missing (static, dynamic or ondemand)",
             "[DIR/main.conf:3] [pool www] 'pm.max_children': is not set: it must be a positive value",
+            "[DIR/main.conf:5] [pool api] 'pm': the process manager is missing (static, dynamic or ondemand)",
+            "[DIR/main.conf:5] [pool api] 'pm.max_children': is not set: it must be a positive value",
         ]
     );
 }

@@ -33,12 +33,12 @@ pub(super) fn finish(draft: Draft, origin: &Origin) -> Result<Config, Vec<Config
     let Draft {
         global,
         pools: pool_drafts,
+        main_read,
         mut errors,
         mut warnings,
-        ..
     } = draft;
     let global = resolve_global_paths(global, origin.base);
-    if pool_drafts.is_empty() {
+    if pool_drafts.is_empty() && main_read {
         errors.push(ConfigError {
             file: Some(origin.main.to_path_buf()),
             line: None,
@@ -107,6 +107,11 @@ impl PoolChecks<'_> {
         self.pool.seen.contains_key(key)
     }
 
+    /// Set, or set to a value already reported as invalid.
+    fn is_given(&self, key: &str) -> bool {
+        self.is_set(key) || self.pool.rejected.contains(key)
+    }
+
     fn fail(&mut self, key: &str, message: String) {
         let error = self.pool.error(key, message);
         self.errors.push(error);
@@ -135,7 +140,10 @@ impl PoolChecks<'_> {
 
     fn check_listen(&mut self) {
         if !self.is_set("listen") {
-            return self.fail("listen", "no listen address has been defined".to_string());
+            if !self.is_given("listen") {
+                self.fail("listen", "no listen address has been defined".to_string());
+            }
+            return;
         }
         let listen = self.resolve_socket(&self.pool.config.listen.clone(), "listen");
         self.config().listen = listen;
@@ -162,13 +170,17 @@ impl PoolChecks<'_> {
     }
 
     fn check_process_manager(&mut self) {
-        if !self.is_set("pm") {
+        if !self.is_given("pm") {
             let message = "the process manager is missing (static, dynamic or ondemand)";
             self.fail("pm", message.to_string());
         }
         if !self.is_set("pm.max_children") {
-            let message = "is not set: it must be a positive value";
-            self.fail("pm.max_children", message.to_string());
+            if !self.is_given("pm.max_children") {
+                let message = "is not set: it must be a positive value";
+                self.fail("pm.max_children", message.to_string());
+            }
+            // The spare-server rules compare with it: checking them now would only mislead.
+            return;
         }
         match self.pool.config.pm {
             ProcessManager::Static => {}
@@ -404,8 +416,11 @@ impl PoolChecks<'_> {
             .cgi
             .interpreters
             .iter()
-            .filter(|interpreter| !is_executable_file(Path::new(&interpreter.argv[0])))
-            .map(|interpreter| (interpreter.extension.clone(), interpreter.argv[0].clone()))
+            .filter_map(|interpreter| {
+                let program = interpreter.argv.first()?;
+                let missing = !is_executable_file(Path::new(program));
+                missing.then(|| (interpreter.extension.clone(), program.clone()))
+            })
             .collect();
         for (extension, program) in missing {
             let message = format!(
