@@ -224,52 +224,57 @@ impl Reader<'_> {
                 return self.draft.errors.push(error);
             }
         };
+        let index = entry.index.as_deref().unwrap_or("");
+        let (outcome, notes) = self.run_setter(directive.apply, index, &value);
+        if let Err(why) = outcome {
+            if let Some(pool) = self.current_pool {
+                self.draft.pools[pool].rejected.insert(directive.name);
+            }
+            let message = format!("invalid value '{value}': {why}");
+            let error = self.error(&location, Some(shown_key), message);
+            return self.draft.errors.push(error);
+        }
+        for note in notes {
+            let warning = self.error(&location, Some(shown_key), note);
+            self.draft.warnings.push(warning.to_string());
+        }
+        if directive.status == Status::Later && self.warned_later.insert(directive.name) {
+            let message = format!("'{}' is not implemented yet; ignored", directive.name);
+            let warning = self.error(&location, None, message);
+            self.draft.warnings.push(warning.to_string());
+        }
+        if let Some(pool) = self.current_pool {
+            self.draft.pools[pool].seen.insert(directive.name, location);
+        }
+    }
+
+    /// Stores `value` in the current section; also returns the setter's remarks.
+    fn run_setter(
+        &mut self,
+        apply: Apply,
+        index: &str,
+        value: &str,
+    ) -> (Result<(), String>, Vec<String>) {
         let mut context = ValueContext {
             env: self.env,
             notes: Vec::new(),
         };
-        let index = entry.index.as_deref().unwrap_or("");
-        let outcome = match (directive.apply, self.current_pool) {
-            (Apply::Global(set), _) => set(&mut self.draft.global, &value, &mut context),
+        let outcome = match (apply, self.current_pool) {
+            (Apply::Global(set), _) => set(&mut self.draft.global, value, &mut context),
             (Apply::Pool(set), Some(pool)) => {
-                set(&mut self.draft.pools[pool].config, &value, &mut context)
+                set(&mut self.draft.pools[pool].config, value, &mut context)
             }
             (Apply::PoolArray(set), Some(pool)) => set(
                 &mut self.draft.pools[pool].config,
                 index,
-                &value,
+                value,
                 &mut context,
             ),
             (Apply::Pool(_) | Apply::PoolArray(_), None) | (Apply::Include, _) => {
                 unreachable!("lookup only finds pool directives inside a pool")
             }
         };
-        if let Err(why) = outcome {
-            if let Some(pool) = self.current_pool {
-                self.draft.pools[pool].rejected.insert(directive.name);
-            }
-            let error = self.error(
-                &location,
-                Some(shown_key),
-                format!("invalid value '{value}': {why}"),
-            );
-            return self.draft.errors.push(error);
-        }
-        for note in context.notes {
-            let warning = self.error(&location, Some(shown_key), note);
-            self.draft.warnings.push(warning.to_string());
-        }
-        if directive.status == Status::Later && self.warned_later.insert(directive.name) {
-            let warning = self.error(
-                &location,
-                None,
-                format!("'{}' is not implemented yet; ignored", directive.name),
-            );
-            self.draft.warnings.push(warning.to_string());
-        }
-        if let Some(pool) = self.current_pool {
-            self.draft.pools[pool].seen.insert(directive.name, location);
-        }
+        (outcome, context.notes)
     }
 
     /// php-fpm replaces `$pool` with the pool's name in every value, and refuses it where
