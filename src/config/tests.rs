@@ -75,6 +75,18 @@ impl Files {
         }
     }
 
+    /// As [`Files::errors`], each starting at its section: for checks that are about pools,
+    /// not lines.
+    fn errors_without_files(&self, main: &str) -> Vec<String> {
+        self.errors(main)
+            .into_iter()
+            .map(|error| match error.split_once("] [") {
+                Some((_, rest)) => format!("[{rest}"),
+                None => error,
+            })
+            .collect()
+    }
+
     fn relative(&self, text: &str) -> String {
         text.replace(&self.dir.path().display().to_string(), "DIR")
     }
@@ -719,14 +731,7 @@ fn dynamic_rules() {
         ]
         .concat(),
     );
-    let errors: Vec<String> = files
-        .errors("main.conf")
-        .into_iter()
-        .map(|e| {
-            e.split_once("] [")
-                .map_or(e.clone(), |(_, rest)| format!("[{rest}"))
-        })
-        .collect();
+    let errors = files.errors_without_files("main.conf");
     assert_eq!(
         errors,
         [
@@ -819,14 +824,7 @@ fn status_and_ping_paths() {
         ]
         .concat(),
     );
-    let errors: Vec<String> = files
-        .errors("main.conf")
-        .into_iter()
-        .map(|e| {
-            e.split_once("] [")
-                .map_or(e.clone(), |(_, rest)| format!("[{rest}"))
-        })
-        .collect();
+    let errors = files.errors_without_files("main.conf");
     assert_eq!(
         errors,
         [
@@ -873,14 +871,7 @@ fn slowlog_rules() {
         ]
         .concat(),
     );
-    let errors: Vec<String> = files
-        .errors("main.conf")
-        .into_iter()
-        .map(|e| {
-            e.split_once("] [")
-                .map_or(e.clone(), |(_, rest)| format!("[{rest}"))
-        })
-        .collect();
+    let errors = files.errors_without_files("main.conf");
     assert_eq!(
         errors,
         [

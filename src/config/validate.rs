@@ -95,7 +95,8 @@ impl PoolChecks<'_> {
         self.check_process_manager();
         self.check_status_and_ping();
         self.check_logs();
-        self.check_chroot_and_chdir();
+        self.check_chroot();
+        self.check_chdir();
         self.check_cgi();
     }
 
@@ -127,13 +128,7 @@ impl PoolChecks<'_> {
             return;
         };
         let prefix = self.base.join(prefix);
-        if !prefix.is_dir() {
-            let message = format!(
-                "the prefix '{}' does not exist or is not a directory",
-                prefix.display()
-            );
-            self.fail("prefix", message);
-        }
+        self.require_directory("prefix", "the prefix", &prefix);
         self.base = prefix.clone();
         self.config().prefix = Some(prefix);
     }
@@ -322,21 +317,31 @@ impl PoolChecks<'_> {
         }
     }
 
-    fn check_chroot_and_chdir(&mut self) {
-        if let Some(chroot) = self.pool.config.chroot.take() {
-            let chroot = match self.expand_prefix(&chroot) {
-                Ok(chroot) => chroot,
-                Err(message) => return self.fail("chroot", message),
-            };
-            if !chroot.is_dir() {
-                let message = format!(
-                    "the chroot path '{}' does not exist or is not a directory",
-                    chroot.display()
-                );
-                self.fail("chroot", message);
-            }
-            self.config().chroot = Some(chroot);
+    fn require_directory(&mut self, key: &str, what: &str, path: &Path) {
+        if !path.is_dir() {
+            let message = format!(
+                "{what} '{}' does not exist or is not a directory",
+                path.display()
+            );
+            self.fail(key, message);
         }
+    }
+
+    fn check_chroot(&mut self) {
+        let Some(chroot) = self.pool.config.chroot.take() else {
+            return;
+        };
+        match self.expand_prefix(&chroot) {
+            Ok(chroot) => {
+                self.require_directory("chroot", "the chroot path", &chroot);
+                self.config().chroot = Some(chroot);
+            }
+            Err(message) => self.fail("chroot", message),
+        }
+    }
+
+    /// Checked inside the chroot when there is one, where the workers will look for it.
+    fn check_chdir(&mut self) {
         let Some(chdir) = self.pool.config.chdir.take() else {
             return;
         };
@@ -345,13 +350,7 @@ impl PoolChecks<'_> {
             Some(chroot) => chroot.join(chdir.strip_prefix("/").unwrap_or(&chdir)),
             None => chdir.clone(),
         };
-        if !inside.is_dir() {
-            let message = format!(
-                "the chdir path '{}' does not exist or is not a directory",
-                inside.display()
-            );
-            self.fail("chdir", message);
-        }
+        self.require_directory("chdir", "the chdir path", &inside);
         self.config().chdir = Some(chdir);
     }
 
