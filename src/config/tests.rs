@@ -974,7 +974,6 @@ fn every_error_is_reported_at_once() {
         "main.conf",
         "[global]\nfoo = 1\nbar\n[www]\nlisten = 0\nlisten = /run/ok.sock\npm = static\n",
     );
-    files.write("more.conf", "x = 1\n");
     let errors = files.errors("main.conf");
     assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(errors[3].contains("'pm.max_children': is not set"));
