@@ -1,7 +1,15 @@
 //! Configuration in php-fpm's INI dialect: `[global]` and pool sections, includes, `$pool`,
 //! `${ENV}`, durations and booleans as php-fpm reads them, plus our `cgi.*` keys.
 
+mod directives;
+mod dump;
+mod ini;
+mod load;
 mod model;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod values;
 
 pub use model::*;
 
@@ -40,13 +48,65 @@ impl fmt::Display for ConfigError {
 }
 
 /// Load, validate and resolve the configuration at `path`.
+///
+/// `prefix` is `-p`: the base for relative paths and include patterns. Without it, relative
+/// paths are taken from the directory of `path`, and include patterns from the directory of
+/// the file that names them. On success, [`Config::warnings`] holds the findings that are not
+/// fatal; on failure, every error found is returned, not only the first.
 pub fn load(path: &Path, prefix: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
-    let _ = (path, prefix);
-    todo!("config loader")
+    load_with_env(path, prefix, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with `${VAR}` and `env[X] = $VAR` looked up in `env` instead of the process
+/// environment, so tests need not change it.
+fn load_with_env(
+    path: &Path,
+    prefix: Option<&Path>,
+    env: ini::EnvLookup,
+) -> Result<Config, Vec<ConfigError>> {
+    let fail = |message: String| {
+        Err(vec![ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            section: None,
+            key: None,
+            message,
+        }])
+    };
+    let base = match prefix {
+        Some(prefix) if !prefix.is_dir() => {
+            let message = format!(
+                "the global prefix '{}' does not exist or is not a directory",
+                prefix.display()
+            );
+            return fail(message);
+        }
+        Some(prefix) => std::path::absolute(prefix),
+        None => std::path::absolute(path).map(|main| match main.parent() {
+            Some(directory) => directory.to_path_buf(),
+            None => PathBuf::from("/"),
+        }),
+    };
+    let base = match base {
+        Ok(base) => base,
+        Err(error) => return fail(format!("cannot make the base directory absolute: {error}")),
+    };
+    let include_base = prefix.map(|_| base.as_path());
+    let draft = load::read(path, include_base, env);
+    let origin = validate::Origin {
+        main: path,
+        prefix,
+        base: &base,
+    };
+    validate::finish(draft, &origin)
 }
 
 /// The effective configuration in php-fpm's `-tt` style: every directive, one per line.
 pub fn dump(config: &Config) -> String {
-    let _ = config;
-    todo!("config dump")
+    dump::render(config)
+}
+
+/// Every directive the loader knows, array ones written `env[]`, `cgi.interpreter[]`, ...
+pub fn directive_names() -> Vec<&'static str> {
+    directives::names()
 }

@@ -5,8 +5,12 @@
 //! (durations parsed, `$pool` substituted, paths made absolute against the prefix).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// php-fpm's default `access.format`.
+pub const DEFAULT_ACCESS_FORMAT: &str = "%R - %u %t \"%m %r\" %s";
 
 /// The whole configuration, as loaded from the main file and its includes.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +90,33 @@ pub struct GlobalConfig {
     pub events_mechanism: Option<String>,
     /// Default 10 s; 0 disables.
     pub systemd_interval: Duration,
+    /// Prefix of the process titles; unset means `cgi-fpm`.
+    pub proctitle_prefix: Option<String>,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        GlobalConfig {
+            pid: None,
+            error_log: ErrorLog::Stderr,
+            syslog_facility: "daemon".to_string(),
+            syslog_ident: "cgi-fpm".to_string(),
+            log_level: LogLevel::Notice,
+            log_limit: 1024,
+            log_buffering: true,
+            emergency_restart_threshold: 0,
+            emergency_restart_interval: Duration::ZERO,
+            process_control_timeout: Duration::ZERO,
+            process_max: 0,
+            process_priority: None,
+            daemonize: true,
+            rlimit_files: None,
+            rlimit_core: None,
+            events_mechanism: None,
+            systemd_interval: Duration::from_secs(10),
+            proctitle_prefix: None,
+        }
+    }
 }
 
 /// `rlimit_core`: a number of bytes or `unlimited`.
@@ -199,6 +230,8 @@ pub struct PoolConfig {
     pub listen_acl_groups: Option<String>,
     /// Empty means any client.
     pub listen_allowed_clients: Vec<std::net::IpAddr>,
+    /// FreeBSD routing table (`SO_SETFIB`); unset means the default table.
+    pub listen_setfib: Option<u32>,
 
     pub process_priority: Option<i32>,
     /// Default no.
@@ -252,5 +285,92 @@ pub struct PoolConfig {
     /// ours is empty (any), since CGI scripts come in every language.
     pub security_limit_extensions: Vec<String>,
     pub php_settings: Vec<PhpSetting>,
+    /// AppArmor hat to change to in the workers.
+    pub apparmor_hat: Option<String>,
     pub cgi: CgiConfig,
+}
+
+impl PoolConfig {
+    /// A pool with every default as the loader applies it: `pm = static` with one worker,
+    /// no limits, logs or checks. Meant for tests and for building pools in code.
+    pub fn new(name: &str, listen: ListenAddress) -> Self {
+        PoolConfig {
+            name: name.to_string(),
+            prefix: None,
+            user: None,
+            group: None,
+            listen,
+            listen_backlog: 511,
+            listen_owner: None,
+            listen_group: None,
+            listen_mode: 0o660,
+            listen_acl_users: None,
+            listen_acl_groups: None,
+            listen_allowed_clients: Vec::new(),
+            listen_setfib: None,
+            process_priority: None,
+            process_dumpable: false,
+            pm: ProcessManager::Static,
+            pm_max_children: 1,
+            pm_start_servers: 0,
+            pm_min_spare_servers: 0,
+            pm_max_spare_servers: 0,
+            pm_max_spawn_rate: 32,
+            pm_process_idle_timeout: Duration::from_secs(10),
+            pm_max_requests: 0,
+            pm_status_path: None,
+            pm_status_listen: None,
+            ping_path: None,
+            ping_response: "pong".to_string(),
+            access_log: None,
+            access_format: DEFAULT_ACCESS_FORMAT.to_string(),
+            access_suppress_path: Vec::new(),
+            slowlog: None,
+            request_slowlog_timeout: Duration::ZERO,
+            request_slowlog_trace_depth: 20,
+            request_slowlog_trace_command: None,
+            request_terminate_timeout: Duration::ZERO,
+            request_terminate_timeout_track_finished: false,
+            rlimit_files: None,
+            rlimit_core: None,
+            chroot: None,
+            chdir: None,
+            catch_workers_output: false,
+            decorate_workers_output: true,
+            clear_env: true,
+            env: Vec::new(),
+            security_limit_extensions: Vec::new(),
+            php_settings: Vec::new(),
+            apparmor_hat: None,
+            cgi: CgiConfig {
+                interpreters: Vec::new(),
+                allowed_roots: Vec::new(),
+                stderr: StderrMode::Fastcgi,
+            },
+        }
+    }
+
+    /// Whether `security.limit_extensions` lets `script` run: it must end with one of the
+    /// extensions and be longer than it, as php-fpm compares them. An empty list allows any.
+    pub fn limits_extension_ok(&self, script: &Path) -> bool {
+        let script = script.as_os_str().as_bytes();
+        self.security_limit_extensions.is_empty()
+            || self.security_limit_extensions.iter().any(|extension| {
+                script.len() > extension.len() && script.ends_with(extension.as_bytes())
+            })
+    }
+
+    /// The `cgi.interpreter[]` mapping for `script`, by the longest matching extension
+    /// (so `.tar.gz` wins over `.gz`); `None` means the script is run itself.
+    pub fn interpreter_for(&self, script: &Path) -> Option<&Interpreter> {
+        let script = script.as_os_str().as_bytes();
+        self.cgi
+            .interpreters
+            .iter()
+            .filter(|interpreter| {
+                script.len() > interpreter.extension.len()
+                    && script.ends_with(interpreter.extension.as_bytes())
+            })
+            .max_by_key(|interpreter| interpreter.extension.len())
+    }
 }

@@ -1,0 +1,498 @@
+//! The checks php-fpm makes once everything is read (fpm_conf.c `fpm_conf_process_all_pools`
+//! and `fpm_conf_post_process`), path resolution, and our `cgi.*` checks. Every problem is
+//! collected; nothing stops at the first.
+//!
+//! Relative paths (pid, error_log, listen sockets, access.log, slowlog, chroot, chdir,
+//! cgi.allowed_roots) are taken from the pool's `prefix` when it has one, else from the `-p`
+//! prefix when given, else from the directory of the main configuration file. php-fpm falls
+//! back to its build prefix instead, which a separate program cannot share; the config file's
+//! own directory is the one place a relative path can sensibly mean.
+
+use super::ConfigError;
+use super::load::{Draft, PoolDraft, error_at};
+use super::model::{Config, ErrorLog, GlobalConfig, ListenAddress, PoolConfig, ProcessManager};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// `sun_path` holds 108 bytes on Linux, one of them the terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// php-fpm's `FPM_BACKLOG_DEFAULT`, the least it accepts for ondemand pools.
+const ONDEMAND_MIN_BACKLOG: i32 = 511;
+
+/// Where a configuration came from and what its relative paths mean.
+pub(super) struct Origin<'a> {
+    pub main: &'a Path,
+    pub prefix: Option<&'a Path>,
+    /// Absolute: the prefix, or the main file's directory.
+    pub base: &'a Path,
+}
+
+pub(super) fn finish(draft: Draft, origin: &Origin) -> Result<Config, Vec<ConfigError>> {
+    let Draft {
+        global,
+        pools: pool_drafts,
+        main_read,
+        mut errors,
+        mut warnings,
+    } = draft;
+    let global = resolve_global_paths(global, origin.base);
+    if pool_drafts.is_empty() && main_read {
+        errors.push(ConfigError {
+            file: Some(origin.main.to_path_buf()),
+            line: None,
+            section: None,
+            key: None,
+            message: "No pool defined. at least one pool section must be specified in config file"
+                .to_string(),
+        });
+    }
+    let mut checked = Vec::new();
+    for pool in pool_drafts {
+        let mut checks = PoolChecks {
+            pool,
+            base: origin.base.to_path_buf(),
+            errors: &mut errors,
+            warnings: &mut warnings,
+        };
+        checks.run();
+        checked.push(checks.pool);
+    }
+    check_listen_conflicts(&checked, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        path: origin.main.to_path_buf(),
+        prefix: origin.prefix.map(Path::to_path_buf),
+        global,
+        pools: checked.into_iter().map(|draft| draft.config).collect(),
+        warnings,
+    })
+}
+
+fn resolve_global_paths(mut global: GlobalConfig, base: &Path) -> GlobalConfig {
+    global.pid = global.pid.map(|pid| base.join(pid));
+    if let ErrorLog::File(file) = &global.error_log {
+        global.error_log = ErrorLog::File(base.join(file));
+    }
+    global
+}
+
+struct PoolChecks<'a> {
+    pool: PoolDraft,
+    /// The pool's prefix once checked, else the configuration's base.
+    base: PathBuf,
+    errors: &'a mut Vec<ConfigError>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl PoolChecks<'_> {
+    fn run(&mut self) {
+        self.check_prefix();
+        self.check_listen();
+        self.check_process_manager();
+        self.check_status_and_ping();
+        self.check_logs();
+        self.check_chroot();
+        self.check_chdir();
+        self.check_cgi();
+    }
+
+    fn config(&mut self) -> &mut PoolConfig {
+        &mut self.pool.config
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        self.pool.seen.contains_key(key)
+    }
+
+    /// Set, or set to a value already reported as invalid.
+    fn is_given(&self, key: &str) -> bool {
+        self.is_set(key) || self.pool.rejected.contains(key)
+    }
+
+    fn fail(&mut self, key: &str, message: String) {
+        let error = self.pool.error(key, message);
+        self.errors.push(error);
+    }
+
+    fn warn(&mut self, key: &str, message: String) {
+        let warning = self.pool.error(key, message);
+        self.warnings.push(warning.to_string());
+    }
+
+    fn check_prefix(&mut self) {
+        let Some(prefix) = self.pool.config.prefix.take() else {
+            return;
+        };
+        let prefix = self.base.join(prefix);
+        self.require_directory("prefix", "the prefix", &prefix);
+        self.base = prefix.clone();
+        self.config().prefix = Some(prefix);
+    }
+
+    fn check_listen(&mut self) {
+        if !self.is_set("listen") {
+            if !self.is_given("listen") {
+                self.fail("listen", "no listen address has been defined".to_string());
+            }
+            return;
+        }
+        let listen = self.resolve_socket(&self.pool.config.listen.clone(), "listen");
+        self.config().listen = listen;
+        if let Some(status_listen) = self.pool.config.pm_status_listen.clone() {
+            let status_listen = self.resolve_socket(&status_listen, "pm.status_listen");
+            self.config().pm_status_listen = Some(status_listen);
+        }
+    }
+
+    fn resolve_socket(&mut self, address: &ListenAddress, key: &str) -> ListenAddress {
+        let ListenAddress::Unix(path) = address else {
+            return address.clone();
+        };
+        let path = self.base.join(path);
+        let length = path.as_os_str().as_bytes().len();
+        if length > MAX_UNIX_SOCKET_PATH {
+            let message = format!(
+                "the unix socket path '{}' is too long ({length} bytes, at most {MAX_UNIX_SOCKET_PATH})",
+                path.display()
+            );
+            self.fail(key, message);
+        }
+        ListenAddress::Unix(path)
+    }
+
+    fn check_process_manager(&mut self) {
+        if !self.is_given("pm") {
+            let message = "the process manager is missing (static, dynamic or ondemand)";
+            self.fail("pm", message.to_string());
+        }
+        if !self.is_set("pm.max_children") {
+            if !self.is_given("pm.max_children") {
+                let message = "is not set: it must be a positive value";
+                self.fail("pm.max_children", message.to_string());
+            }
+            // The spare-server rules compare with it: checking them now would only mislead.
+            return;
+        }
+        match self.pool.config.pm {
+            ProcessManager::Static => {}
+            ProcessManager::Dynamic => self.check_dynamic(),
+            ProcessManager::Ondemand => self.check_ondemand(),
+        }
+        let pm = self.pool.config.pm;
+        if self.is_set("pm") && pm != ProcessManager::Static {
+            let message = format!(
+                "pm = {} is not implemented yet; running as static with pm.max_children workers",
+                pm.as_str()
+            );
+            self.warn("pm", message);
+        }
+    }
+
+    fn check_dynamic(&mut self) {
+        let config = &self.pool.config;
+        let (max_children, min, max) = (
+            config.pm_max_children,
+            config.pm_min_spare_servers,
+            config.pm_max_spare_servers,
+        );
+        let errors_before = self.errors.len();
+        if min == 0 {
+            let message = format!("pm.min_spare_servers({min}) must be a positive value");
+            self.fail("pm.min_spare_servers", message);
+        }
+        if max == 0 {
+            let message = format!("pm.max_spare_servers({max}) must be a positive value");
+            self.fail("pm.max_spare_servers", message);
+        }
+        if min > max_children || max > max_children {
+            let key = match min > max_children {
+                true => "pm.min_spare_servers",
+                false => "pm.max_spare_servers",
+            };
+            let message = format!(
+                "pm.min_spare_servers({min}) and pm.max_spare_servers({max}) cannot be greater than pm.max_children({max_children})"
+            );
+            self.fail(key, message);
+        }
+        if max < min {
+            let message = format!(
+                "pm.max_spare_servers({max}) must not be less than pm.min_spare_servers({min})"
+            );
+            self.fail("pm.max_spare_servers", message);
+        }
+        if self.errors.len() > errors_before {
+            return;
+        }
+        let start = self.pool.config.pm_start_servers;
+        if start == 0 {
+            self.config().pm_start_servers = min + (max - min) / 2;
+        } else if start < min || start > max {
+            let message = format!(
+                "pm.start_servers({start}) must not be less than pm.min_spare_servers({min}) and not greater than pm.max_spare_servers({max})"
+            );
+            self.fail("pm.start_servers", message);
+        }
+    }
+
+    fn check_ondemand(&mut self) {
+        let idle_timeout = self.pool.config.pm_process_idle_timeout;
+        if idle_timeout.is_zero() {
+            let message = format!(
+                "pm.process_idle_timeout({}s) must be greater than 0s",
+                idle_timeout.as_secs()
+            );
+            self.fail("pm.process_idle_timeout", message);
+        }
+        // -1 asks the kernel for its maximum, which is not too low.
+        let backlog = self.pool.config.listen_backlog;
+        if (0..ONDEMAND_MIN_BACKLOG).contains(&backlog) {
+            let message = format!(
+                "listen.backlog({backlog}) was too low for the ondemand process manager; raised to {ONDEMAND_MIN_BACKLOG}"
+            );
+            self.warn("listen.backlog", message);
+            self.config().listen_backlog = ONDEMAND_MIN_BACKLOG;
+        }
+        let config = self.config();
+        config.pm_start_servers = 0;
+        config.pm_min_spare_servers = 0;
+        config.pm_max_spare_servers = 0;
+    }
+
+    fn check_status_and_ping(&mut self) {
+        let has_status_listener = self.pool.config.pm_status_listen.is_some();
+        if has_status_listener && self.pool.config.pm_status_path.is_none() {
+            // php-fpm answers status on every path of the dedicated listener.
+            self.config().pm_status_path = Some("/".to_string());
+        }
+        if let Some(path) = self.pool.config.pm_status_path.clone() {
+            let min_length = if has_status_listener { 1 } else { 2 };
+            if let Err(problem) = web_path_problem(&path, min_length) {
+                self.fail(
+                    "pm.status_path",
+                    format!("the status path '{path}' {problem}"),
+                );
+            }
+        }
+        if let Some(path) = self.pool.config.ping_path.clone() {
+            if let Err(problem) = web_path_problem(&path, 2) {
+                self.fail("ping.path", format!("the ping path '{path}' {problem}"));
+            }
+            if self.pool.config.ping_response.is_empty() {
+                let message = "the ping response page '' is not long enough".to_string();
+                self.fail("ping.response", message);
+            }
+        }
+    }
+
+    fn check_logs(&mut self) {
+        let base = self.base.clone();
+        let config = self.config();
+        config.access_log = config.access_log.as_ref().map(|log| base.join(log));
+        config.slowlog = config.slowlog.as_ref().map(|log| base.join(log));
+        let config = &self.pool.config;
+        let (slowlog_timeout, terminate_timeout) = (
+            config.request_slowlog_timeout,
+            config.request_terminate_timeout,
+        );
+        let has_slowlog = config.slowlog.is_some();
+        if !slowlog_timeout.is_zero() && !has_slowlog {
+            let message = "'slowlog' must be specified for use with 'request_slowlog_timeout'";
+            self.fail("request_slowlog_timeout", message.to_string());
+        }
+        if !terminate_timeout.is_zero() && slowlog_timeout > terminate_timeout {
+            let message = format!(
+                "'request_slowlog_timeout' ({}s) can't be greater than 'request_terminate_timeout' ({}s)",
+                slowlog_timeout.as_secs(),
+                terminate_timeout.as_secs()
+            );
+            self.fail("request_slowlog_timeout", message);
+        }
+        if self.is_set("request_slowlog_trace_depth") && !has_slowlog {
+            let message = "'slowlog' must be specified for use with 'request_slowlog_trace_depth'";
+            self.fail("request_slowlog_trace_depth", message.to_string());
+        }
+    }
+
+    fn require_directory(&mut self, key: &str, what: &str, path: &Path) {
+        if !path.is_dir() {
+            let message = format!(
+                "{what} '{}' does not exist or is not a directory",
+                path.display()
+            );
+            self.fail(key, message);
+        }
+    }
+
+    fn check_chroot(&mut self) {
+        let Some(chroot) = self.pool.config.chroot.take() else {
+            return;
+        };
+        match self.expand_prefix(&chroot) {
+            Ok(chroot) => {
+                self.require_directory("chroot", "the chroot path", &chroot);
+                self.config().chroot = Some(chroot);
+            }
+            Err(message) => self.fail("chroot", message),
+        }
+    }
+
+    /// Checked inside the chroot when there is one, where the workers will look for it.
+    fn check_chdir(&mut self) {
+        let Some(chdir) = self.pool.config.chdir.take() else {
+            return;
+        };
+        let chdir = self.base.join(chdir);
+        let inside = match &self.pool.config.chroot {
+            Some(chroot) => chroot.join(chdir.strip_prefix("/").unwrap_or(&chdir)),
+            None => chdir.clone(),
+        };
+        self.require_directory("chdir", "the chdir path", &inside);
+        self.config().chdir = Some(chdir);
+    }
+
+    /// `chroot` may begin with `$prefix`, the pool's prefix (else the base).
+    fn expand_prefix(&self, chroot: &Path) -> Result<PathBuf, String> {
+        let text = chroot.as_os_str().as_bytes();
+        const PREFIX: &[u8] = b"$prefix";
+        match text
+            .windows(PREFIX.len())
+            .position(|window| window == PREFIX)
+        {
+            None => Ok(self.base.join(chroot)),
+            Some(0) => {
+                let rest = Path::new(std::ffi::OsStr::from_bytes(&text[PREFIX.len()..]));
+                Ok(self.base.join(rest.strip_prefix("/").unwrap_or(rest)))
+            }
+            Some(_) => Err("'$prefix' must be used at the beginning of the value".to_string()),
+        }
+    }
+
+    fn check_cgi(&mut self) {
+        let roots = std::mem::take(&mut self.config().cgi.allowed_roots);
+        if roots.is_empty() {
+            let message =
+                "cgi.allowed_roots is not set: any executable file the web server names can be run";
+            let pool = &self.pool;
+            let warning = error_at(
+                &pool.opened_at,
+                Some(&pool.config.name),
+                None,
+                message.into(),
+            );
+            self.warnings.push(warning.to_string());
+        }
+        let mut canonical_roots = Vec::new();
+        for root in roots {
+            let root = self.base.join(root);
+            match root.canonicalize() {
+                Ok(canonical) if canonical.is_dir() => canonical_roots.push(canonical),
+                Ok(_) => self.fail(
+                    "cgi.allowed_roots",
+                    format!("'{}' is not a directory", root.display()),
+                ),
+                Err(error) => self.fail(
+                    "cgi.allowed_roots",
+                    format!("'{}': {error}", root.display()),
+                ),
+            }
+        }
+        self.config().cgi.allowed_roots = canonical_roots;
+        if self.pool.config.chroot.is_none() {
+            self.check_interpreters_exist();
+        }
+    }
+
+    /// A missing interpreter only fails requests, so it is a warning; inside a chroot the
+    /// path cannot be checked from here.
+    fn check_interpreters_exist(&mut self) {
+        let missing: Vec<(String, String)> = self
+            .pool
+            .config
+            .cgi
+            .interpreters
+            .iter()
+            .filter_map(|interpreter| {
+                let program = interpreter.argv.first()?;
+                let missing = !is_executable_file(Path::new(program));
+                missing.then(|| (interpreter.extension.clone(), program.clone()))
+            })
+            .collect();
+        for (extension, program) in missing {
+            let message = format!(
+                "the interpreter '{program}' for '{extension}' does not exist or is not executable"
+            );
+            self.warn("cgi.interpreter[]", message);
+        }
+    }
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    path.metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// php-fpm's rules for `pm.status_path` and `ping.path`.
+fn web_path_problem(path: &str, min_length: usize) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must start with a '/'");
+    }
+    if path.len() < min_length {
+        return Err("is not long enough");
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/_-.~".contains(c);
+    if !path.chars().all(allowed) {
+        return Err("must contain only the following characters '[alphanum]/_-.~'");
+    }
+    Ok(())
+}
+
+/// php-fpm refuses two pools on one address; we also refuse addresses that cannot both be
+/// bound (`9000` and `127.0.0.1:9000`, `0.0.0.0:9000` and `127.0.0.1:9000`). A pool's
+/// `pm.status_listen` counts as an address of its own.
+fn check_listen_conflicts(pools: &[PoolDraft], errors: &mut Vec<ConfigError>) {
+    let endpoints: Vec<(&PoolDraft, &str, &ListenAddress)> = pools
+        .iter()
+        .filter(|pool| pool.seen.contains_key("listen"))
+        .flat_map(|pool| {
+            let status = pool.config.pm_status_listen.iter();
+            std::iter::once((pool, "listen", &pool.config.listen))
+                .chain(status.map(move |address| (pool, "pm.status_listen", address)))
+        })
+        .collect();
+    for (index, &(pool, key, address)) in endpoints.iter().enumerate() {
+        let earlier = endpoints[..index]
+            .iter()
+            .find(|(_, _, other)| addresses_overlap(address, other));
+        if let Some(&(other_pool, _, other_address)) = earlier {
+            let other_name = &other_pool.config.name;
+            let message = if address == other_address {
+                format!(
+                    "unable to set listen address as it's already used in another pool '{other_name}'"
+                )
+            } else {
+                format!("'{address}' overlaps '{other_address}' of pool '{other_name}'")
+            };
+            errors.push(pool.error(key, message));
+        }
+    }
+}
+
+fn addresses_overlap(a: &ListenAddress, b: &ListenAddress) -> bool {
+    use ListenAddress::{AnyPort, Tcp, Unix};
+    match (a, b) {
+        (Unix(a), Unix(b)) => a == b,
+        (AnyPort(a), AnyPort(b)) => a == b,
+        (AnyPort(port), Tcp(address)) | (Tcp(address), AnyPort(port)) => address.port() == *port,
+        (Tcp(a), Tcp(b)) => {
+            let same_family = a.is_ipv4() == b.is_ipv4();
+            a.port() == b.port()
+                && (a.ip() == b.ip()
+                    || (same_family && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+        }
+        _ => false,
+    }
+}
