@@ -87,7 +87,11 @@ pub fn strftime_at(when: nix::libc::time_t, pattern: &std::ffi::CStr) -> String 
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        level_of(metadata.level(), metadata.target()) as u8 >= self.level.load(Ordering::Relaxed)
+        // Only our own records: libraries' debug chatter (mio's registrations) is not
+        // something an operator can act on.
+        let ours = metadata.target().starts_with("cgi_fpm") || metadata.target() == ALERT;
+        ours && level_of(metadata.level(), metadata.target()) as u8
+            >= self.level.load(Ordering::Relaxed)
     }
 
     fn log(&self, record: &log::Record<'_>) {

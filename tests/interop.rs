@@ -98,7 +98,7 @@ fn check_examples_through_nginx(nginx: &Nginx) {
 
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let r = http::request(&nginx.socket, "POST", "/cgi-bin/echo.sh", &[], &body)
-        .expect("POST through nginx");
+        .unwrap_or_else(|e| panic!("POST through nginx: {e}\n{}", nginx.error_log()));
     assert_eq!(r.status, 200);
     assert!(
         r.body == body,
@@ -173,7 +173,8 @@ fn cgi_fcgi_bind_connect_runs_each_example() {
         let out = cgi_fcgi(&site.fpm.address, &ex.join(script), "GET", "k=v", b"");
         let text = String::from_utf8_lossy(&out);
         assert!(
-            text.contains("Content-Type: text/plain"),
+            text.to_ascii_lowercase()
+                .contains("content-type: text/plain"),
             "{script}: {text}"
         );
         assert!(text.contains(expected), "{script}: {text}");

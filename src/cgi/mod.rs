@@ -7,5 +7,5 @@ pub mod response;
 pub mod spawn;
 
 pub use env::{EnvPolicy, build_env};
-pub use resolve::{Refusal, Resolved, ScriptPolicy, ScriptRequest, resolve};
+pub use resolve::{Refusal, Resolved, ScriptRequest, resolve};
 pub use spawn::{CgiChild, spawn};

@@ -4,35 +4,12 @@
 //! Every refusal carries the HTTP status a user of the web server should see and a reason
 //! for the operator's log.
 
-use crate::config::{Interpreter, PoolConfig};
+use crate::config::PoolConfig;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-
-/// What a pool allows to run, taken from its configuration once per worker.
-#[derive(Debug, Clone, Default)]
-pub struct ScriptPolicy {
-    pub allowed_roots: Vec<PathBuf>,
-    pub limit_extensions: Vec<String>,
-    pub interpreters: Vec<Interpreter>,
-}
-
-impl ScriptPolicy {
-    pub fn from_pool(pool: &PoolConfig) -> ScriptPolicy {
-        ScriptPolicy {
-            allowed_roots: pool.cgi.allowed_roots.clone(),
-            limit_extensions: pool.security_limit_extensions.clone(),
-            interpreters: pool.cgi.interpreters.clone(),
-        }
-    }
-
-    fn interpreter_for(&self, extension: Option<&str>) -> Option<&Interpreter> {
-        let ext = extension?;
-        self.interpreters.iter().find(|i| i.extension == ext)
-    }
-}
 
 /// The request's view of where the script is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -177,13 +154,8 @@ fn split_path_info(path: &Path) -> Result<(PathBuf, Option<OsString>, std::fs::M
     }
 }
 
-fn extension_of(path: &Path) -> Option<String> {
-    path.extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-}
-
 /// Resolve and vet the script a request names.
-pub fn resolve(req: &ScriptRequest<'_>, policy: &ScriptPolicy) -> Result<Resolved, Refusal> {
+pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, Refusal> {
     let requested = requested_path(req)?;
     // `..` is resolved by canonicalisation below, so confinement still holds; but a request
     // that climbs is suspicious enough to say so in the log.
@@ -203,12 +175,8 @@ pub fn resolve(req: &ScriptRequest<'_>, policy: &ScriptPolicy) -> Result<Resolve
             script_filename.display()
         ))
     })?;
-    if !policy.allowed_roots.is_empty()
-        && !policy
-            .allowed_roots
-            .iter()
-            .any(|root| canonical.starts_with(root))
-    {
+    let roots = &pool.cgi.allowed_roots;
+    if !roots.is_empty() && !roots.iter().any(|root| canonical.starts_with(root)) {
         return Err(Refusal::forbidden(format!(
             "script '{}'{} resolves to '{}', outside cgi.allowed_roots",
             script_filename.display(),
@@ -216,18 +184,13 @@ pub fn resolve(req: &ScriptRequest<'_>, policy: &ScriptPolicy) -> Result<Resolve
             canonical.display()
         )));
     }
-    let extension = extension_of(&script_filename);
-    if !policy.limit_extensions.is_empty()
-        && !extension
-            .as_deref()
-            .is_some_and(|e| policy.limit_extensions.iter().any(|allowed| allowed == e))
-    {
+    if !pool.limits_extension_ok(&script_filename) {
         return Err(Refusal::forbidden(format!(
             "access to the script '{}' has been denied (see security.limit_extensions)",
             script_filename.display()
         )));
     }
-    let argv = match policy.interpreter_for(extension.as_deref()) {
+    let argv = match pool.interpreter_for(&script_filename) {
         Some(interp) => {
             if nix::unistd::access(&canonical, nix::unistd::AccessFlags::R_OK).is_err() {
                 return Err(Refusal::forbidden(format!(
@@ -262,6 +225,7 @@ pub fn resolve(req: &ScriptRequest<'_>, policy: &ScriptPolicy) -> Result<Resolve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Interpreter, ListenAddress};
     use std::fs;
     use std::os::unix::fs::symlink;
 
@@ -291,15 +255,14 @@ mod tests {
             fs::set_permissions(self.path(rel), fs::Permissions::from_mode(mode)).expect("chmod");
         }
 
-        fn policy(&self) -> ScriptPolicy {
-            ScriptPolicy {
-                allowed_roots: vec![fs::canonicalize(self.path("www")).expect("canon")],
-                limit_extensions: vec![],
-                interpreters: vec![Interpreter {
-                    extension: ".php".into(),
-                    argv: vec!["/usr/bin/php-cgi".into(), "-q".into()],
-                }],
-            }
+        fn policy(&self) -> PoolConfig {
+            let mut pool = PoolConfig::new("test", ListenAddress::AnyPort(9000));
+            pool.cgi.allowed_roots = vec![fs::canonicalize(self.path("www")).expect("canon")];
+            pool.cgi.interpreters = vec![Interpreter {
+                extension: ".php".into(),
+                argv: vec!["/usr/bin/php-cgi".into(), "-q".into()],
+            }];
+            pool
         }
     }
 
@@ -307,7 +270,7 @@ mod tests {
         path.as_os_str().as_bytes().to_vec()
     }
 
-    fn resolve_file(path: &Path, policy: &ScriptPolicy) -> Result<Resolved, Refusal> {
+    fn resolve_file(path: &Path, policy: &PoolConfig) -> Result<Resolved, Refusal> {
         let f = by_filename(path);
         resolve(
             &ScriptRequest {
@@ -429,7 +392,7 @@ mod tests {
     fn no_roots_means_anywhere() {
         let t = Tree::new();
         let mut policy = t.policy();
-        policy.allowed_roots.clear();
+        policy.cgi.allowed_roots.clear();
         assert!(resolve_file(&t.path("outside/secret.sh"), &policy).is_ok());
     }
 
@@ -437,7 +400,7 @@ mod tests {
     fn limit_extensions_refuse_others() {
         let t = Tree::new();
         let mut policy = t.policy();
-        policy.limit_extensions = vec![".php".into()];
+        policy.security_limit_extensions = vec![".php".into()];
         assert!(resolve_file(&t.path("www/page.php"), &policy).is_ok());
         let e = resolve_file(&t.path("www/run.sh"), &policy).unwrap_err();
         assert_eq!(e.status, 403);

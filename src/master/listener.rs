@@ -156,8 +156,11 @@ fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listene
     Ok(listener)
 }
 
+/// The owner to give a socket file: user and group, each left alone when `None`.
+type SocketOwner = (Option<Uid>, Option<Gid>);
+
 /// listen.owner / listen.group as ids, when either is set.
-fn resolve_owner(pool: &PoolConfig) -> Result<Option<(Option<Uid>, Option<Gid>)>, String> {
+fn resolve_owner(pool: &PoolConfig) -> Result<Option<SocketOwner>, String> {
     if pool.listen_owner.is_none() && pool.listen_group.is_none() {
         return Ok(None);
     }

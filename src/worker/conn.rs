@@ -1,6 +1,7 @@
 //! One accepted FastCGI connection: a fixed input buffer that records are decoded from in
 //! place, and an output queue. Non-blocking; the caller decides when to wait.
 
+use super::output::Output;
 use crate::fastcgi::record::{HEADER_LEN, RecordType, header, parse_record};
 use crate::fastcgi::{Event, ProtocolError, Session};
 use nix::errno::Errno;
@@ -23,8 +24,7 @@ pub struct Conn {
     end: usize,
     /// The peer will send nothing more.
     pub eof: bool,
-    output: Vec<u8>,
-    written: usize,
+    output: Output,
 }
 
 /// Outcome of a non-blocking read.
@@ -45,8 +45,7 @@ impl Conn {
             start: 0,
             end: 0,
             eof: false,
-            output: Vec::with_capacity(HEADER_LEN + OUTPUT_CHUNK + 64),
-            written: 0,
+            output: Output::with_capacity(HEADER_LEN + OUTPUT_CHUNK + 64),
         }
     }
 
@@ -100,7 +99,7 @@ impl Conn {
                 return Ok(None);
             };
             self.start += used;
-            match session.on_record(record, &mut self.output)? {
+            match session.on_record(record, self.output.buffer())? {
                 Event::None => continue,
                 event => return Ok(Some(event)),
             }
@@ -108,32 +107,54 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.written < self.output.len()
+        !self.output.is_empty()
     }
 
     /// Queued bytes not yet written.
     pub fn pending_output(&self) -> usize {
-        self.output.len() - self.written
+        self.output.pending()
     }
 
     /// Drop queued output: the peer is gone.
     pub fn discard_output(&mut self) {
-        self.output.clear();
-        self.written = 0;
+        self.output.discard();
+    }
+
+    /// Hold the response back until the request body is complete (see `output`).
+    pub fn hold_output(&mut self) {
+        self.output.hold();
+    }
+
+    pub fn release_output(&mut self) {
+        self.output.release();
+    }
+
+    pub fn output_held(&self) -> bool {
+        self.output.is_held()
+    }
+
+    /// Move a large held tail to disk; on error the hold is dropped.
+    pub fn spill_output(&mut self) -> std::io::Result<()> {
+        self.output.spill_if_needed()
     }
 
     /// Append `data` as stream records.
     pub fn queue_stream(&mut self, record_type: RecordType, request_id: u16, data: &[u8]) {
-        crate::fastcgi::record::write_stream(&mut self.output, record_type, request_id, data);
+        crate::fastcgi::record::write_stream(self.output.buffer(), record_type, request_id, data);
     }
 
     pub fn queue_record(&mut self, record_type: RecordType, request_id: u16, content: &[u8]) {
-        crate::fastcgi::record::write_record(&mut self.output, record_type, request_id, content);
+        crate::fastcgi::record::write_record(
+            self.output.buffer(),
+            record_type,
+            request_id,
+            content,
+        );
     }
 
     /// The queue itself, for encoders that write into it directly.
     pub fn output_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.output
+        self.output.buffer()
     }
 
     /// Read from `source` straight into a new output record of `record_type`, sparing a
@@ -144,10 +165,11 @@ impl Conn {
         record_type: RecordType,
         request_id: u16,
     ) -> Result<usize, Errno> {
-        let at = self.output.len();
-        self.output.resize(at + HEADER_LEN + OUTPUT_CHUNK, 0);
+        let output = self.output.buffer();
+        let at = output.len();
+        output.resize(at + HEADER_LEN + OUTPUT_CHUNK, 0);
         let result = loop {
-            match nix::unistd::read(source, &mut self.output[at + HEADER_LEN..]) {
+            match nix::unistd::read(source, &mut output[at + HEADER_LEN..]) {
                 Err(Errno::EINTR) => continue,
                 other => break other,
             }
@@ -155,13 +177,13 @@ impl Conn {
         match result {
             Ok(n) if n > 0 => {
                 let (head, padding) = header(record_type, request_id, n);
-                self.output[at..at + HEADER_LEN].copy_from_slice(&head);
-                self.output.truncate(at + HEADER_LEN + n);
-                self.output.extend_from_slice(&PADDING[..padding]);
+                output[at..at + HEADER_LEN].copy_from_slice(&head);
+                output.truncate(at + HEADER_LEN + n);
+                output.extend_from_slice(&PADDING[..padding]);
                 Ok(n)
             }
             other => {
-                self.output.truncate(at);
+                output.truncate(at);
                 other
             }
         }
@@ -169,16 +191,6 @@ impl Conn {
 
     /// Write as much queued output as the socket takes. `Ok(true)` once all is written.
     pub fn flush(&mut self) -> Result<bool, Errno> {
-        while self.written < self.output.len() {
-            match nix::unistd::write(&self.fd, &self.output[self.written..]) {
-                Ok(n) => self.written += n,
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        self.output.clear();
-        self.written = 0;
-        Ok(true)
+        self.output.flush(self.fd.as_fd())
     }
 }

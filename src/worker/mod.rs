@@ -2,20 +2,22 @@
 //! and serves one request at a time, each as a CGI child.
 
 mod conn;
+mod output;
+mod poll;
 mod request;
 mod signals;
 
+use crate::cgi::EnvPolicy;
 use crate::cgi::response::error_response;
-use crate::cgi::{EnvPolicy, ScriptPolicy};
 use crate::config::PoolConfig;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
 use conn::{Conn, Fill};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{SockFlag, accept4};
+use poll::PollSet;
 use request::Outcome;
 use signals::{Request as SignalRequest, WorkerSignals};
 use std::ffi::OsString;
@@ -45,7 +47,6 @@ pub struct WorkerCtx<'a> {
     pub pool: &'a PoolConfig,
     pub scoreboard: &'a Scoreboard,
     slot_index: usize,
-    pub policy: ScriptPolicy,
     pub env_policy: EnvPolicy,
     signals: WorkerSignals,
     values: ServerValues,
@@ -72,11 +73,6 @@ fn exit(code: i32) -> ! {
     // SAFETY: _exit ends the process at once. This process is a fork of the master, and
     // the master's exit-time work (buffered stdio, its objects' destructors) is not ours.
     unsafe { nix::libc::_exit(code) }
-}
-
-/// The peer shut down its writing side (Linux); nix does not name this flag.
-fn pollrdhup() -> PollFlags {
-    PollFlags::from_bits_retain(nix::libc::POLLRDHUP)
 }
 
 /// Run the worker. Called in the child right after fork, with all signals blocked.
@@ -107,7 +103,6 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         pool: spec.pool,
         scoreboard: spec.scoreboard,
         slot_index: spec.slot_index,
-        policy: ScriptPolicy::from_pool(spec.pool),
         env_policy: EnvPolicy {
             inherited: if spec.pool.clear_env {
                 Vec::new()
@@ -324,7 +319,7 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
             ctx.slot().set_state(WorkerState::Reading);
         }
         let timeout = match deadline {
-            None => PollTimeout::NONE,
+            None => None,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -336,30 +331,22 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
                     );
                     return Head::Closed;
                 }
-                PollTimeout::try_from(left.as_millis() as u64 + 1).unwrap_or(PollTimeout::MAX)
+                Some(left)
             }
         };
-        let mut conn_events = PollFlags::POLLIN;
+        let mut conn_events = poll::IN;
         if conn.has_output() {
-            conn_events |= PollFlags::POLLOUT;
+            conn_events |= poll::OUT;
         }
-        let (conn_ready, signal_ready) = {
-            let mut fds = [
-                PollFd::new(conn.fd(), conn_events),
-                PollFd::new(ctx.signals.fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    log::error!("[pool {}] poll() failed: {e}", ctx.pool.name);
-                    return Head::Closed;
-                }
-            }
-            (
-                fds[0].revents().unwrap_or(PollFlags::empty()),
-                fds[1].revents().is_some_and(|r| !r.is_empty()),
-            )
-        };
+        let mut set = PollSet::default();
+        let conn_index = set.add(conn.fd(), conn_events);
+        let signal_index = set.add(ctx.signals.fd(), poll::IN);
+        if let Err(e) = set.wait(timeout) {
+            log::error!("[pool {}] poll() failed: {e}", ctx.pool.name);
+            return Head::Closed;
+        }
+        let conn_ready = set.revents(conn_index);
+        let signal_ready = set.revents(signal_index) != 0;
         if signal_ready {
             match ctx.signals.take() {
                 Some(SignalRequest::Terminate) => return Head::Terminate,
@@ -373,10 +360,10 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
                 None => {}
             }
         }
-        if conn_ready.contains(PollFlags::POLLOUT) && conn.flush().is_err() {
+        if conn_ready & poll::OUT != 0 && conn.flush().is_err() {
             return Head::Closed;
         }
-        if conn_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+        if conn_ready & poll::READABLE != 0 {
             match conn.fill() {
                 Ok(Fill::Data | Fill::Full | Fill::WouldBlock) => {}
                 Ok(Fill::Eof) | Err(_) => {
@@ -433,12 +420,9 @@ fn flush_within(conn: &mut Conn, limit: Duration) -> bool {
         if left.is_zero() {
             return false;
         }
-        let mut fds = [PollFd::new(conn.fd(), PollFlags::POLLOUT)];
-        let timeout =
-            PollTimeout::try_from(left.as_millis() as u64 + 1).unwrap_or(PollTimeout::MAX);
-        if let Err(e) = poll(&mut fds, timeout)
-            && e != Errno::EINTR
-        {
+        let mut set = PollSet::default();
+        set.add(conn.fd(), poll::OUT);
+        if set.wait(Some(left)).is_err() {
             return false;
         }
     }

@@ -7,6 +7,7 @@
 
 use super::WorkerCtx;
 use super::conn::{Conn, Fill, OUTPUT_CHUNK};
+use super::poll::{self, PollSet};
 use super::signals::Request as SignalRequest;
 use crate::cgi::response::{error_response, public_message};
 use crate::cgi::{CgiChild, ScriptRequest, build_env, resolve, spawn};
@@ -15,7 +16,6 @@ use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Request, Session};
 use crate::scoreboard::{WorkerState, now_us};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use std::os::fd::AsFd;
@@ -111,7 +111,7 @@ fn start_child(request: &Request, ctx: &WorkerCtx) -> Result<CgiChild, (u16, Str
         document_root: params.get("DOCUMENT_ROOT"),
         script_name: params.get("SCRIPT_NAME"),
     };
-    let script = resolve(&script_request, &ctx.policy).map_err(|r| (r.status, r.reason))?;
+    let script = resolve(&script_request, ctx.pool).map_err(|r| (r.status, r.reason))?;
     let env = build_env(params, &ctx.env_policy, &script);
     spawn(&script, &env, ctx.pool.cgi.stderr).map_err(|e| {
         let program = script
@@ -175,6 +175,7 @@ struct Pump<'a> {
     aborted: bool,
     terminate: bool,
     drain_deadline: Option<Instant>,
+    poll_set: PollSet,
 }
 
 impl<'a> Pump<'a> {
@@ -184,6 +185,9 @@ impl<'a> Pump<'a> {
         id: u16,
         stderr_mode: StderrMode,
     ) -> Pump<'a> {
+        if !session.stdin_done() {
+            conn.hold_output();
+        }
         Pump {
             conn,
             session,
@@ -202,6 +206,7 @@ impl<'a> Pump<'a> {
             aborted: false,
             terminate: false,
             drain_deadline: None,
+            poll_set: PollSet::default(),
         }
     }
 
@@ -234,6 +239,9 @@ impl<'a> Pump<'a> {
             if self.broken {
                 self.kill_child();
                 return Outcome::Close;
+            }
+            if self.conn.output_held() && self.stdin_settled() {
+                self.conn.release_output();
             }
             if !self.response_done && self.child_done() {
                 self.finish_response(ctx);
@@ -324,88 +332,69 @@ impl<'a> Pump<'a> {
 
     /// Wait until something can move, then move it.
     fn wait_and_handle(&mut self, ctx: &mut WorkerCtx) -> Result<(), Errno> {
-        // Records already buffered may be decodable now that the child took some body.
-        self.decode_buffered(ctx);
+        // Records already buffered may be decodable now that the child took some body;
+        // if they changed anything, let the caller re-evaluate before sleeping.
+        if self.decode_buffered(ctx) {
+            return Ok(());
+        }
 
-        let mut sources: Vec<Source> = Vec::with_capacity(6);
         let mut timeout = self
             .drain_deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
-        let revents: Vec<PollFlags> = {
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(6);
-            fds.push(PollFd::new(ctx.signals.fd(), PollFlags::POLLIN));
-            sources.push(Source::Signals);
-            let mut conn_events = PollFlags::empty();
-            if !self.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
-                conn_events |= PollFlags::POLLIN | super::pollrdhup();
+        let mut sources: Vec<(Source, usize)> = Vec::with_capacity(6);
+        let set = &mut self.poll_set;
+        set.clear();
+        sources.push((Source::Signals, set.add(ctx.signals.fd(), poll::IN)));
+        let mut conn_events = 0;
+        if !self.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
+            conn_events |= poll::IN | poll::RDHUP;
+        }
+        if self.conn.has_output() && !self.conn.output_held() {
+            conn_events |= poll::OUT;
+        }
+        if conn_events != 0 {
+            sources.push((Source::Conn, set.add(self.conn.fd(), conn_events)));
+        }
+        if let Some(child) = &self.child {
+            if let Some(fd) = &child.stdin
+                && !self.stdin_buf.is_empty()
+            {
+                sources.push((Source::ChildStdin, set.add(fd.as_fd(), poll::OUT)));
             }
-            if self.conn.has_output() {
-                conn_events |= PollFlags::POLLOUT;
+            // Output waits while the web server has not taken the previous record; held
+            // output never waits (it spills instead), so the child never blocks on it.
+            let room = !self.conn.has_output() || self.conn.output_held();
+            if let Some(fd) = &child.stdout
+                && room
+            {
+                sources.push((Source::ChildStdout, set.add(fd.as_fd(), poll::IN)));
             }
-            if !conn_events.is_empty() {
-                fds.push(PollFd::new(self.conn.fd(), conn_events));
-                sources.push(Source::Conn);
+            if let Some(fd) = &child.stderr
+                && (room || self.stderr_mode == StderrMode::Log)
+            {
+                sources.push((Source::ChildStderr, set.add(fd.as_fd(), poll::IN)));
             }
-            if let Some(child) = &self.child {
-                if let Some(fd) = &child.stdin
-                    && !self.stdin_buf.is_empty()
-                {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
-                    sources.push(Source::ChildStdin);
-                }
-                // Output waits while the web server has not taken the previous record.
-                let room = !self.conn.has_output();
-                if let Some(fd) = &child.stdout
-                    && room
-                {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    sources.push(Source::ChildStdout);
-                }
-                if let Some(fd) = &child.stderr
-                    && (room || self.stderr_mode == StderrMode::Log)
-                {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    sources.push(Source::ChildStderr);
-                }
-                if self.exit.is_none() {
-                    match &child.pidfd {
-                        Some(fd) => {
-                            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                            sources.push(Source::ChildExit);
-                        }
-                        None => {
-                            timeout = Some(timeout.map_or(EXIT_POLL, |t| t.min(EXIT_POLL)));
-                        }
-                    }
+            if self.exit.is_none() {
+                match &child.pidfd {
+                    Some(fd) => sources.push((Source::ChildExit, set.add(fd.as_fd(), poll::IN))),
+                    None => timeout = Some(timeout.map_or(EXIT_POLL, |t| t.min(EXIT_POLL))),
                 }
             }
-            let poll_timeout = match timeout {
-                None => PollTimeout::NONE,
-                Some(t) => PollTimeout::try_from(t.as_millis().min(60_000) as u64 + 1)
-                    .unwrap_or(PollTimeout::MAX),
-            };
-            match poll(&mut fds, poll_timeout) {
-                Ok(_) => {}
-                Err(Errno::EINTR) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            fds.iter()
-                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                .collect()
-        };
+        }
+        set.wait(timeout)?;
 
-        let ready = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-        for (source, events) in sources.into_iter().zip(revents) {
-            if events.is_empty() {
+        for (source, index) in sources {
+            let events = self.poll_set.revents(index);
+            if events == 0 {
                 continue;
             }
             match source {
                 Source::Signals => self.on_signal(ctx),
                 Source::Conn => {
-                    if events.intersects(ready | super::pollrdhup()) {
+                    if events & poll::READABLE != 0 {
                         self.read_conn(ctx);
                     }
-                    if events.contains(PollFlags::POLLOUT) {
+                    if events & (poll::OUT | poll::ERR) != 0 {
                         self.flush();
                     }
                 }
@@ -432,7 +421,9 @@ impl<'a> Pump<'a> {
 
     fn read_conn(&mut self, ctx: &WorkerCtx) {
         match self.conn.fill() {
-            Ok(Fill::Data) | Ok(Fill::Full) => self.decode_buffered(ctx),
+            Ok(Fill::Data) | Ok(Fill::Full) => {
+                self.decode_buffered(ctx);
+            }
             Ok(Fill::WouldBlock) => {}
             Ok(Fill::Eof) => {
                 // nginx and other web servers close (never half-close) an upstream
@@ -455,11 +446,15 @@ impl<'a> Pump<'a> {
         }
     }
 
-    /// Decode records while there is room for body bytes.
-    fn decode_buffered(&mut self, ctx: &WorkerCtx) {
+    /// Decode records while there is room for body bytes. True if any record meant
+    /// something (body, its end, an abort, an error).
+    fn decode_buffered(&mut self, ctx: &WorkerCtx) -> bool {
+        let mut progressed = false;
         while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.broken {
             let child_reads_stdin = self.child.as_ref().is_some_and(|c| c.stdin.is_some());
-            match self.conn.next_event(self.session) {
+            let event = self.conn.next_event(self.session);
+            progressed |= !matches!(event, Ok(None));
+            match event {
                 Ok(None) => break,
                 Ok(Some(Event::Stdin(data))) => {
                     // A child that stopped reading its body (or never had one) loses it.
@@ -493,6 +488,7 @@ impl<'a> Pump<'a> {
             }
         }
         self.write_child_stdin();
+        progressed
     }
 
     fn write_child_stdin(&mut self) {
@@ -541,7 +537,10 @@ impl<'a> Pump<'a> {
                 }
                 Ok(n) => {
                     self.stdout_bytes += n as u64;
-                    if self.conn.pending_output() >= OUTPUT_CHUNK {
+                    if let Err(e) = self.conn.spill_output() {
+                        log_spool_failure(ctx, &e);
+                    }
+                    if self.conn.pending_output() >= OUTPUT_CHUNK && !self.conn.output_held() {
                         break;
                     }
                 }
@@ -584,7 +583,10 @@ impl<'a> Pump<'a> {
                     if to_log {
                         self.stderr_line.extend_from_slice(&buf[..n]);
                     }
-                    if to_fastcgi && self.conn.pending_output() >= OUTPUT_CHUNK {
+                    if to_fastcgi
+                        && self.conn.pending_output() >= OUTPUT_CHUNK
+                        && !self.conn.output_held()
+                    {
                         break;
                     }
                 }
@@ -694,12 +696,20 @@ fn wait_exit(child: &CgiChild, deadline: Instant) {
     let step = left.min(Duration::from_millis(50));
     match &child.pidfd {
         Some(fd) => {
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            let ms = PollTimeout::try_from(step.as_millis() as u64).unwrap_or(PollTimeout::MAX);
-            let _ = poll(&mut fds, ms);
+            let mut set = PollSet::default();
+            set.add(fd.as_fd(), poll::IN);
+            let _ = set.wait(Some(step));
         }
         None => std::thread::sleep(step.min(EXIT_POLL)),
     }
+}
+
+fn log_spool_failure(ctx: &WorkerCtx, error: &std::io::Error) {
+    log::warn!(
+        "[pool {}] child {}, cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
+        ctx.pool.name,
+        std::process::id()
+    );
 }
 
 fn log_stderr(ctx: &WorkerCtx, script: &str, line: &[u8]) {

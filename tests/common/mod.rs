@@ -98,7 +98,18 @@ impl Fpm {
             pool_section("www", dir.path(), workers, extra)
         );
         let address = dir.path().join("www.sock").display().to_string();
-        Fpm::start_with(dir, &config, &address)
+        let fpm = Fpm::start_with(dir, &config, &address);
+        fpm.wait_workers(workers as usize);
+        fpm
+    }
+
+    /// Wait until the master has exactly `n` live workers.
+    pub fn wait_workers(&self, n: usize) {
+        wait_until(
+            &format!("the master has {n} workers"),
+            Duration::from_secs(10),
+            || self.worker_pids().len() == n,
+        );
     }
 
     /// Start on a full config text in `dir`, waiting until `address` answers.
@@ -169,7 +180,7 @@ impl Fpm {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if cgi_fpm::client::connect(&self.address, Duration::from_secs(1)).is_ok()
-                && self.worker_pids().len() >= 1
+                && !self.worker_pids().is_empty()
             {
                 return;
             }

@@ -1,0 +1,65 @@
+//! poll(2) over a small, reusable set of descriptors.
+//!
+//! nix's PollFd drops the whole revents value when the kernel sets a bit nix does not
+//! name (POLLRDHUP, on a peer's shutdown), which would make a closed connection look idle;
+//! this keeps the raw bits.
+
+use nix::errno::Errno;
+use nix::libc;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+pub const IN: i16 = libc::POLLIN;
+pub const OUT: i16 = libc::POLLOUT;
+pub const HUP: i16 = libc::POLLHUP;
+pub const ERR: i16 = libc::POLLERR;
+/// The peer shut down its writing side.
+pub const RDHUP: i16 = libc::POLLRDHUP;
+/// Readable, or nothing more will ever be: a read will not block.
+pub const READABLE: i16 = IN | HUP | ERR | RDHUP;
+
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Add a descriptor; returns its index for [`PollSet::revents`].
+    pub fn add(&mut self, fd: BorrowedFd<'_>, events: i16) -> usize {
+        self.fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        });
+        self.fds.len() - 1
+    }
+
+    /// Wait until a descriptor is ready or `timeout` passes (`None`: no limit). EINTR
+    /// counts as a wake-up with nothing ready.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Errno> {
+        let ms = match timeout {
+            None => -1,
+            // Round up so a deadline is never polled for 0 ms short of its time.
+            Some(t) => i32::try_from(t.as_millis().saturating_add(1)).unwrap_or(i32::MAX),
+        };
+        for fd in &mut self.fds {
+            fd.revents = 0;
+        }
+        // SAFETY: the pointer and length describe our own initialised array of pollfd,
+        // which poll only writes revents into; the descriptors are borrowed by the caller
+        // for the duration of the call.
+        let rc = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        match Errno::result(rc) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn revents(&self, index: usize) -> i16 {
+        self.fds.get(index).map_or(0, |f| f.revents)
+    }
+}
