@@ -1,0 +1,119 @@
+//! The command line: `-t`, `-tt`, errors and usage.
+
+mod common;
+
+use common::BIN;
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run cgi-fpm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn example_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("etc/cgi-fpm.conf")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_bundled_config_passes_the_test() {
+    let config = example_config();
+    let (code, text) = run(&["-t", "-y", &config]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "NOTICE: configuration file {config} test is successful"
+        )),
+        "{text}"
+    );
+    // The example confines scripts, so no "any executable can be run" warning.
+    assert!(!text.contains("WARNING"), "{text}");
+}
+
+#[test]
+fn tt_dumps_the_effective_config() {
+    let (code, text) = run(&["-tt", "-y", &example_config()]);
+    assert_eq!(code, 0, "{text}");
+    for line in [
+        "[www]",
+        "listen = 127.0.0.1:9000",
+        "pm = static",
+        "pm.max_children = 4",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn errors_name_the_file_line_pool_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.conf");
+    std::fs::write(
+        &config,
+        "[global]\nlog_level = chatty\n[www]\nlisten = 9000\npm = static\npm.max_children = 0\nno.such.key = 1\n",
+    )
+    .expect("write");
+    let path = config.display().to_string();
+    let (code, text) = run(&["-t", "-y", &path]);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains(&format!("ERROR: [{path}:2] [global] 'log_level'")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ERROR: [{path}:6] [pool www] 'pm.max_children'")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "ERROR: [{path}:7] [pool www] 'no.such.key': unknown entry"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("FPM initialization failed"), "{text}");
+}
+
+#[test]
+fn a_pool_without_allowed_roots_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("open.conf");
+    std::fs::write(
+        &config,
+        "[www]\nlisten = 9000\npm = static\npm.max_children = 1\n",
+    )
+    .expect("write");
+    let (code, text) = run(&["-t", "-y", &config.display().to_string()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("WARNING:") && text.contains("cgi.allowed_roots is not set"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let (code, text) = run(&["-t", "-y", "/nonexistent/cgi-fpm.conf"]);
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("/nonexistent/cgi-fpm.conf"), "{text}");
+}
+
+#[test]
+fn usage_errors_and_version() {
+    let (code, text) = run(&["--no-such-flag"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("unknown option '--no-such-flag'") && text.contains("Usage:"),
+        "{text}"
+    );
+    let (code, text) = run(&["-v"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("cgi-fpm "), "{text}");
+}
