@@ -20,6 +20,18 @@ fn site(workers: u32, listen_tcp: bool) -> Site {
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).expect("mkdir");
     std::os::unix::fs::symlink(examples_dir(), www.join("cgi-bin")).expect("symlink");
+    // The compiled example, built here since the repository ships only its source.
+    std::fs::create_dir(www.join("bin")).expect("mkdir bin");
+    if which("cc").is_some() {
+        let status = Command::new("cc")
+            .arg("-O2")
+            .arg("-o")
+            .arg(www.join("bin/hello"))
+            .arg(examples_dir().join("hello.c"))
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "cc failed");
+    }
     let php = which("php-cgi")
         .map(|p| format!("cgi.interpreter[.php] = {}", p.display()))
         .unwrap_or_default();
@@ -73,6 +85,9 @@ fn check_examples_through_nginx(nginx: &Nginx) {
     ];
     if which("php-cgi").is_some() {
         cases.push(("/cgi-bin/hello.php?x=1", "Hello from PHP via cgi-fpm"));
+    }
+    if which("cc").is_some() {
+        cases.push(("/bin/hello?x=1", "Hello from C via cgi-fpm"));
     }
     for (target, expected) in cases {
         let r = http::get(&nginx.socket, target).expect("HTTP request");
@@ -168,6 +183,13 @@ fn cgi_fcgi_bind_connect_runs_each_example() {
     ];
     if which("php-cgi").is_some() {
         cases.push(("hello.php", "Hello from PHP via cgi-fpm"));
+    }
+    let compiled = site.docroot().join("bin/hello");
+    if compiled.exists() {
+        cases.push((
+            compiled.to_str().expect("utf-8 path"),
+            "Hello from C via cgi-fpm",
+        ));
     }
     for (script, expected) in cases {
         let out = cgi_fcgi(&site.fpm.address, &ex.join(script), "GET", "k=v", b"");
