@@ -1,5 +1,6 @@
 //! cgi-fpm: a FastCGI process manager that runs CGI scripts in any language.
 
+pub mod accesslog;
 pub mod cgi;
 pub mod cli;
 pub mod client;

@@ -4,9 +4,10 @@
 //! unless told otherwise), so lines from the master and every worker sharing an O_APPEND
 //! file never interleave. The process is single-threaded, so plain atomics are enough.
 
-use crate::config::LogLevel;
+use crate::config::{DEFAULT_LOG_LIMIT, ErrorLog, LogLevel};
+use std::ffi::CString;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 /// `log::error!(target: ALERT, ...)` logs at php-fpm's ALERT level.
 pub const ALERT: &str = "alert";
@@ -14,11 +15,18 @@ pub const ALERT: &str = "alert";
 struct Logger {
     fd: AtomicI32,
     level: AtomicU8,
+    limit: AtomicUsize,
+    /// Entries go to syslog(3) instead of the descriptor.
+    syslog: AtomicBool,
+    facility: AtomicI32,
 }
 
 static LOGGER: Logger = Logger {
     fd: AtomicI32::new(2),
     level: AtomicU8::new(LogLevel::Notice as u8),
+    limit: AtomicUsize::new(DEFAULT_LOG_LIMIT),
+    syslog: AtomicBool::new(false),
+    facility: AtomicI32::new(nix::libc::LOG_DAEMON),
 };
 
 fn level_from_u8(v: u8) -> LogLevel {
@@ -99,24 +107,136 @@ impl log::Log for Logger {
             return;
         }
         let level = level_of(record.level(), record.target());
-        let mut line = String::with_capacity(128);
-        let _ = write!(
-            line,
-            "[{}] {}: {}",
-            timestamp(),
-            label(level),
-            record.args()
-        );
-        line.push('\n');
+        let mut message = String::with_capacity(128);
+        let _ = write!(message, "{}", record.args());
+        cut_to_limit(&mut message, self.limit.load(Ordering::Relaxed));
+        if self.syslog.load(Ordering::Relaxed) {
+            send_to_syslog(self.facility.load(Ordering::Relaxed), level, &message);
+            return;
+        }
+        let line = format!("[{}] {}: {message}\n", timestamp(), label(level));
         write_all_fd(self.fd.load(Ordering::Relaxed), line.as_bytes());
     }
 
     fn flush(&self) {}
 }
 
+/// Keep an entry on one line and within `limit` bytes: a longer one is cut (at a character
+/// boundary) with a note of how much was left out, never split into several entries.
+fn cut_to_limit(message: &mut String, limit: usize) {
+    if message.len() <= limit {
+        return;
+    }
+    let mut end = limit;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let dropped = message.len() - end;
+    message.truncate(end);
+    let _ = write!(message, "... [{dropped} more bytes cut at log_limit]");
+}
+
+fn send_to_syslog(facility: i32, level: LogLevel, message: &str) {
+    let priority = match level {
+        LogLevel::Debug => nix::libc::LOG_DEBUG,
+        LogLevel::Notice => nix::libc::LOG_NOTICE,
+        LogLevel::Warning => nix::libc::LOG_WARNING,
+        LogLevel::Error => nix::libc::LOG_ERR,
+        LogLevel::Alert => nix::libc::LOG_ALERT,
+    };
+    let label = label(level);
+    let Ok(text) = CString::new(format!("{label}: {message}").replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; the format
+    // string takes exactly one string argument.
+    unsafe { nix::libc::syslog(facility | priority, c"%s".as_ptr(), text.as_ptr()) };
+}
+
+fn facility_code(name: &str) -> i32 {
+    use nix::libc::*;
+    match name {
+        "auth" => LOG_AUTH,
+        "authpriv" => LOG_AUTHPRIV,
+        "cron" => LOG_CRON,
+        "ftp" => LOG_FTP,
+        "kern" => LOG_KERN,
+        "lpr" => LOG_LPR,
+        "mail" => LOG_MAIL,
+        "news" => LOG_NEWS,
+        "syslog" => LOG_SYSLOG,
+        "user" => LOG_USER,
+        "uucp" => LOG_UUCP,
+        "local0" => LOG_LOCAL0,
+        "local1" => LOG_LOCAL1,
+        "local2" => LOG_LOCAL2,
+        "local3" => LOG_LOCAL3,
+        "local4" => LOG_LOCAL4,
+        "local5" => LOG_LOCAL5,
+        "local6" => LOG_LOCAL6,
+        "local7" => LOG_LOCAL7,
+        _ => LOG_DAEMON,
+    }
+}
+
+/// Send entries to the error log the configuration names: a file is opened (appending)
+/// and placed on standard error, so workers and anything else writing to fd 2 share it;
+/// calling this again reopens it (after logrotate moved the old file away).
+pub fn open_error_log(target: &ErrorLog, ident: &str, facility: &str) -> Result<(), String> {
+    match target {
+        ErrorLog::Stderr => Ok(()),
+        ErrorLog::Syslog => {
+            // openlog keeps the pointer: the ident must live as long as the process.
+            let ident = CString::new(ident).map_err(|_| "syslog.ident contains a NUL byte")?;
+            let ident: &'static std::ffi::CStr = Box::leak(ident.into_boxed_c_str());
+            let code = facility_code(facility);
+            // SAFETY: `ident` is 'static; openlog only stores it.
+            unsafe { nix::libc::openlog(ident.as_ptr(), nix::libc::LOG_PID, code) };
+            LOGGER.facility.store(code, Ordering::Relaxed);
+            LOGGER.syslog.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        ErrorLog::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("failed to open error_log ({}): {e}", path.display()))?;
+            nix::unistd::dup2_stderr(&file)
+                .map_err(|e| format!("failed to redirect stderr to '{}': {e}", path.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// A line exactly as given, with no timestamp or level (php-fpm's undecorated worker
+/// output), to wherever the error log goes.
+pub fn write_raw(line: &str) {
+    if LOGGER.syslog.load(Ordering::Relaxed) {
+        send_to_syslog(
+            LOGGER.facility.load(Ordering::Relaxed),
+            LogLevel::Notice,
+            line,
+        );
+    } else {
+        write_all_fd(
+            LOGGER.fd.load(Ordering::Relaxed),
+            format!("{line}\n").as_bytes(),
+        );
+    }
+}
+
+pub fn set_limit(limit: usize) {
+    LOGGER.limit.store(limit, Ordering::Relaxed);
+}
+
+pub fn limit() -> usize {
+    LOGGER.limit.load(Ordering::Relaxed)
+}
+
 /// Write everything, retrying short writes; a log that cannot be written is dropped, since
 /// there is nowhere left to report that.
-fn write_all_fd(fd: i32, mut bytes: &[u8]) {
+pub fn write_all_fd(fd: i32, mut bytes: &[u8]) {
     // SAFETY: the descriptor is the log's, kept open for the process's lifetime.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     while !bytes.is_empty() {
@@ -174,6 +294,16 @@ mod tests {
         ] {
             assert_eq!(level_from_u8(l as u8), l);
         }
+    }
+
+    #[test]
+    fn long_entries_are_cut_on_one_line() {
+        let mut m = "é".repeat(10);
+        cut_to_limit(&mut m, 5);
+        assert_eq!(m, "éé... [16 more bytes cut at log_limit]");
+        let mut short = "short".to_string();
+        cut_to_limit(&mut short, 5);
+        assert_eq!(short, "short");
     }
 
     #[test]

@@ -1,6 +1,5 @@
-use cgi_fpm::config::{self, ErrorLog};
+use cgi_fpm::config;
 use cgi_fpm::{cli, logging, master};
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 /// php-fpm's exit code for configuration errors (sysexits EX_CONFIG).
@@ -51,8 +50,14 @@ fn main() -> ExitCode {
     }
 
     logging::set_level(config.global.log_level);
+    logging::set_limit(config.global.log_limit);
+    let global = &config.global;
     if !options.force_stderr
-        && let Err(e) = open_error_log(&config.global.error_log)
+        && let Err(e) = logging::open_error_log(
+            &global.error_log,
+            &global.syslog_ident,
+            &global.syslog_facility,
+        )
     {
         log::error!("{e}");
         log::error!("FPM initialization failed");
@@ -62,30 +67,8 @@ fn main() -> ExitCode {
         config,
         master::RunOptions {
             pid_file: options.pid.clone(),
+            force_stderr: options.force_stderr,
         },
     );
     ExitCode::from(code.clamp(0, 255) as u8)
-}
-
-/// Point standard error at the configured log, so the master, its workers and anything
-/// else writing to fd 2 end up in one file.
-fn open_error_log(target: &ErrorLog) -> Result<(), String> {
-    match target {
-        ErrorLog::Stderr => Ok(()),
-        ErrorLog::Syslog => {
-            log::warn!("error_log = syslog is not implemented yet; logging to stderr");
-            Ok(())
-        }
-        ErrorLog::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("failed to open error_log ({}): {e}", path.display()))?;
-            nix::unistd::dup2_stderr(&file)
-                .map_err(|e| format!("failed to redirect stderr to '{}': {e}", path.display()))?;
-            debug_assert!(file.as_raw_fd() > 2);
-            Ok(())
-        }
-    }
 }

@@ -54,6 +54,7 @@ impl WorkerState {
 pub struct PoolCounters {
     pub accepted_conn: AtomicU64,
     pub requests: AtomicU64,
+    pub slow_requests: AtomicU64,
 }
 
 /// One worker's slot. A slot is free when `pid` is 0; the master claims it before forking.

@@ -2,10 +2,11 @@
 //! process itself.
 
 pub mod env;
+pub mod headers;
 pub mod resolve;
 pub mod response;
 pub mod spawn;
 
 pub use env::{EnvPolicy, build_env};
 pub use resolve::{Refusal, Resolved, ScriptRequest, resolve};
-pub use spawn::{CgiChild, spawn};
+pub use spawn::{CgiChild, Usage, reap, spawn};

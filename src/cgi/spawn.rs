@@ -94,3 +94,51 @@ pub fn spawn(
         pidfd,
     })
 }
+
+/// What a finished child used, from wait4(2): its own and its reaped descendants' CPU
+/// time, and its peak resident memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub user: std::time::Duration,
+    pub system: std::time::Duration,
+    pub max_rss_bytes: u64,
+}
+
+fn timeval(tv: nix::libc::timeval) -> std::time::Duration {
+    std::time::Duration::from_secs(tv.tv_sec.max(0) as u64)
+        + std::time::Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+/// Reap `pid` if it has exited (or wait for it, with `block`), with its resource usage.
+/// `Ok(None)`: still running.
+pub fn reap(
+    pid: Pid,
+    block: bool,
+) -> Result<Option<(nix::sys::wait::WaitStatus, Usage)>, nix::errno::Errno> {
+    let flags = if block { 0 } else { nix::libc::WNOHANG };
+    loop {
+        let mut status: nix::libc::c_int = 0;
+        let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+        // SAFETY: wait4 writes only into `status` and `usage`, both ours and large enough.
+        let rc = unsafe { nix::libc::wait4(pid.as_raw(), &mut status, flags, usage.as_mut_ptr()) };
+        match nix::errno::Errno::result(rc) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(_) => {
+                // SAFETY: wait4 succeeded, so it filled the zero-initialised rusage.
+                let usage = unsafe { usage.assume_init() };
+                let status = nix::sys::wait::WaitStatus::from_raw(pid, status)?;
+                return Ok(Some((
+                    status,
+                    Usage {
+                        user: timeval(usage.ru_utime),
+                        system: timeval(usage.ru_stime),
+                        // Linux reports ru_maxrss in KiB.
+                        max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+                    },
+                )));
+            }
+        }
+    }
+}

@@ -118,11 +118,11 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         };
         Ok(())
     }),
-    global("syslog.ident", Later, |g, v, _| {
+    global("syslog.ident", Implemented, |g, v, _| {
         g.syslog_ident = non_empty_text(v)?;
         Ok(())
     }),
-    global("syslog.facility", Later, |g, v, _| {
+    global("syslog.facility", Implemented, |g, v, _| {
         g.syslog_facility = syslog_facility(v)?;
         Ok(())
     }),
@@ -134,7 +134,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.log_level = log_level(v)?;
         Ok(())
     }),
-    global("log_limit", Later, |g, v, _| {
+    global("log_limit", Implemented, |g, v, _| {
         g.log_limit = integer::<u32>(v, 512, i32::MAX as u32)? as usize;
         Ok(())
     }),
@@ -299,15 +299,15 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.ping_response = v.to_string();
         Ok(())
     }),
-    pool("access.log", Later, |p, v, _| {
+    pool("access.log", Implemented, |p, v, _| {
         p.access_log = optional_path(v);
         Ok(())
     }),
-    pool("access.format", Later, |p, v, _| {
+    pool("access.format", Implemented, |p, v, _| {
         p.access_format = access_format(v)?;
         Ok(())
     }),
-    pool_array("access.suppress_path[]", Later, |p, key, v, _| {
+    pool_array("access.suppress_path[]", Implemented, |p, key, v, _| {
         if !key.is_empty() {
             return Err(format!(
                 "keys are not allowed here ('[{key}]'): write access.suppress_path[] = /path"
@@ -319,25 +319,25 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.access_suppress_path.push(v.to_string());
         Ok(())
     }),
-    pool("slowlog", Later, |p, v, _| {
+    pool("slowlog", Implemented, |p, v, _| {
         p.slowlog = optional_path(v);
         Ok(())
     }),
-    pool("request_slowlog_timeout", Later, |p, v, _| {
+    pool("request_slowlog_timeout", Implemented, |p, v, _| {
         p.request_slowlog_timeout = duration(v)?;
         Ok(())
     }),
-    pool("request_slowlog_trace_depth", Later, |p, v, _| {
+    pool("request_slowlog_trace_depth", Implemented, |p, v, _| {
         p.request_slowlog_trace_depth = integer(v, 1, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("request_terminate_timeout", Later, |p, v, _| {
+    pool("request_terminate_timeout", Implemented, |p, v, _| {
         p.request_terminate_timeout = duration(v)?;
         Ok(())
     }),
     pool(
         "request_terminate_timeout_track_finished",
-        Later,
+        Implemented,
         |p, v, _| {
             p.request_terminate_timeout_track_finished = boolean(v)?;
             Ok(())
@@ -359,11 +359,11 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.chdir = optional_path(v);
         Ok(())
     }),
-    pool("catch_workers_output", Later, |p, v, _| {
+    pool("catch_workers_output", Implemented, |p, v, _| {
         p.catch_workers_output = boolean(v)?;
         Ok(())
     }),
-    pool("decorate_workers_output", Later, |p, v, _| {
+    pool("decorate_workers_output", Implemented, |p, v, _| {
         p.decorate_workers_output = boolean(v)?;
         Ok(())
     }),
@@ -394,7 +394,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
     }),
     include(Scope::Pool),
     // Ours.
-    pool("request_slowlog_trace_command", Later, |p, v, _| {
+    pool("request_slowlog_trace_command", Implemented, |p, v, _| {
         p.request_slowlog_trace_command = optional_text(v);
         Ok(())
     }),
@@ -668,6 +668,20 @@ mod tests {
             (Scope::Pool, "cgi.interpreter[]"),
             (Scope::Pool, "cgi.allowed_roots"),
             (Scope::Pool, "cgi.stderr"),
+            (Scope::Global, "syslog.ident"),
+            (Scope::Global, "syslog.facility"),
+            (Scope::Global, "log_limit"),
+            (Scope::Pool, "request_terminate_timeout"),
+            (Scope::Pool, "request_terminate_timeout_track_finished"),
+            (Scope::Pool, "request_slowlog_timeout"),
+            (Scope::Pool, "request_slowlog_trace_depth"),
+            (Scope::Pool, "request_slowlog_trace_command"),
+            (Scope::Pool, "slowlog"),
+            (Scope::Pool, "access.log"),
+            (Scope::Pool, "access.format"),
+            (Scope::Pool, "access.suppress_path[]"),
+            (Scope::Pool, "catch_workers_output"),
+            (Scope::Pool, "decorate_workers_output"),
         ]
         .into_iter()
         .collect();

@@ -9,6 +9,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Longest log entry before it is cut. php-fpm's default is 1024, and it wraps longer
+/// entries into several lines, which breaks log parsers (php-src#9010); ours keeps every
+/// entry on one line and cuts only past 1 MiB.
+pub const DEFAULT_LOG_LIMIT: usize = 1 << 20;
+
 /// php-fpm's default `access.format`.
 pub const DEFAULT_ACCESS_FORMAT: &str = "%R - %u %t \"%m %r\" %s";
 
@@ -70,7 +75,7 @@ pub struct GlobalConfig {
     pub syslog_ident: String,
     /// Default notice.
     pub log_level: LogLevel,
-    /// Default 1024 (minimum 512).
+    /// Default [`DEFAULT_LOG_LIMIT`] (minimum 512).
     pub log_limit: usize,
     /// Default yes.
     pub log_buffering: bool,
@@ -102,7 +107,7 @@ impl Default for GlobalConfig {
             syslog_facility: "daemon".to_string(),
             syslog_ident: "cgi-fpm".to_string(),
             log_level: LogLevel::Notice,
-            log_limit: 1024,
+            log_limit: DEFAULT_LOG_LIMIT,
             log_buffering: true,
             emergency_restart_threshold: 0,
             emergency_restart_interval: Duration::ZERO,

@@ -278,8 +278,6 @@ fn realistic_configuration_loads() {
         [
             "[DIR/pool.d/api.conf:5] [pool api] 'pm.min_spare_servers' is not implemented yet; ignored",
             "[DIR/pool.d/api.conf:6] [pool api] 'pm.max_spare_servers' is not implemented yet; ignored",
-            "[DIR/pool.d/api.conf:7] [pool api] 'access.log' is not implemented yet; ignored",
-            "[DIR/pool.d/api.conf:8] [pool api] 'access.format' is not implemented yet; ignored",
             "[DIR/pool.d/www.conf:3] [pool www] 'user' is not implemented yet; ignored",
             "[DIR/pool.d/www.conf:4] [pool www] 'group' is not implemented yet; ignored",
             "[DIR/pool.d/api.conf:3] [pool api] 'pm': pm = dynamic is not implemented yet; running as static with pm.max_children workers",

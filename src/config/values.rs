@@ -285,70 +285,8 @@ pub(super) fn command_words(value: &str) -> Result<Vec<String>, String> {
 
 /// Checks an `access.format` the way php-fpm's `fpm_log_write` does in test mode.
 pub(super) fn access_format(value: &str) -> Result<String, String> {
-    if value.is_empty() {
-        return Err("must not be empty".to_string());
-    }
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            continue;
-        }
-        let mut modifier = None;
-        let mut specifier = chars.next();
-        if specifier == Some('{') {
-            let inside: String = chars.by_ref().take_while(|&c| c != '}').collect();
-            specifier = chars.next();
-            if specifier.is_none() {
-                return Err("missing '}' or format letter after '%{'".to_string());
-            }
-            modifier = Some(inside);
-        }
-        let Some(specifier) = specifier else {
-            return Err("a lone '%' ends the format (write '%%' for a percent sign)".to_string());
-        };
-        check_access_specifier(specifier, modifier.as_deref())?;
-    }
-    Ok(value.to_string())
-}
-
-fn check_access_specifier(specifier: char, modifier: Option<&str>) -> Result<(), String> {
-    let allowed: &[&str] = match specifier {
-        'C' => &["total", "user", "system"],
-        'd' => &[
-            "seconds",
-            "milliseconds",
-            "miliseconds",
-            "milli",
-            "mili",
-            "microseconds",
-            "micro",
-        ],
-        'M' => &["bytes", "kilobytes", "kilo", "megabytes", "mega"],
-        'e' | 'o' if modifier.is_none_or(str::is_empty) => {
-            return Err(format!("%{specifier} needs a name: %{{NAME}}{specifier}"));
-        }
-        'e' | 'o' | 't' | 'T' => return Ok(()),
-        '%' | 'f' | 'l' | 'm' | 'n' | 'p' | 'P' | 'q' | 'Q' | 'r' | 'R' | 's' | 'u' => {
-            return match modifier {
-                None => Ok(()),
-                Some(_) => Err(format!("%{specifier} takes no {{modifier}}")),
-            };
-        }
-        other => return Err(format!("unknown format letter %{other}")),
-    };
-    match modifier {
-        Some(modifier)
-            if !allowed
-                .iter()
-                .any(|name| name.eq_ignore_ascii_case(modifier)) =>
-        {
-            Err(format!(
-                "%{{{modifier}}}{specifier}: the modifier must be one of {}",
-                allowed.join(", ")
-            ))
-        }
-        _ => Ok(()),
-    }
+    // One parser for checking and for logging: the access log's own.
+    crate::accesslog::Format::parse(value).map(|_| value.to_string())
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! scoreboards, forks the workers, reaps and replaces them, and acts on signals. It never
 //! accepts a pool connection itself.
 
+mod capture;
 mod listener;
+mod logs;
 
 use crate::config::Config;
 use crate::scoreboard::Scoreboard;
 use crate::worker::{self, WorkerSpec};
+use capture::Capture;
 use listener::Listener;
+use logs::PoolLogs;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
@@ -30,18 +34,24 @@ const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
 /// How long a fast stop waits at least before SIGKILL: a worker gives its CGI child two
 /// seconds between TERM and KILL, and needs a moment to reap it.
 const MIN_STOP_GRACE: Duration = Duration::from_secs(3);
+/// Past request_terminate_timeout, how long the master gives a worker to stop its own
+/// request (it allows its CGI child two seconds between TERM and KILL) before it steps in.
+const STUCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// Command-line settings that shape the run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// `-g`: overrides the config's pid file.
     pub pid_file: Option<std::path::PathBuf>,
+    /// `-O`: the error log stays standard error, so SIGUSR1 has none to reopen.
+    pub force_stderr: bool,
 }
 
 struct Pool {
     config_index: usize,
     listener: Listener,
     scoreboard: Scoreboard,
+    logs: PoolLogs,
     /// Consecutive workers that died right after starting.
     quick_failures: u32,
     respawn_at: Option<Instant>,
@@ -74,6 +84,9 @@ pub struct Master {
     state: State,
     inherited_env: Vec<(OsString, OsString)>,
     pid_file: Option<std::path::PathBuf>,
+    force_stderr: bool,
+    poll: Poll,
+    capture: Capture,
 }
 
 /// Start the master on a checked configuration and run until stopped.
@@ -97,24 +110,25 @@ impl Master {
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
             let opened = listener::open(pool).and_then(|listener| {
-                match Scoreboard::new(pool.pm_max_children as usize) {
-                    Ok(scoreboard) => Ok((listener, scoreboard)),
+                let rest = Scoreboard::new(pool.pm_max_children as usize)
+                    .map_err(|e| format!("[pool {}] cannot create the scoreboard: {e}", pool.name))
+                    .and_then(|scoreboard| PoolLogs::open(pool).map(|logs| (scoreboard, logs)));
+                match rest {
+                    Ok((scoreboard, logs)) => Ok((listener, scoreboard, logs)),
                     Err(e) => {
                         listener.close();
-                        Err(format!(
-                            "[pool {}] cannot create the scoreboard: {e}",
-                            pool.name
-                        ))
+                        Err(e)
                     }
                 }
             });
             match opened {
-                Ok((listener, scoreboard)) => {
+                Ok((listener, scoreboard, logs)) => {
                     log::debug!("[pool {}] listening on {}", pool.name, listener.address);
                     pools.push(Pool {
                         config_index,
                         listener,
                         scoreboard,
+                        logs,
                         quick_failures: 0,
                         respawn_at: None,
                     })
@@ -127,6 +141,13 @@ impl Master {
             }
         }
         let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
+        let poll = match Poll::new() {
+            Ok(p) => p,
+            Err(e) => {
+                pools.into_iter().for_each(|p| p.listener.close());
+                return Err(format!("epoll_create failed: {e}"));
+            }
+        };
         let master = Master {
             config,
             pools,
@@ -134,6 +155,9 @@ impl Master {
             state: State::Running,
             inherited_env: std::env::vars_os().collect(),
             pid_file,
+            force_stderr: options.force_stderr,
+            poll,
+            capture: Capture::default(),
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -152,13 +176,6 @@ impl Master {
     }
 
     fn event_loop(&mut self) -> i32 {
-        let mut poll = match Poll::new() {
-            Ok(p) => p,
-            Err(e) => {
-                log::error!("epoll_create failed: {e}");
-                return 71;
-            }
-        };
         let mut signals =
             match Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP]) {
                 Ok(s) => s,
@@ -167,7 +184,8 @@ impl Master {
                     return 71;
                 }
             };
-        if let Err(e) = poll
+        if let Err(e) = self
+            .poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
         {
@@ -181,18 +199,27 @@ impl Master {
         let mut events = Events::with_capacity(64);
         loop {
             let timeout = self.next_timeout();
-            if let Err(e) = poll.poll(&mut events, Some(timeout))
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 log::error!("epoll_wait failed: {e}");
                 return 71;
+            }
+            for event in &events {
+                if Capture::is_capture(event.token()) {
+                    self.capture
+                        .on_readable(self.poll.registry(), event.token());
+                }
             }
             for signal in signals.pending() {
                 self.on_signal(signal);
             }
             self.reap_children();
             match self.state {
-                State::Running => self.maintain_pools(),
+                State::Running => {
+                    self.stop_stuck_workers();
+                    self.maintain_pools();
+                }
                 _ => {
                     if self.children.is_empty() {
                         return 0;
@@ -229,7 +256,8 @@ impl Master {
             SIGCHLD => {}
             SIGTERM | SIGINT => self.terminate(),
             SIGQUIT => self.finish(),
-            SIGUSR1 | SIGUSR2 | SIGHUP => {
+            SIGUSR1 => self.reopen_logs(),
+            SIGUSR2 | SIGHUP => {
                 log::warn!(
                     "received {}: not implemented yet; ignored",
                     signal_name(signal)
@@ -433,6 +461,20 @@ impl Master {
             .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
         // Reserve before forking so the worker never races our bookkeeping.
         slot.claim(-1);
+        let pipes = if config.catch_workers_output {
+            match capture::pipes() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    slot.release();
+                    return Err(format!(
+                        "[pool {}] cannot create pipes for catch_workers_output: {e}",
+                        config.name
+                    ));
+                }
+            }
+        } else {
+            None
+        };
 
         // Signals stay blocked across fork: the worker must not run the master's handlers
         // before it has replaced them.
@@ -453,11 +495,24 @@ impl Master {
                 slot_index,
                 listener: pool.listener.raw_fd(),
                 inherited_env: self.inherited_env.clone(),
+                access_log_fd: pool.logs.access_fd(),
+                slowlog_fd: pool.logs.slow_fd(),
+                output_pipes: pipes.as_ref().map(|(_, worker)| worker.raw()),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.pid.store(child.as_raw(), Ordering::Release);
                 log::info!("[pool {}] child {} started", config.name, child);
+                if let Some((ours, theirs)) = pipes {
+                    drop(theirs);
+                    self.capture.add(
+                        self.poll.registry(),
+                        ours,
+                        &config.name,
+                        child.as_raw(),
+                        config.decorate_workers_output,
+                    );
+                }
                 self.children.insert(
                     child,
                     Child {
@@ -473,6 +528,67 @@ impl Master {
                 slot.release();
                 Err(format!("[pool {}] fork() failed: {e}", config.name))
             }
+        }
+    }
+
+    /// SIGUSR1 (logrotate): reopen the error log and the pools' logs, then restart the
+    /// workers gracefully so they pick up the new files, as php-fpm does; each finishes the
+    /// request in hand first.
+    fn reopen_logs(&mut self) {
+        log::info!("reopening log files");
+        if !self.force_stderr {
+            let g = &self.config.global;
+            if let Err(e) =
+                crate::logging::open_error_log(&g.error_log, &g.syslog_ident, &g.syslog_facility)
+            {
+                log::error!("{e}; still logging to the old error log");
+            }
+        }
+        for pool in &mut self.pools {
+            match PoolLogs::open(&self.config.pools[pool.config_index]) {
+                Ok(logs) => pool.logs = logs,
+                Err(e) => log::error!("{e}; keeping the old file"),
+            }
+        }
+        if self.state == State::Running {
+            self.signal_children(Signal::SIGQUIT);
+        }
+    }
+
+    /// The worker enforces request_terminate_timeout itself; a worker that failed to (it
+    /// is stuck, or stopped) is killed here, with its CGI process group, once the timeout
+    /// and the worker's own grace period have both passed.
+    fn stop_stuck_workers(&mut self) {
+        let now = crate::scoreboard::now_us();
+        for (pid, child) in &self.children {
+            let pool = &self.pools[child.pool];
+            let config = &self.config.pools[pool.config_index];
+            let limit = config.request_terminate_timeout;
+            if limit.is_zero() {
+                continue;
+            }
+            let Some(slot) = pool.scoreboard.slot(child.slot) else {
+                continue;
+            };
+            if slot.state() != crate::scoreboard::WorkerState::Running {
+                continue;
+            }
+            let started = slot.request_started_at_us.load(Ordering::Relaxed);
+            let running = Duration::from_micros(now.saturating_sub(started));
+            if running <= limit + STUCK_MARGIN {
+                continue;
+            }
+            log::warn!(
+                "[pool {}] child {pid}, request running for {}.{:06} sec, past request_terminate_timeout, and the worker did not stop it; killing the worker",
+                config.name,
+                running.as_secs(),
+                running.subsec_micros()
+            );
+            let cgi = slot.cgi_pid.load(Ordering::Relaxed);
+            if cgi > 0 {
+                let _ = killpg(Pid::from_raw(cgi), Signal::SIGKILL);
+            }
+            let _ = kill(*pid, Signal::SIGKILL);
         }
     }
 

@@ -129,6 +129,11 @@ impl Conn {
         self.output.release();
     }
 
+    /// Bytes written to the peer over the connection's life.
+    pub fn bytes_written(&self) -> u64 {
+        self.output.total_written()
+    }
+
     pub fn output_held(&self) -> bool {
         self.output.is_held()
     }
@@ -158,12 +163,13 @@ impl Conn {
     }
 
     /// Read from `source` straight into a new output record of `record_type`, sparing a
-    /// copy. Returns the bytes read: 0 at end of stream.
+    /// copy; `observe` sees the bytes read. Returns their count: 0 at end of stream.
     pub fn queue_read_from(
         &mut self,
         source: BorrowedFd<'_>,
         record_type: RecordType,
         request_id: u16,
+        observe: impl FnOnce(&[u8]),
     ) -> Result<usize, Errno> {
         let output = self.output.buffer();
         let at = output.len();
@@ -176,6 +182,7 @@ impl Conn {
         };
         match result {
             Ok(n) if n > 0 => {
+                observe(&output[at + HEADER_LEN..at + HEADER_LEN + n]);
                 let (head, padding) = header(record_type, request_id, n);
                 output[at..at + HEADER_LEN].copy_from_slice(&head);
                 output.truncate(at + HEADER_LEN + n);

@@ -4,8 +4,10 @@
 mod conn;
 mod output;
 mod poll;
+mod pump;
 mod request;
 mod signals;
+mod slowlog;
 
 use crate::cgi::EnvPolicy;
 use crate::cgi::response::error_response;
@@ -18,7 +20,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{SockFlag, accept4};
 use poll::PollSet;
-use request::Outcome;
+use pump::Outcome;
 use signals::{Request as SignalRequest, WorkerSignals};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -40,6 +42,19 @@ pub struct WorkerSpec<'a> {
     pub listener: RawFd,
     /// The master's environment, for pools with `clear_env = no`.
     pub inherited_env: Vec<(OsString, OsString)>,
+    /// The pool's access log and slowlog, opened by the master (so it can reopen them).
+    pub access_log_fd: Option<RawFd>,
+    pub slowlog_fd: Option<RawFd>,
+    /// `catch_workers_output`: write ends of the pipes the master reads the worker's
+    /// stdout and stderr from.
+    pub output_pipes: Option<(RawFd, RawFd)>,
+}
+
+/// The access log as a worker writes it.
+pub struct AccessLog {
+    fd: RawFd,
+    format: crate::accesslog::Format,
+    suppress: Vec<String>,
 }
 
 /// The worker's state while it serves.
@@ -52,6 +67,8 @@ pub struct WorkerCtx<'a> {
     values: ServerValues,
     /// The master asked us to exit once the request in hand is done.
     quit: bool,
+    access_log: Option<AccessLog>,
+    slowlog_fd: Option<RawFd>,
 }
 
 impl WorkerCtx<'_> {
@@ -84,8 +101,14 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
             exit(70);
         }
     };
-    close_inherited_fds(&[spec.listener, signals.fd().as_raw_fd()]);
-    detach_stdio();
+    let mut keep = vec![spec.listener, signals.fd().as_raw_fd()];
+    keep.extend(spec.access_log_fd);
+    keep.extend(spec.slowlog_fd);
+    if let Some((out, err)) = spec.output_pipes {
+        keep.extend([out, err]);
+    }
+    close_inherited_fds(&keep);
+    set_up_stdio(spec.output_pipes);
     set_process_name(&spec.pool.name);
     if let Some(dir) = &spec.pool.chdir
         && let Err(e) = nix::unistd::chdir(dir)
@@ -99,6 +122,20 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     }
 
     let max = spec.pool.pm_max_children;
+    let access_log = spec.access_log_fd.and_then(|fd| {
+        // The loader checked the format with this same parser, so this cannot fail.
+        match crate::accesslog::Format::parse(&spec.pool.access_format) {
+            Ok(format) => Some(AccessLog {
+                fd,
+                format,
+                suppress: spec.pool.access_suppress_path.clone(),
+            }),
+            Err(e) => {
+                log::error!("[pool {}] access.format: {e}", spec.pool.name);
+                None
+            }
+        }
+    });
     let mut ctx = WorkerCtx {
         pool: spec.pool,
         scoreboard: spec.scoreboard,
@@ -117,6 +154,8 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
             max_reqs: max,
         },
         quit: false,
+        access_log,
+        slowlog_fd: spec.slowlog_fd,
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -143,15 +182,35 @@ fn close_inherited_fds(keep: &[RawFd]) {
     }
 }
 
-/// The worker's own stdin and stdout go nowhere; its stderr stays the error log.
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
+/// The worker's own stdin reads nothing. Its stdout goes nowhere, and its stderr stays
+/// the error log — unless `catch_workers_output` hands both to the master, which logs what
+/// arrives there with the pool and pid; our own log lines then keep going straight to the
+/// error log through a copy of the old stderr.
+fn set_up_stdio(pipes: Option<(RawFd, RawFd)>) {
+    let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-    {
-        let _ = nix::unistd::dup2_stdin(&null);
-        let _ = nix::unistd::dup2_stdout(&null);
+    else {
+        return;
+    };
+    let _ = nix::unistd::dup2_stdin(&null);
+    match pipes {
+        None => {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+        Some((out, err)) => {
+            // SAFETY: 2 is our stderr, open for the process's lifetime; the copy is ours.
+            let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+            if let Ok(copy) = nix::fcntl::fcntl(stderr, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+                crate::logging::set_fd(copy);
+            }
+            // SAFETY: the master created these pipe ends for this worker and keeps its
+            // own copies closed; after dup2 the originals are not needed.
+            let (out, err) = unsafe { (OwnedFd::from_raw_fd(out), OwnedFd::from_raw_fd(err)) };
+            let _ = nix::unistd::dup2_stdout(&out);
+            let _ = nix::unistd::dup2_stderr(&err);
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Output {
     /// Older bytes than `mem`, when a held response outgrew memory.
     spool: Option<Spool>,
     held: bool,
+    /// Every byte ever written to the socket.
+    total_written: u64,
 }
 
 impl Output {
@@ -58,6 +60,10 @@ impl Output {
 
     pub fn is_empty(&self) -> bool {
         self.pending() == 0
+    }
+
+    pub fn total_written(&self) -> u64 {
+        self.total_written
     }
 
     pub fn is_held(&self) -> bool {
@@ -125,13 +131,19 @@ impl Output {
                     spool.sent += n as u64;
                     spool.stage_written = 0;
                 }
-                if !write_some(fd, &spool.stage, &mut spool.stage_written)? {
+                let before = spool.stage_written;
+                let done = write_some(fd, &spool.stage, &mut spool.stage_written)?;
+                self.total_written += (spool.stage_written - before) as u64;
+                if !done {
                     return Ok(false);
                 }
             }
             self.spool = None;
         }
-        if !write_some(fd, &self.mem, &mut self.written)? {
+        let before = self.written;
+        let done = write_some(fd, &self.mem, &mut self.written)?;
+        self.total_written += (self.written - before) as u64;
+        if !done {
             return Ok(false);
         }
         self.mem.clear();

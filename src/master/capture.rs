@@ -1,0 +1,170 @@
+//! `catch_workers_output`: the master reads what workers write to their stdout and stderr
+//! and logs it line by line, with the pool and pid, as php-fpm does:
+//! `WARNING: [pool www] child 1234 said into stderr: "…"`.
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::errno::Errno;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Tokens for capture pipes start here, clear of the master's other event sources.
+const FIRST_TOKEN: usize = 1 << 20;
+
+struct Pipe {
+    fd: OwnedFd,
+    pool: String,
+    pid: i32,
+    stream: &'static str,
+    decorate: bool,
+    pending: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct Capture {
+    pipes: HashMap<Token, Pipe>,
+    next: usize,
+}
+
+/// The worker's ends of its two pipes, to hand over at fork.
+pub struct WorkerEnds {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+impl WorkerEnds {
+    pub fn raw(&self) -> (RawFd, RawFd) {
+        (self.stdout.as_raw_fd(), self.stderr.as_raw_fd())
+    }
+}
+
+/// Our ends, to register once the worker's pid is known.
+pub struct MasterEnds {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+pub fn pipes() -> Result<(MasterEnds, WorkerEnds), Errno> {
+    let flags = nix::fcntl::OFlag::O_CLOEXEC;
+    let (out_r, out_w) = nix::unistd::pipe2(flags | nix::fcntl::OFlag::O_NONBLOCK)?;
+    let (err_r, err_w) = nix::unistd::pipe2(flags | nix::fcntl::OFlag::O_NONBLOCK)?;
+    // The worker's ends must block: a worker that writes faster than we read waits
+    // rather than losing its output.
+    for fd in [&out_w, &err_w] {
+        let current = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_GETFL,
+        )?);
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFL(current & !nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+    }
+    Ok((
+        MasterEnds {
+            stdout: out_r,
+            stderr: err_r,
+        },
+        WorkerEnds {
+            stdout: out_w,
+            stderr: err_w,
+        },
+    ))
+}
+
+impl Capture {
+    pub fn is_capture(token: Token) -> bool {
+        token.0 >= FIRST_TOKEN
+    }
+
+    pub fn add(
+        &mut self,
+        registry: &Registry,
+        ends: MasterEnds,
+        pool: &str,
+        pid: i32,
+        decorate: bool,
+    ) {
+        for (fd, stream) in [(ends.stdout, "stdout"), (ends.stderr, "stderr")] {
+            let token = Token(FIRST_TOKEN + self.next);
+            self.next = self.next.wrapping_add(1) % (usize::MAX - FIRST_TOKEN);
+            if let Err(e) =
+                registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+            {
+                log::error!("[pool {pool}] cannot watch child {pid}'s {stream}: {e}");
+                continue;
+            }
+            self.pipes.insert(
+                token,
+                Pipe {
+                    fd,
+                    pool: pool.to_string(),
+                    pid,
+                    stream,
+                    decorate,
+                    pending: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// Read what a pipe holds and log its complete lines; at end of stream, log the rest
+    /// and forget the pipe.
+    pub fn on_readable(&mut self, registry: &Registry, token: Token) {
+        let Some(pipe) = self.pipes.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        let closed = loop {
+            match nix::unistd::read(&pipe.fd, &mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    pipe.pending.extend_from_slice(&buf[..n]);
+                    pipe.log_lines(false);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break false,
+                Err(_) => break true,
+            }
+        };
+        if closed {
+            pipe.log_lines(true);
+            let _ = registry.deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
+            self.pipes.remove(&token);
+        }
+    }
+}
+
+impl Pipe {
+    fn log_lines(&mut self, closing: bool) {
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = self.pending[start..start + pos].to_vec();
+            self.log(&line, false);
+            start += pos + 1;
+        }
+        self.pending.drain(..start);
+        let too_long = self.pending.len() >= crate::logging::limit();
+        if (closing && !self.pending.is_empty()) || too_long {
+            let line = std::mem::take(&mut self.pending);
+            self.log(&line, closing);
+        }
+    }
+
+    fn log(&self, line: &[u8], closing: bool) {
+        let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+        if self.decorate {
+            log::warn!(
+                "[pool {}] child {} said into {}: \"{}\"{}",
+                self.pool,
+                self.pid,
+                self.stream,
+                text,
+                if closing { ", pipe is closed" } else { "" }
+            );
+        } else {
+            // Undecorated, as php-fpm's decorate_workers_output = no: the line as written.
+            crate::logging::write_raw(&text);
+        }
+    }
+}

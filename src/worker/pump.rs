@@ -1,0 +1,887 @@
+//! The request's I/O loop: body to the child and output to the web server at the same time,
+//! with bounded buffers, until both sides are done — and the request's deadlines:
+//! request_terminate_timeout, request_slowlog_timeout, and processes that outlive the
+//! script while holding its output.
+//!
+//! Memory stays bounded whatever the sizes: at most one body chunk waits for the child's
+//! stdin, and at most one output record waits for the web server; while either is full,
+//! the side that fills it is not read (backpressure). A response is held back until the
+//! request body is complete (see `output`).
+
+use super::WorkerCtx;
+use super::conn::{Conn, Fill, OUTPUT_CHUNK};
+use super::poll::{self, PollSet};
+use super::signals::Request as SignalRequest;
+use super::slowlog::SlowRecord;
+use crate::cgi::headers::ResponseHeaders;
+use crate::cgi::response::error_response;
+use crate::cgi::{CgiChild, Usage, reap};
+use crate::config::StderrMode;
+use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
+use crate::fastcgi::{Event, Session};
+use crate::scoreboard::WorkerState;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Body bytes we hold for the child before we stop reading the connection.
+const STDIN_HIGH_WATER: usize = 64 * 1024;
+/// How long a child gets between TERM and KILL when we stop it.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// After the response is complete, how long the web server may take to finish sending a
+/// body the child did not read before we give up on the connection.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Without a pidfd, how often to look for the child's exit.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+/// After the script exits, how long processes it left behind may keep its output open
+/// before they are stopped (fcgiwrap waits for them for ever, gnosek/fcgiwrap#40).
+pub const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
+
+/// How a request ended, for the connection loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered; read the next request if `keep_conn`.
+    Answered { keep_conn: bool },
+    /// The connection is unusable (peer gone, protocol error, drain timeout).
+    Close,
+    /// The master told us to stop now.
+    Terminate,
+}
+
+/// What the access log needs to know once the request is over.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub usage: Usage,
+}
+
+/// Which descriptor each entry of the poll set is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Signals,
+    Conn,
+    ChildStdin,
+    ChildStdout,
+    ChildStderr,
+    ChildExit,
+    Trace,
+}
+
+pub struct Pump<'a> {
+    conn: &'a mut Conn,
+    session: &'a mut Session,
+    id: u16,
+    stderr_mode: StderrMode,
+    /// SCRIPT_FILENAME, for log lines.
+    script: String,
+    /// `METHOD URI` as php-fpm's log lines show a request.
+    request_line: String,
+    child: Option<CgiChild>,
+    /// Body bytes waiting for the child's stdin.
+    stdin_buf: Vec<u8>,
+    exit: Option<WaitStatus>,
+    usage: Usage,
+    stdout_bytes: u64,
+    headers: ResponseHeaders,
+    stderr_records: bool,
+    stderr_line: Vec<u8>,
+    /// A response cgi-fpm makes itself (refusal, timeout) instead of the script's.
+    own_status: Option<u16>,
+    /// The response is queued up to the end of its stdout stream.
+    response_done: bool,
+    /// END_REQUEST is queued.
+    end_queued: bool,
+    /// The web server is gone or broke the protocol: nothing more can be sent.
+    broken: bool,
+    aborted: bool,
+    terminate: bool,
+    timed_out: bool,
+    started: Instant,
+    /// Bytes the connection had written before this request: none more means nothing of
+    /// this response has gone out yet.
+    written_before: u64,
+    terminate_at: Option<Instant>,
+    slow_at: Option<Instant>,
+    background_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    slow: Option<SlowRecord>,
+    poll_set: PollSet,
+}
+
+impl<'a> Pump<'a> {
+    pub fn new(
+        conn: &'a mut Conn,
+        session: &'a mut Session,
+        id: u16,
+        ctx: &WorkerCtx<'_>,
+        started: Instant,
+        script: String,
+        request_line: String,
+    ) -> Pump<'a> {
+        if !session.stdin_done() {
+            conn.hold_output();
+        }
+        let pool = ctx.pool;
+        let after = |d: Duration| (!d.is_zero()).then(|| started + d);
+        let written_before = conn.bytes_written();
+        Pump {
+            conn,
+            session,
+            id,
+            stderr_mode: pool.cgi.stderr,
+            script,
+            request_line,
+            child: None,
+            stdin_buf: Vec::new(),
+            exit: None,
+            usage: Usage::default(),
+            stdout_bytes: 0,
+            headers: ResponseHeaders::default(),
+            stderr_records: false,
+            stderr_line: Vec::new(),
+            own_status: None,
+            response_done: false,
+            end_queued: false,
+            broken: false,
+            aborted: false,
+            terminate: false,
+            timed_out: false,
+            started,
+            written_before,
+            terminate_at: after(pool.request_terminate_timeout),
+            slow_at: after(pool.request_slowlog_timeout).filter(|_| ctx.slowlog_fd.is_some()),
+            background_at: None,
+            drain_deadline: None,
+            slow: None,
+            poll_set: PollSet::default(),
+        }
+    }
+
+    pub fn attach(&mut self, child: CgiChild) {
+        self.child = Some(child);
+    }
+
+    /// Answer with our own error response; the body, if any, is still drained.
+    pub fn answer_without_child(&mut self, status: u16) {
+        self.own_status = Some(status);
+        self.queue_own_response(status);
+        self.response_done = true;
+    }
+
+    fn queue_own_response(&mut self, status: u16) {
+        let message = crate::cgi::response::public_message(status);
+        let body = error_response(status, message);
+        self.conn.queue_stream(RecordType::Stdout, self.id, &body);
+        self.conn.queue_record(RecordType::Stdout, self.id, &[]);
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            status: self.own_status.unwrap_or_else(|| {
+                if self.child.is_some() && self.stdout_bytes == 0 {
+                    502
+                } else {
+                    self.headers.status()
+                }
+            }),
+            headers: self.headers.headers().to_vec(),
+            usage: self.usage,
+        }
+    }
+
+    fn child_done(&self) -> bool {
+        match &self.child {
+            None => true,
+            Some(c) => c.stdout.is_none() && c.stderr.is_none() && self.exit.is_some(),
+        }
+    }
+
+    /// The web server will send no more body for this request, or we no longer care.
+    fn stdin_settled(&self) -> bool {
+        self.session.stdin_done() || self.aborted || self.timed_out
+    }
+
+    pub fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
+        let outcome = self.run_loop(ctx, keep_conn);
+        if let Some(record) = self.slow.take() {
+            write_slow_record(ctx, record);
+        }
+        let summary = self.summary();
+        (outcome, summary)
+    }
+
+    fn run_loop(&mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> Outcome {
+        loop {
+            if self.terminate {
+                self.kill_child();
+                return Outcome::Terminate;
+            }
+            if self.broken {
+                self.kill_child();
+                return Outcome::Close;
+            }
+            self.check_deadlines(ctx);
+            if self.conn.output_held() && self.stdin_settled() {
+                self.conn.release_output();
+            }
+            if !self.response_done && self.child_done() {
+                self.finish_response(ctx);
+            }
+            if self.response_done && !self.end_queued && self.stdin_settled() {
+                let status = self.exit.map(app_status).unwrap_or(0);
+                write_end_request(
+                    self.conn.output_mut(),
+                    self.id,
+                    status,
+                    ProtocolStatus::RequestComplete,
+                );
+                self.end_queued = true;
+            }
+            if self.end_queued {
+                self.flush();
+                if !self.conn.has_output() && !self.broken {
+                    break;
+                }
+            }
+            if self.response_done && !self.stdin_settled() {
+                let deadline = *self
+                    .drain_deadline
+                    .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                if Instant::now() >= deadline {
+                    log::warn!(
+                        "[pool {}] child {}, the web server did not finish sending the request body within {}s after the response; closing the connection",
+                        ctx.pool.name,
+                        std::process::id(),
+                        DRAIN_TIMEOUT.as_secs()
+                    );
+                    return Outcome::Close;
+                }
+            }
+            if let Err(e) = self.wait_and_handle(ctx) {
+                log::error!(
+                    "[pool {}] child {}, waiting for the request's descriptors failed: {e}",
+                    ctx.pool.name,
+                    std::process::id()
+                );
+                self.broken = true;
+            }
+        }
+        // A slow record whose trace is still running completes before the worker moves
+        // on; its own time limit bounds the wait.
+        while self.slow.as_mut().is_some_and(|s| !s.poll_done()) {
+            if let Some(s) = &mut self.slow {
+                wait_for(s.fd(), s.deadline());
+                s.on_readable();
+            }
+        }
+        let reusable = self.session.stdin_done() && !self.aborted && !self.timed_out;
+        Outcome::Answered {
+            keep_conn: keep_conn && reusable,
+        }
+    }
+
+    /// Act on whichever deadline has passed.
+    fn check_deadlines(&mut self, ctx: &mut WorkerCtx<'_>) {
+        let now = Instant::now();
+        let track_finished = ctx.pool.request_terminate_timeout_track_finished;
+        if let Some(at) = self.terminate_at
+            && now >= at
+            && !self.timed_out
+            && (!self.child_done() || (track_finished && !self.end_queued))
+        {
+            self.on_terminate_timeout(ctx);
+        }
+        if let Some(at) = self.slow_at
+            && now >= at
+            && self.exit.is_none()
+            && self.slow.is_none()
+            && let Some(child) = &self.child
+        {
+            self.slow_at = None;
+            self.slow = Some(start_slow_record(
+                ctx,
+                child.pid.as_raw(),
+                &self.script,
+                &self.request_line,
+                self.started,
+            ));
+        }
+        if self.slow.as_mut().is_some_and(SlowRecord::poll_done)
+            && let Some(record) = self.slow.take()
+        {
+            write_slow_record(ctx, record);
+        }
+        let holding = self
+            .child
+            .as_ref()
+            .is_some_and(|c| c.stdout.is_some() || c.stderr.is_some());
+        if self.exit.is_some() && holding {
+            let at = *self.background_at.get_or_insert(now + BACKGROUND_GRACE);
+            if now >= at {
+                log::warn!(
+                    "[pool {}] child {}, script '{}' exited, but processes it started still hold its output after {} s; stopping them",
+                    ctx.pool.name,
+                    std::process::id(),
+                    self.script,
+                    BACKGROUND_GRACE.as_secs()
+                );
+                self.kill_child();
+            }
+        }
+    }
+
+    fn on_terminate_timeout(&mut self, ctx: &WorkerCtx<'_>) {
+        self.timed_out = true;
+        let elapsed = self.started.elapsed();
+        log::warn!(
+            "[pool {}] child {}, script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating",
+            ctx.pool.name,
+            std::process::id(),
+            self.script,
+            self.request_line,
+            elapsed.as_secs(),
+            elapsed.subsec_micros()
+        );
+        self.kill_child();
+        // Nothing has reached the web server yet: what the script produced so far goes,
+        // and the client gets a clear 504 instead of a truncated page.
+        if self.conn.bytes_written() == self.written_before {
+            self.conn.discard_output();
+            self.stderr_records = false;
+            self.own_status = Some(504);
+        }
+    }
+
+    /// Queue the end of the response: our own answer when there is one, a 502 when the
+    /// script said nothing, then the end of the stdout stream.
+    fn finish_response(&mut self, ctx: &WorkerCtx<'_>) {
+        ctx.slot().set_state(WorkerState::Finishing);
+        self.flush_stderr_line(ctx);
+        self.response_done = true;
+        if self.aborted {
+            return;
+        }
+        if let Some(status) = self.own_status {
+            self.queue_own_response(status);
+            return;
+        }
+        if let (Some(child), Some(exit)) = (&self.child, self.exit) {
+            if let WaitStatus::Signaled(_, sig, core) = exit {
+                log::warn!(
+                    "[pool {}] child {}, script '{}' (CGI process {}) was killed by signal {} ({}){}",
+                    ctx.pool.name,
+                    std::process::id(),
+                    self.script,
+                    child.pid,
+                    sig as i32,
+                    sig.as_str(),
+                    if core { " - core dumped" } else { "" }
+                );
+            }
+            if self.stdout_bytes == 0 {
+                log::warn!(
+                    "[pool {}] child {}, script '{}' (CGI process {}) produced no output and {}; answered 502",
+                    ctx.pool.name,
+                    std::process::id(),
+                    self.script,
+                    child.pid,
+                    describe_exit(exit)
+                );
+                let body = error_response(502, "The script produced no response.");
+                self.conn.queue_stream(RecordType::Stdout, self.id, &body);
+            }
+        }
+        self.conn.queue_record(RecordType::Stdout, self.id, &[]);
+        if self.stderr_records {
+            self.conn.queue_record(RecordType::Stderr, self.id, &[]);
+        }
+    }
+
+    /// The next moment something must happen without any descriptor waking us.
+    fn next_deadline(&self) -> Option<Instant> {
+        let child_running = !self.child_done();
+        [
+            self.drain_deadline,
+            self.terminate_at
+                .filter(|_| !self.timed_out && child_running),
+            self.slow_at.filter(|_| self.exit.is_none()),
+            self.background_at,
+            self.slow.as_ref().and_then(SlowRecord::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Wait until something can move, then move it.
+    fn wait_and_handle(&mut self, ctx: &mut WorkerCtx<'_>) -> Result<(), Errno> {
+        // Records already buffered may be decodable now that the child took some body;
+        // if they changed anything, let the caller re-evaluate before sleeping.
+        if self.decode_buffered(ctx) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        let mut sources: Vec<(Source, usize)> = Vec::with_capacity(7);
+        let set = &mut self.poll_set;
+        set.clear();
+        sources.push((Source::Signals, set.add(ctx.signals.fd(), poll::IN)));
+        let mut conn_events = 0;
+        if !self.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
+            conn_events |= poll::IN | poll::RDHUP;
+        }
+        if self.conn.has_output() && !self.conn.output_held() {
+            conn_events |= poll::OUT;
+        }
+        if conn_events != 0 {
+            sources.push((Source::Conn, set.add(self.conn.fd(), conn_events)));
+        }
+        if let Some(child) = &self.child {
+            if let Some(fd) = &child.stdin
+                && !self.stdin_buf.is_empty()
+            {
+                sources.push((Source::ChildStdin, set.add(fd.as_fd(), poll::OUT)));
+            }
+            // Output waits while the web server has not taken the previous record; held
+            // output never waits (it spills instead), so the child never blocks on it.
+            let room = !self.conn.has_output() || self.conn.output_held();
+            if let Some(fd) = &child.stdout
+                && room
+            {
+                sources.push((Source::ChildStdout, set.add(fd.as_fd(), poll::IN)));
+            }
+            if let Some(fd) = &child.stderr
+                && (room || self.stderr_mode == StderrMode::Log)
+            {
+                sources.push((Source::ChildStderr, set.add(fd.as_fd(), poll::IN)));
+            }
+            if self.exit.is_none() {
+                match &child.pidfd {
+                    Some(fd) => sources.push((Source::ChildExit, set.add(fd.as_fd(), poll::IN))),
+                    None => timeout = Some(timeout.map_or(EXIT_POLL, |t| t.min(EXIT_POLL))),
+                }
+            }
+        }
+        if let Some(fd) = self.slow.as_ref().and_then(SlowRecord::fd) {
+            sources.push((Source::Trace, set.add(fd, poll::IN)));
+        }
+        set.wait(timeout)?;
+
+        for (source, index) in sources {
+            let events = self.poll_set.revents(index);
+            if events == 0 {
+                continue;
+            }
+            match source {
+                Source::Signals => self.on_signal(ctx),
+                Source::Conn => {
+                    if events & poll::READABLE != 0 {
+                        self.read_conn(ctx);
+                    }
+                    if events & (poll::OUT | poll::ERR) != 0 {
+                        self.flush();
+                    }
+                }
+                Source::ChildStdin => self.write_child_stdin(),
+                Source::ChildStdout => self.read_child_stdout(ctx),
+                Source::ChildStderr => self.read_child_stderr(ctx),
+                Source::ChildExit => self.reap(),
+                Source::Trace => {
+                    if let Some(s) = &mut self.slow {
+                        s.on_readable();
+                    }
+                }
+            }
+        }
+        if self.exit.is_none() && self.child.as_ref().is_some_and(|c| c.pidfd.is_none()) {
+            self.reap();
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn on_signal(&mut self, ctx: &mut WorkerCtx<'_>) {
+        match ctx.signals.take() {
+            Some(SignalRequest::Terminate) => self.terminate = true,
+            Some(SignalRequest::Quit) => ctx.quit = true,
+            None => {}
+        }
+    }
+
+    fn read_conn(&mut self, ctx: &WorkerCtx<'_>) {
+        match self.conn.fill() {
+            Ok(Fill::Data) | Ok(Fill::Full) => {
+                self.decode_buffered(ctx);
+            }
+            Ok(Fill::WouldBlock) => {}
+            Ok(Fill::Eof) => {
+                // nginx and other web servers close (never half-close) an upstream
+                // connection when their client goes away.
+                log::info!(
+                    "[pool {}] child {}, the web server closed the connection during the request for '{}'; stopping the script",
+                    ctx.pool.name,
+                    std::process::id(),
+                    self.script
+                );
+                self.broken = true;
+            }
+            Err(e) => {
+                log::info!(
+                    "[pool {}] child {}, reading from the web server failed ({e}) during the request for '{}'; stopping the script",
+                    ctx.pool.name,
+                    std::process::id(),
+                    self.script
+                );
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Decode records while there is room for body bytes. True if any record meant
+    /// something (body, its end, an abort, an error).
+    fn decode_buffered(&mut self, ctx: &WorkerCtx<'_>) -> bool {
+        let mut progressed = false;
+        while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.broken {
+            let child_reads_stdin = self.child.as_ref().is_some_and(|c| c.stdin.is_some());
+            let event = self.conn.next_event(self.session);
+            progressed |= !matches!(event, Ok(None));
+            match event {
+                Ok(None) => break,
+                Ok(Some(Event::Stdin(data))) => {
+                    // A child that stopped reading its body (or never had one) loses it.
+                    if child_reads_stdin {
+                        self.stdin_buf.extend_from_slice(data);
+                    }
+                }
+                Ok(Some(Event::StdinEnd | Event::None)) => {}
+                Ok(Some(Event::Abort)) => {
+                    log::info!(
+                        "[pool {}] child {}, the web server aborted the request for '{}'",
+                        ctx.pool.name,
+                        std::process::id(),
+                        self.script
+                    );
+                    self.aborted = true;
+                    self.kill_child();
+                    self.response_done = true;
+                }
+                // Neither can happen while a request is active; the session answers
+                // other BEGIN_REQUESTs itself.
+                Ok(Some(Event::Request(_))) | Ok(Some(Event::Rejected { .. })) => {}
+                Err(e) => {
+                    log::warn!(
+                        "[pool {}] child {}, protocol error from the web server during the request: {e}",
+                        ctx.pool.name,
+                        std::process::id()
+                    );
+                    self.broken = true;
+                }
+            }
+        }
+        self.write_child_stdin();
+        progressed
+    }
+
+    fn write_child_stdin(&mut self) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        if let Some(fd) = &child.stdin {
+            while !self.stdin_buf.is_empty() {
+                match nix::unistd::write(fd, &self.stdin_buf) {
+                    Ok(n) => {
+                        self.stdin_buf.drain(..n);
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => break,
+                    Err(_) => {
+                        // EPIPE: the child closed its stdin or exited; the rest of the
+                        // body has nowhere to go.
+                        child.stdin = None;
+                        self.stdin_buf.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        if self.stdin_buf.is_empty() && self.session.stdin_done() {
+            // End of body: closing the pipe is the child's EOF.
+            child.stdin = None;
+        }
+    }
+
+    fn read_child_stdout(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        let Some(fd) = &child.stdout else {
+            return;
+        };
+        loop {
+            let headers = &mut self.headers;
+            let read =
+                self.conn
+                    .queue_read_from(fd.as_fd(), RecordType::Stdout, self.id, |bytes| {
+                        headers.observe(bytes)
+                    });
+            match read {
+                Ok(0) => {
+                    child.stdout = None;
+                    break;
+                }
+                Ok(n) => {
+                    self.stdout_bytes += n as u64;
+                    if let Err(e) = self.conn.spill_output() {
+                        log_spool_failure(ctx, &e);
+                    }
+                    if self.conn.pending_output() >= OUTPUT_CHUNK && !self.conn.output_held() {
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    log::warn!(
+                        "[pool {}] child {}, reading the script's output failed: {e}",
+                        ctx.pool.name,
+                        std::process::id()
+                    );
+                    child.stdout = None;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn read_child_stderr(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        let Some(fd) = &child.stderr else {
+            return;
+        };
+        let to_fastcgi = matches!(self.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
+        let to_log = matches!(self.stderr_mode, StderrMode::Log | StderrMode::Both);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    child.stderr = None;
+                    break;
+                }
+                Ok(n) => {
+                    if to_fastcgi {
+                        self.conn
+                            .queue_stream(RecordType::Stderr, self.id, &buf[..n]);
+                        self.stderr_records = true;
+                        if let Err(e) = self.conn.spill_output() {
+                            log_spool_failure(ctx, &e);
+                        }
+                    }
+                    if to_log {
+                        self.stderr_line.extend_from_slice(&buf[..n]);
+                        log_stderr_lines(ctx, &self.script, &mut self.stderr_line);
+                    }
+                    if to_fastcgi
+                        && self.conn.pending_output() >= OUTPUT_CHUNK
+                        && !self.conn.output_held()
+                    {
+                        break;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(_) => {
+                    child.stderr = None;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
+        if !self.stderr_line.is_empty() {
+            let line = std::mem::take(&mut self.stderr_line);
+            log_stderr(ctx, &self.script, &line);
+        }
+    }
+
+    fn reap(&mut self) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        if self.exit.is_some() {
+            return;
+        }
+        match reap(child.pid, false) {
+            Ok(None) => {}
+            Ok(Some((status, usage))) => {
+                self.exit = Some(status);
+                self.usage = usage;
+                child.pidfd = None;
+            }
+            Err(_) => {
+                // ECHILD: nothing left to wait for.
+                self.exit = Some(WaitStatus::Exited(child.pid, 0));
+                child.pidfd = None;
+            }
+        }
+    }
+
+    /// Stop the child and everything it started, and reap it: TERM to the group, KILL
+    /// after a grace period, then KILL again for stragglers that outlived the leader.
+    fn kill_child(&mut self) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        child.stdin = None;
+        if self.exit.is_none() {
+            child.signal_group(Signal::SIGTERM);
+            let deadline = Instant::now() + KILL_GRACE;
+            while self.exit.is_none() && Instant::now() < deadline {
+                wait_for(child.pidfd.as_ref().map(|f| f.as_fd()), Some(deadline));
+                if let Ok(Some((status, usage))) = reap(child.pid, false) {
+                    self.exit = Some(status);
+                    self.usage = usage;
+                }
+            }
+            if self.exit.is_none() {
+                child.signal_group(Signal::SIGKILL);
+                if let Ok(Some((status, usage))) = reap(child.pid, true) {
+                    self.exit = Some(status);
+                    self.usage = usage;
+                }
+            }
+        }
+        child.signal_group(Signal::SIGKILL);
+        child.stdout = None;
+        child.stderr = None;
+        child.pidfd = None;
+        if self.exit.is_none() {
+            self.exit = Some(WaitStatus::Signaled(child.pid, Signal::SIGKILL, false));
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.broken {
+            self.conn.discard_output();
+            return;
+        }
+        if self.conn.has_output() && self.conn.flush().is_err() {
+            self.broken = true;
+            self.conn.discard_output();
+        }
+    }
+}
+
+/// Sleep until `fd` is readable or `deadline` passes (at most 50 ms without a descriptor).
+fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match fd {
+        Some(fd) => {
+            let mut set = PollSet::default();
+            set.add(fd, poll::IN);
+            let _ = set.wait(left.map(|l| l.min(Duration::from_millis(100))));
+        }
+        None => std::thread::sleep(left.unwrap_or(EXIT_POLL).min(EXIT_POLL)),
+    }
+}
+
+/// The exit status as END_REQUEST's appStatus: the code, or 128 + signal as shells do.
+fn app_status(status: WaitStatus) -> u32 {
+    match status {
+        WaitStatus::Exited(_, code) => code as u32,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as u32,
+        _ => 0,
+    }
+}
+
+fn describe_exit(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        WaitStatus::Signaled(_, sig, _) => {
+            format!("killed by signal {} ({})", sig as i32, sig.as_str())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn start_slow_record(
+    ctx: &WorkerCtx<'_>,
+    cgi_pid: i32,
+    script: &str,
+    request_line: &str,
+    started: Instant,
+) -> SlowRecord {
+    let elapsed = started.elapsed();
+    let worker = std::process::id();
+    log::warn!(
+        "[pool {}] child {worker}, script '{script}' (request: \"{request_line}\") executing too slow ({}.{:06} sec), logging",
+        ctx.pool.name,
+        elapsed.as_secs(),
+        elapsed.subsec_micros()
+    );
+    ctx.scoreboard
+        .counters()
+        .slow_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let head = format!(
+        "[{}]  [pool {}] pid {worker}\nscript_filename = {script}\nrequest = {request_line}\nelapsed = {}.{:06} s\n",
+        crate::logging::timestamp(),
+        ctx.pool.name,
+        elapsed.as_secs(),
+        elapsed.subsec_micros()
+    );
+    SlowRecord::start(
+        head,
+        cgi_pid,
+        ctx.pool.request_slowlog_trace_command.as_deref(),
+        ctx.pool.request_slowlog_trace_depth,
+    )
+}
+
+fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
+    if let Some(fd) = ctx.slowlog_fd {
+        crate::logging::write_all_fd(fd, &record.finish());
+    }
+}
+
+fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
+    log::warn!(
+        "[pool {}] child {}, cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
+        ctx.pool.name,
+        std::process::id()
+    );
+}
+
+/// Log each complete line of the child's stderr, one entry per line however long (php-fpm
+/// splits lines at log_limit into several entries, which breaks log parsers); a line
+/// longer than log_limit is logged once that much has arrived, cut where the log cuts it.
+fn log_stderr_lines(ctx: &WorkerCtx<'_>, script: &str, pending: &mut Vec<u8>) {
+    let mut start = 0;
+    while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+        log_stderr(ctx, script, &pending[start..start + pos]);
+        start += pos + 1;
+    }
+    pending.drain(..start);
+    if pending.len() >= crate::logging::limit() {
+        let line = std::mem::take(pending);
+        log_stderr(ctx, script, &line);
+    }
+}
+
+fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    log::warn!(
+        "[pool {}] child {}, script '{}' said into stderr: \"{}\"",
+        ctx.pool.name,
+        std::process::id(),
+        script,
+        String::from_utf8_lossy(line)
+    );
+}
