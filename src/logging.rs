@@ -226,6 +226,53 @@ pub fn write_raw(line: &str) {
     }
 }
 
+/// Splits a byte stream (a script's stderr, a worker's output) into log entries, one per
+/// line. A line longer than `log_limit` becomes a single entry, which the logger cuts, and
+/// the rest of that line is dropped: never several entries for one line.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+    /// Inside a line that was already logged (cut); drop bytes until its end.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            if self.skipping {
+                self.skipping = false;
+            } else {
+                self.pending.extend_from_slice(&bytes[..pos]);
+                emit(&self.pending);
+                self.pending.clear();
+            }
+            bytes = &bytes[pos + 1..];
+        }
+        if self.skipping {
+            return;
+        }
+        let room = limit().saturating_sub(self.pending.len());
+        if bytes.len() >= room {
+            // Enough for a full entry: log it now rather than hold an unbounded line.
+            self.pending.extend_from_slice(bytes);
+            emit(&self.pending);
+            self.pending.clear();
+            self.skipping = true;
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
+    /// The stream ended: log an unterminated last line.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.pending.is_empty() && !self.skipping {
+            emit(&self.pending);
+        }
+        self.pending.clear();
+        self.skipping = false;
+    }
+}
+
 pub fn set_limit(limit: usize) {
     LOGGER.limit.store(limit, Ordering::Relaxed);
 }
@@ -304,6 +351,19 @@ mod tests {
         let mut short = "short".to_string();
         cut_to_limit(&mut short, 5);
         assert_eq!(short, "short");
+    }
+
+    #[test]
+    fn lines_split_once_each_and_long_ones_only_once() {
+        set_limit(8);
+        let mut s = LineSplitter::default();
+        let mut got: Vec<String> = Vec::new();
+        for chunk in [&b"ab"[..], b"c\nde", b"f\n0123456789abcdef", b"ghij\nlast"] {
+            s.push(chunk, |l| got.push(String::from_utf8_lossy(l).into_owned()));
+        }
+        s.finish(|l| got.push(String::from_utf8_lossy(l).into_owned()));
+        set_limit(DEFAULT_LOG_LIMIT);
+        assert_eq!(got, vec!["abc", "def", "0123456789abcdef", "last"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ struct Pipe {
     pid: i32,
     stream: &'static str,
     decorate: bool,
-    pending: Vec<u8>,
+    lines: crate::logging::LineSplitter,
 }
 
 #[derive(Default)]
@@ -102,7 +102,7 @@ impl Capture {
                     pid,
                     stream,
                     decorate,
-                    pending: Vec::new(),
+                    lines: crate::logging::LineSplitter::default(),
                 },
             );
         }
@@ -119,8 +119,8 @@ impl Capture {
             match nix::unistd::read(&pipe.fd, &mut buf) {
                 Ok(0) => break true,
                 Ok(n) => {
-                    pipe.pending.extend_from_slice(&buf[..n]);
-                    pipe.log_lines(false);
+                    let (lines, meta) = pipe.split();
+                    lines.push(&buf[..n], |line| meta.log(line, false));
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => break false,
@@ -128,29 +128,37 @@ impl Capture {
             }
         };
         if closed {
-            pipe.log_lines(true);
+            let (lines, meta) = pipe.split();
+            lines.finish(|line| meta.log(line, true));
             let _ = registry.deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
             self.pipes.remove(&token);
         }
     }
 }
 
-impl Pipe {
-    fn log_lines(&mut self, closing: bool) {
-        let mut start = 0;
-        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            let line = self.pending[start..start + pos].to_vec();
-            self.log(&line, false);
-            start += pos + 1;
-        }
-        self.pending.drain(..start);
-        let too_long = self.pending.len() >= crate::logging::limit();
-        if (closing && !self.pending.is_empty()) || too_long {
-            let line = std::mem::take(&mut self.pending);
-            self.log(&line, closing);
-        }
-    }
+/// Who a pipe belongs to, for its log lines.
+struct PipeMeta<'a> {
+    pool: &'a str,
+    pid: i32,
+    stream: &'static str,
+    decorate: bool,
+}
 
+impl Pipe {
+    fn split(&mut self) -> (&mut crate::logging::LineSplitter, PipeMeta<'_>) {
+        (
+            &mut self.lines,
+            PipeMeta {
+                pool: &self.pool,
+                pid: self.pid,
+                stream: self.stream,
+                decorate: self.decorate,
+            },
+        )
+    }
+}
+
+impl PipeMeta<'_> {
     fn log(&self, line: &[u8], closing: bool) {
         let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
         if self.decorate {

@@ -550,6 +550,7 @@ impl Master {
                 Err(e) => log::error!("{e}; keeping the old file"),
             }
         }
+        log::info!("log files reopened");
         if self.state == State::Running {
             self.signal_children(Signal::SIGQUIT);
         }

@@ -88,7 +88,7 @@ pub struct Pump<'a> {
     stdout_bytes: u64,
     headers: ResponseHeaders,
     stderr_records: bool,
-    stderr_line: Vec<u8>,
+    stderr_lines: crate::logging::LineSplitter,
     /// A response cgi-fpm makes itself (refusal, timeout) instead of the script's.
     own_status: Option<u16>,
     /// The response is queued up to the end of its stdout stream.
@@ -142,7 +142,7 @@ impl<'a> Pump<'a> {
             stdout_bytes: 0,
             headers: ResponseHeaders::default(),
             stderr_records: false,
-            stderr_line: Vec::new(),
+            stderr_lines: crate::logging::LineSplitter::default(),
             own_status: None,
             response_done: false,
             end_queued: false,
@@ -684,8 +684,9 @@ impl<'a> Pump<'a> {
                         }
                     }
                     if to_log {
-                        self.stderr_line.extend_from_slice(&buf[..n]);
-                        log_stderr_lines(ctx, &self.script, &mut self.stderr_line);
+                        let script = &self.script;
+                        self.stderr_lines
+                            .push(&buf[..n], |line| log_stderr(ctx, script, line));
                     }
                     if to_fastcgi
                         && self.conn.pending_output() >= OUTPUT_CHUNK
@@ -705,10 +706,9 @@ impl<'a> Pump<'a> {
     }
 
     fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
-        if !self.stderr_line.is_empty() {
-            let line = std::mem::take(&mut self.stderr_line);
-            log_stderr(ctx, &self.script, &line);
-        }
+        let script = &self.script;
+        self.stderr_lines
+            .finish(|line| log_stderr(ctx, script, line));
     }
 
     fn reap(&mut self) {
@@ -859,22 +859,7 @@ fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
     );
 }
 
-/// Log each complete line of the child's stderr, one entry per line however long (php-fpm
-/// splits lines at log_limit into several entries, which breaks log parsers); a line
-/// longer than log_limit is logged once that much has arrived, cut where the log cuts it.
-fn log_stderr_lines(ctx: &WorkerCtx<'_>, script: &str, pending: &mut Vec<u8>) {
-    let mut start = 0;
-    while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-        log_stderr(ctx, script, &pending[start..start + pos]);
-        start += pos + 1;
-    }
-    pending.drain(..start);
-    if pending.len() >= crate::logging::limit() {
-        let line = std::mem::take(pending);
-        log_stderr(ctx, script, &line);
-    }
-}
-
+/// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit).
 fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     log::warn!(

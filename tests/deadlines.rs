@@ -1,0 +1,255 @@
+//! Slow and stuck requests: request_terminate_timeout, processes left holding a script's
+//! output, a web server that goes away, and the slowlog.
+
+mod common;
+
+use common::{Fpm, alive, wait_until};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A directory the scripts write their pids into (`$PIDDIR`), read back by the test.
+struct PidDir(tempfile::TempDir);
+
+impl PidDir {
+    fn new() -> PidDir {
+        PidDir(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn env_line(&self) -> String {
+        format!("env[PIDDIR] = {}", self.0.path().display())
+    }
+
+    /// Wait for the script to record a pid under `name`.
+    fn pid(&self, name: &str) -> i32 {
+        let path = self.0.path().join(name);
+        wait_until(
+            &format!("the script wrote {name}"),
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .is_some_and(|s| s.trim().parse::<i32>().is_ok())
+            },
+        );
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn assert_gone(pid: i32, what: &str) {
+    wait_until(
+        &format!("{what} (pid {pid}) is gone"),
+        Duration::from_secs(5),
+        || !alive(pid),
+    );
+}
+
+#[test]
+fn a_script_past_the_terminate_timeout_gets_504_and_leaves_nothing() {
+    let pids = PidDir::new();
+    let fpm = Fpm::start(
+        1,
+        &format!("request_terminate_timeout = 1s\n{}", pids.env_line()),
+    );
+    // The script starts a child of its own, then both sleep far past the timeout.
+    let script = fpm.script(
+        "stuck.sh",
+        "#!/bin/sh\nsleep 300 &\necho $! > \"$PIDDIR/child\"\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
+    );
+    let started = Instant::now();
+    let r = fpm.get(&script, &[("REQUEST_URI", "/stuck.sh?x=1")]);
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504, "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert_gone(pids.pid("leader"), "the script");
+    assert_gone(pids.pid("child"), "the script's own child");
+    fpm.wait_for_log("script '", Duration::from_secs(1));
+    let log = fpm.log_text();
+    assert!(
+        log.contains("(request: \"GET /stuck.sh?x=1\") execution timed out (1.0"),
+        "{log}"
+    );
+    // The worker is free again.
+    let hello = common::examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200);
+}
+
+#[test]
+fn a_timeout_after_output_went_out_ends_the_response() {
+    let fpm = Fpm::start(1, "request_terminate_timeout = 1s");
+    let script = fpm.script(
+        "partial.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfirst part\\n'\nsleep 300\n",
+    );
+    let r = fpm.get(&script, &[]);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.body(),
+        b"first part\n",
+        "what was sent stays, nothing else"
+    );
+}
+
+#[test]
+fn a_background_process_holding_stdout_does_not_hold_the_worker() {
+    let pids = PidDir::new();
+    let fpm = Fpm::start(
+        1,
+        &format!("request_terminate_timeout = 20s\n{}", pids.env_line()),
+    );
+    let script = fpm.script(
+        "daemonizes.sh",
+        "#!/bin/sh\nsleep 1000 &\necho $! > \"$PIDDIR/child\"\n\
+         printf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\nexit 0\n",
+    );
+    let started = Instant::now();
+    let r = fpm.get(&script, &[]);
+    let took = started.elapsed();
+    assert_eq!(r.body(), b"done\n");
+    assert!(
+        took < Duration::from_secs(5),
+        "the worker was held {took:?} by the background process"
+    );
+    assert_gone(pids.pid("child"), "the background sleep");
+    fpm.wait_for_log("still hold its output", Duration::from_secs(2));
+}
+
+#[test]
+fn a_web_server_that_disconnects_gets_its_script_killed() {
+    let pids = PidDir::new();
+    let fpm = Fpm::start(1, &pids.env_line());
+    let script = fpm.script(
+        "long.sh",
+        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
+    );
+    let script = script.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", false)
+        .expect("send");
+    let leader = pids.pid("leader");
+    assert!(alive(leader));
+    drop(client);
+    assert_gone(leader, "the script of the abandoned request");
+    fpm.wait_for_log(
+        "closed the connection during the request",
+        Duration::from_secs(2),
+    );
+    let hello = common::examples_dir().join("hello.sh");
+    assert_eq!(
+        fpm.get(&hello, &[]).status(),
+        200,
+        "the worker serves again"
+    );
+}
+
+#[test]
+fn abort_request_stops_the_script_and_is_acknowledged() {
+    use cgi_fpm::fastcgi::record::{RecordType, write_record};
+    let pids = PidDir::new();
+    let fpm = Fpm::start(1, &pids.env_line());
+    let script = fpm.script(
+        "long.sh",
+        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
+    );
+    let script = script.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", true)
+        .expect("send");
+    let leader = pids.pid("leader");
+    let mut abort = Vec::new();
+    write_record(&mut abort, RecordType::AbortRequest, 1, &[]);
+    client.send_raw(&abort).expect("abort");
+    let r = client
+        .read_response(1)
+        .expect("END_REQUEST after the abort");
+    assert_eq!(
+        r.protocol_status,
+        Some(cgi_fpm::fastcgi::ProtocolStatus::RequestComplete)
+    );
+    assert_gone(leader, "the aborted script");
+}
+
+fn slow_pool(fpm_dir_hint: &Path, trace: &str) -> String {
+    format!(
+        // Quoted: unquoted, `;` would start an INI comment.
+        "request_slowlog_timeout = 1s\nslowlog = {}\nrequest_slowlog_trace_command = \"{trace}\"",
+        fpm_dir_hint.join("slow.log").display()
+    )
+}
+
+#[test]
+fn a_slow_python_script_gets_a_slowlog_record_with_the_trace() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let trace = "printf 'traced pid %p\\n'; tr '\\0' ' ' < /proc/%p/cmdline; echo";
+    let fpm = Fpm::start(1, &slow_pool(logs.path(), trace));
+    let script = fpm.script(
+        "slow.py",
+        "import time, sys\ntime.sleep(2.5)\nsys.stdout.write('Content-Type: text/plain\\r\\n\\r\\nslow but fine\\n')\n",
+    );
+    let r = fpm.get(
+        &script,
+        &[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/slow.py?a=b")],
+    );
+    assert_eq!(
+        r.body(),
+        b"slow but fine\n",
+        "a slow request still completes"
+    );
+    let slowlog: PathBuf = logs.path().join("slow.log");
+    wait_until(
+        "the slowlog record is written",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&slowlog).is_ok_and(|t| t.contains("trace (")),
+    );
+    let record = std::fs::read_to_string(&slowlog).expect("slowlog");
+    let script_path = script.display().to_string();
+    for expected in [
+        "[pool www] pid ".to_string(),
+        format!("script_filename = {script_path}"),
+        "request = GET /slow.py?a=b".to_string(),
+        "elapsed = 1.".to_string(),
+        "cgi process ".to_string(),
+        format!("python3 {script_path}"),
+        "traced pid ".to_string(),
+    ] {
+        assert!(
+            record.contains(&expected),
+            "missing {expected:?} in:\n{record}"
+        );
+    }
+    // The trace ran against the CGI process, whose pid the record names first.
+    let cgi_pid = record
+        .split("cgi process ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("cgi pid");
+    assert!(
+        record.contains(&format!("traced pid {cgi_pid}")),
+        "{record}"
+    );
+    fpm.wait_for_log("executing too slow", Duration::from_secs(2));
+}
+
+#[test]
+fn a_trace_command_that_hangs_is_cut_off() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let fpm = Fpm::start(1, &slow_pool(logs.path(), "echo started; exec sleep 300"));
+    let script = fpm.script(
+        "slow.sh",
+        "#!/bin/sh\nsleep 2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    let r = fpm.get(&script, &[]);
+    assert_eq!(r.body(), b"ok");
+    let slowlog = logs.path().join("slow.log");
+    wait_until(
+        "the slowlog record is written",
+        Duration::from_secs(15),
+        || std::fs::read_to_string(&slowlog).is_ok_and(|t| t.contains("killed after")),
+    );
+    let record = std::fs::read_to_string(&slowlog).expect("slowlog");
+    assert!(record.contains("started"), "{record}");
+}

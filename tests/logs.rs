@@ -1,0 +1,296 @@
+//! Logs: the access log with every specifier, script stderr in the error log, log
+//! rotation with SIGUSR1, and syslog.
+
+mod common;
+
+use common::{Fpm, wait_until};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::time::Duration;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn wait_for_file_text(path: &Path, needle: &str) -> String {
+    wait_until(
+        &format!("{} contains {needle:?}", path.display()),
+        Duration::from_secs(10),
+        || read(path).contains(needle),
+    );
+    read(path)
+}
+
+#[test]
+fn an_access_format_using_every_specifier() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let access = logs.path().join("access.log");
+    // Fields separated by '|' so each can be checked on its own.
+    let format = "%%|%C|%{user}C|%{system}C|%d|%{mili}d|%{micro}d|%{HTTP_X_TRACE}e|%{NOPE}e|\
+                  %f|%l|%m|%M|%{kilo}M|%{mega}M|%n|%{Content-Type}o|%{X-Missing}o|%p|%P|\
+                  %q|%Q|%r|%R|%s|%{%Y}t|%t|%T|%u";
+    let fpm = Fpm::start(
+        1,
+        &format!(
+            "access.log = {}\naccess.format = \"{format}\"",
+            access.display()
+        ),
+    );
+    let script = fpm.script(
+        "created.sh",
+        "#!/bin/sh\ncat > /dev/null\nprintf 'Status: 201 Created\\r\\nContent-Type: text/x-test\\r\\n\\r\\nmade'\n",
+    );
+    let script_path = script.display().to_string();
+    let r = fpm
+        .client()
+        .request(
+            &[
+                ("SCRIPT_FILENAME", &script_path),
+                ("REQUEST_METHOD", "PUT"),
+                ("REQUEST_URI", "/things/created.sh?k=v"),
+                ("QUERY_STRING", "k=v"),
+                ("CONTENT_LENGTH", "5"),
+                ("REMOTE_ADDR", "198.51.100.9"),
+                ("REMOTE_USER", "carol"),
+                ("HTTP_X_TRACE", "abc-123"),
+            ],
+            b"hello",
+            false,
+        )
+        .expect("request");
+    assert_eq!(r.status(), 201);
+    let text = wait_for_file_text(&access, "|carol\n");
+    let line = text.lines().next().expect("one line");
+    let f: Vec<&str> = line.split('|').collect();
+    assert_eq!(f.len(), 29, "{line}");
+    let number = |s: &str| s.parse::<f64>().is_ok();
+    assert_eq!(f[0], "%");
+    assert!(
+        f[1..4].iter().all(|v| number(v) && v.contains('.')),
+        "CPU %: {line}"
+    );
+    assert!(
+        number(f[4]) && f[4].split('.').nth(1).map(str::len) == Some(3),
+        "%d: {line}"
+    );
+    assert!(
+        number(f[5]) && number(f[6]) && !f[6].contains('.'),
+        "{line}"
+    );
+    assert_eq!(f[7], "abc-123");
+    assert_eq!(f[8], "-");
+    assert_eq!(f[9], script_path);
+    assert_eq!(f[10], "5");
+    assert_eq!(f[11], "PUT");
+    let bytes: u64 = f[12].parse().expect("%M bytes");
+    assert!(
+        bytes > 100_000,
+        "peak RSS of a shell is more than 100 kB: {line}"
+    );
+    assert_eq!(f[13].parse::<u64>().ok(), Some(bytes / 1024));
+    assert_eq!(f[14].parse::<u64>().ok(), Some(bytes / 1024 / 1024));
+    assert_eq!(f[15], "www");
+    assert_eq!(f[16], "text/x-test");
+    assert_eq!(f[17], "-");
+    let workers = fpm.worker_pids();
+    assert!(workers.contains(&f[18].parse().expect("%p")), "{line}");
+    assert_eq!(f[19], fpm.pid().to_string());
+    assert_eq!(f[20], "k=v");
+    assert_eq!(f[21], "?");
+    assert_eq!(f[22], "/things/created.sh");
+    assert_eq!(f[23], "198.51.100.9");
+    assert_eq!(f[24], "201");
+    assert_eq!(f[25].len(), 4, "%{{%Y}}t: {line}");
+    assert!(f[26].contains('/') && f[26].contains(':'), "%t: {line}");
+    assert!(f[27].contains('/') && f[27].contains(':'), "%T: {line}");
+    assert_eq!(f[28], "carol");
+}
+
+#[test]
+fn suppressed_paths_are_not_logged_when_they_succeed() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let access = logs.path().join("access.log");
+    let fpm = Fpm::start(
+        1,
+        &format!(
+            "access.log = {}\naccess.format = \"%r %s\"\naccess.suppress_path[] = /health",
+            access.display()
+        ),
+    );
+    let hello = common::examples_dir().join("hello.sh");
+    fpm.get(&hello, &[("REQUEST_URI", "/health?probe=1")]);
+    fpm.get(&fpm.path("www/missing.sh"), &[("REQUEST_URI", "/health")]);
+    fpm.get(&hello, &[("REQUEST_URI", "/page")]);
+    let text = wait_for_file_text(&access, "/page 200");
+    assert_eq!(text, "/health 404\n/page 200\n");
+}
+
+#[test]
+fn a_100_kib_stderr_line_arrives_whole() {
+    let fpm = Fpm::start(1, "cgi.stderr = log");
+    let script = fpm.script(
+        "noisy.sh",
+        "#!/bin/sh\nhead -c 102400 /dev/zero | tr '\\0' 'x' >&2\necho >&2\necho short line >&2\n\
+         printf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    let r = fpm.get(&script, &[]);
+    assert_eq!(r.body(), b"ok");
+    assert!(
+        r.stderr.is_empty(),
+        "cgi.stderr = log sends nothing to the web server"
+    );
+    fpm.wait_for_log("said into stderr: \"short line\"", Duration::from_secs(5));
+    let log = fpm.log_text();
+    let long: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("said into stderr: \"xxx"))
+        .collect();
+    assert_eq!(long.len(), 1, "one entry for the long line");
+    let xs = long[0].matches('x').count();
+    assert_eq!(xs, 102_400, "the whole line, not wrapped or cut");
+    assert!(long[0].contains(&format!("script '{}'", script.display())));
+}
+
+#[test]
+fn stderr_both_goes_to_the_web_server_and_the_log() {
+    let fpm = Fpm::start(1, "cgi.stderr = both");
+    let script = fpm.script(
+        "warn.sh",
+        "#!/bin/sh\necho careful >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    let r = fpm.get(&script, &[]);
+    assert_eq!(r.stderr, b"careful\n");
+    fpm.wait_for_log("said into stderr: \"careful\"", Duration::from_secs(5));
+}
+
+#[test]
+fn log_limit_cuts_an_entry_without_splitting_it() {
+    let fpm = Fpm::start(1, "cgi.stderr = log");
+    // log_limit is global: restart with it set.
+    drop(fpm);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nlog_limit = 600\n\n{}",
+        common::pool_section("www", dir.path(), 1, "cgi.stderr = log")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let script = fpm.script(
+        "noisy.sh",
+        "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' 'y' >&2\necho >&2\n\
+         printf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    fpm.get(&script, &[]);
+    fpm.wait_for_log("cut at log_limit]", Duration::from_secs(5));
+    let log = fpm.log_text();
+    let entries: Vec<&str> = log.lines().filter(|l| l.contains("yyy")).collect();
+    assert_eq!(entries.len(), 1, "{log}");
+}
+
+#[test]
+fn sigusr1_reopens_moved_log_files() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let error_log = logs.path().join("error.log");
+    let access = logs.path().join("access.log");
+    let slow = logs.path().join("slow.log");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nerror_log = {}\n\n{}",
+        error_log.display(),
+        common::pool_section(
+            "www",
+            dir.path(),
+            2,
+            &format!(
+                "access.log = {}\naccess.format = \"%r\"\nslowlog = {}\nrequest_slowlog_timeout = 5s",
+                access.display(),
+                slow.display()
+            )
+        )
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let hello = common::examples_dir().join("hello.sh");
+    fpm.get(&hello, &[("REQUEST_URI", "/before")]);
+    wait_for_file_text(&access, "/before\n");
+    wait_for_file_text(&error_log, "ready to handle connections");
+
+    // What logrotate does: move the files away, then signal.
+    for f in [&error_log, &access, &slow] {
+        std::fs::rename(f, f.with_extension("log.1")).expect("mv");
+    }
+    let workers = fpm.worker_pids();
+    fpm.signal(Signal::SIGUSR1);
+    wait_for_file_text(&error_log, "log files reopened");
+    // Workers restart to take the new files; wait for a full set of new ones.
+    wait_until(
+        "every worker has been replaced",
+        Duration::from_secs(10),
+        || {
+            let now = fpm.worker_pids();
+            now.len() == 2 && now.iter().all(|p| !workers.contains(p))
+        },
+    );
+    fpm.get(&hello, &[("REQUEST_URI", "/after")]);
+    wait_for_file_text(&access, "/after\n");
+    assert!(slow.exists(), "the slowlog was reopened too");
+    let old_access = read(&access.with_extension("log.1"));
+    assert_eq!(old_access, "/before\n", "nothing more in the moved file");
+    assert!(read(&error_log.with_extension("log.1")).contains("reopening log files"));
+}
+
+#[test]
+fn error_log_to_syslog() {
+    use std::os::unix::net::UnixDatagram;
+    // glibc's syslog() writes to /dev/log. Listen there only where nothing else does, and
+    // only as root; otherwise this test cannot observe what was sent.
+    let dev_log = Path::new("/dev/log");
+    if dev_log.exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED: /dev/log is taken by a syslog daemon (or not root): cannot intercept syslog here"
+        );
+        return;
+    }
+    let receiver = UnixDatagram::bind(dev_log).expect("bind /dev/log");
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file("/dev/log");
+        }
+    }
+    let _cleanup = Cleanup;
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nerror_log = syslog\nsyslog.ident = cgifpm-test\nsyslog.facility = local3\n\n{}",
+        common::pool_section("www", dir.path(), 1, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let _fpm = Fpm::start_with(dir, &config, &address);
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while let Ok(n) = receiver.recv(&mut buf) {
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg.contains("ready to handle connections");
+        seen.push(msg);
+        if done {
+            break;
+        }
+    }
+    let ready = seen
+        .iter()
+        .find(|m| m.contains("ready to handle connections"))
+        .unwrap_or_else(|| panic!("no ready message over syslog: {seen:?}"));
+    // <PRI>: local3 (19) * 8 + notice (5) = 157.
+    assert!(ready.starts_with("<157>"), "{ready}");
+    assert!(ready.contains("cgifpm-test["), "{ready}");
+    assert!(
+        ready.contains("NOTICE: ready to handle connections"),
+        "{ready}"
+    );
+}
