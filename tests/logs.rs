@@ -294,3 +294,41 @@ fn error_log_to_syslog() {
         "{ready}"
     );
 }
+
+#[test]
+fn catch_workers_output_logs_script_stderr_as_php_fpm_does() {
+    let fpm = Fpm::start(1, "catch_workers_output = yes");
+    let script = fpm.script(
+        "warn.sh",
+        "#!/bin/sh\necho 'PHP Warning: something' >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    let r = fpm.get(&script, &[]);
+    assert!(
+        r.stderr.is_empty(),
+        "with catch_workers_output, stderr goes to the log"
+    );
+    fpm.wait_for_log(
+        "said into stderr: \"PHP Warning: something\"",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn undecorated_worker_output_is_logged_as_written() {
+    let fpm = Fpm::start(
+        1,
+        "catch_workers_output = yes\ndecorate_workers_output = no",
+    );
+    let script = fpm.script(
+        "json.sh",
+        "#!/bin/sh\necho '{\"level\":\"warn\",\"msg\":\"structured\"}' >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    fpm.get(&script, &[]);
+    fpm.wait_for_log("structured", Duration::from_secs(5));
+    let log = fpm.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l == "{\"level\":\"warn\",\"msg\":\"structured\"}"),
+        "the line alone, so log shippers can parse it:\n{log}"
+    );
+}

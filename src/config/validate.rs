@@ -372,6 +372,11 @@ impl PoolChecks<'_> {
     }
 
     fn check_cgi(&mut self) {
+        // php-fpm users turn on catch_workers_output to see their scripts' stderr in the
+        // log; a CGI script's stderr is ours to route, so the switch means the same here.
+        if self.pool.config.catch_workers_output && !self.is_set("cgi.stderr") {
+            self.config().cgi.stderr = super::model::StderrMode::Log;
+        }
         let roots = std::mem::take(&mut self.config().cgi.allowed_roots);
         if roots.is_empty() {
             let message =

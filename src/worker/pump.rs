@@ -862,6 +862,11 @@ fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
 /// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit).
 fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if ctx.pool.catch_workers_output && !ctx.pool.decorate_workers_output {
+        // php-fpm's decorate_workers_output = no: the line exactly as the script wrote it.
+        crate::logging::write_raw(&String::from_utf8_lossy(line));
+        return;
+    }
     log::warn!(
         "[pool {}] child {}, script '{}' said into stderr: \"{}\"",
         ctx.pool.name,
