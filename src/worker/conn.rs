@@ -88,6 +88,21 @@ impl Conn {
         }
     }
 
+    /// Read and drop whatever the peer sends (when closing on it): `Some(0)` at its end,
+    /// `None` when nothing is there yet.
+    pub fn discard_input(&mut self) -> Result<Option<usize>, Errno> {
+        self.start = 0;
+        self.end = 0;
+        loop {
+            match nix::unistd::read(&self.fd, &mut self.input) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e),
+                Ok(n) => return Ok(Some(n)),
+            }
+        }
+    }
+
     /// Decode buffered records until one means something to the caller, or the buffer
     /// holds no whole record. Protocol replies the session makes are queued for output.
     pub fn next_event(

@@ -314,13 +314,15 @@ enum ConnEnd {
 fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
     let mut conn = Conn::new(fd);
     let mut session = Session::new(ctx.values, Limits::default());
+    let mut fresh = true;
     loop {
-        let request = match read_request(&mut conn, &mut session, ctx) {
+        let request = match read_request(&mut conn, &mut session, ctx, fresh) {
             Head::Request(r) => r,
             Head::Closed => return ConnEnd::Continue,
             Head::Terminate => return ConnEnd::Exit,
         };
         let keep_conn = request.keep_conn;
+        fresh = false;
         let outcome = request::serve(&mut conn, &mut session, request, ctx);
         session.finish();
         ctx.slot().set_state(WorkerState::Idle);
@@ -342,8 +344,18 @@ enum Head {
 
 /// Read until a request's params are complete, answering management records and
 /// refusing what we do not serve along the way.
-fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>) -> Head {
-    let mut deadline: Option<Instant> = None;
+///
+/// On a `fresh` connection the web server is about to send a request: the head deadline
+/// runs from the accept, and a QUIT does not close it (that would fail a request that is
+/// already on its way). A kept connection between requests may be idle for long; there the
+/// deadline runs from the first byte, and a QUIT closes it.
+fn read_request(
+    conn: &mut Conn,
+    session: &mut Session,
+    ctx: &mut WorkerCtx<'_>,
+    fresh: bool,
+) -> Head {
+    let mut deadline: Option<Instant> = fresh.then(|| Instant::now() + REQUEST_HEAD_TIMEOUT);
     loop {
         match conn.next_event(session) {
             Ok(Some(Event::Request(request))) => return Head::Request(request),
@@ -372,9 +384,9 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
         if conn.has_output() && conn.flush().is_err() {
             return Head::Closed;
         }
-        // The head deadline runs from its first byte; an idle kept connection has none.
-        if deadline.is_none() && (conn.buffered_input() > 0 || !session.is_idle()) {
-            deadline = Some(Instant::now() + REQUEST_HEAD_TIMEOUT);
+        if conn.buffered_input() > 0 || !session.is_idle() {
+            // On a kept connection the head deadline starts with its first byte.
+            deadline.get_or_insert_with(|| Instant::now() + REQUEST_HEAD_TIMEOUT);
             ctx.slot().set_state(WorkerState::Reading);
         }
         let timeout = match deadline {
@@ -411,8 +423,10 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
                 Some(SignalRequest::Terminate) => return Head::Terminate,
                 Some(SignalRequest::Quit) => {
                     ctx.quit = true;
-                    // Between requests nothing is lost by closing now.
-                    if session.is_idle() && conn.buffered_input() == 0 {
+                    // Between requests on a kept connection nothing is lost by closing
+                    // now: nginx retries a request on another connection when a cached
+                    // one turns out closed.
+                    if !fresh && session.is_idle() && conn.buffered_input() == 0 {
                         return Head::Closed;
                     }
                 }
@@ -462,7 +476,39 @@ fn refuse_malformed(
         conn.queue_stream(RecordType::Stdout, id, &body);
         conn.queue_record(RecordType::Stdout, id, &[]);
         write_end_request(conn.output_mut(), id, 0, ProtocolStatus::RequestComplete);
-        flush_within(conn, REFUSAL_FLUSH_TIMEOUT);
+        if flush_within(conn, REFUSAL_FLUSH_TIMEOUT) {
+            linger_close(conn);
+        }
+    }
+}
+
+/// How long, and how much, a refused peer's unread input is drained before closing.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Close without losing the answer just sent: closing a socket whose peer is still
+/// sending makes the kernel reset the connection, and a reset can discard our response
+/// before the peer has read it. So signal the end of our output, then read and drop what
+/// the peer still sends, for a bounded time.
+fn linger_close(conn: &mut Conn) {
+    let _ = nix::sys::socket::shutdown(conn.fd().as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut set = PollSet::default();
+        set.add(conn.fd(), poll::IN);
+        if set.wait(Some(left)).is_err() {
+            return;
+        }
+        match conn.discard_input() {
+            Ok(Some(0)) | Err(_) => return,
+            Ok(Some(n)) => drained += n,
+            Ok(None) => {}
+        }
     }
 }
 
