@@ -49,6 +49,20 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Go to the background first, so the master (the child) is the one that logs and
+    // reports readiness; the command returns once the master is ready, or with its error.
+    let daemonize = options.daemonize.unwrap_or(config.global.daemonize);
+    let mut report = if daemonize {
+        match cgi_fpm::daemon::daemonize() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("failed to daemonize: {e}");
+                return ExitCode::from(71);
+            }
+        }
+    } else {
+        cgi_fpm::daemon::StartupReport::foreground()
+    };
     logging::set_level(config.global.log_level);
     logging::set_limit(config.global.log_limit);
     let global = &config.global;
@@ -61,6 +75,7 @@ fn main() -> ExitCode {
     {
         log::error!("{e}");
         log::error!("FPM initialization failed");
+        report.failed(&e);
         return ExitCode::from(EXIT_CONFIG);
     }
     let code = master::run(
@@ -69,6 +84,7 @@ fn main() -> ExitCode {
             pid_file: options.pid.clone(),
             force_stderr: options.force_stderr,
         },
+        &mut report,
     );
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -158,7 +158,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.process_priority = Some(integer(v, -19, 20)?);
         Ok(())
     }),
-    global("daemonize", Later, |g, v, _| {
+    global("daemonize", Implemented, |g, v, _| {
         g.daemonize = boolean(v)?;
         Ok(())
     }),
@@ -174,7 +174,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.events_mechanism = Some(events_mechanism(v)?);
         Ok(())
     }),
-    global("systemd_interval", Later, |g, v, _| {
+    global("systemd_interval", Implemented, |g, v, _| {
         g.systemd_interval = duration(v)?;
         Ok(())
     }),
@@ -671,6 +671,8 @@ mod tests {
             (Scope::Global, "syslog.ident"),
             (Scope::Global, "syslog.facility"),
             (Scope::Global, "log_limit"),
+            (Scope::Global, "daemonize"),
+            (Scope::Global, "systemd_interval"),
             (Scope::Pool, "request_terminate_timeout"),
             (Scope::Pool, "request_terminate_timeout_track_finished"),
             (Scope::Pool, "request_slowlog_timeout"),

@@ -788,7 +788,7 @@ fn not_implemented_yet_is_warned_once_per_key() {
     files.write(
         "main.conf",
         &[
-            "daemonize = no\n".to_string(),
+            "events.mechanism = epoll\n".to_string(),
             pool_with("a", "9001", "user = a\nuser = b\nphp_value[x] = 1\n"),
             pool_with("b", "9002", "user = c\n"),
         ]
@@ -798,13 +798,13 @@ fn not_implemented_yet_is_warned_once_per_key() {
     assert_eq!(
         files.warnings(&config),
         [
-            "[DIR/main.conf:1] [global] 'daemonize' is not implemented yet; ignored",
+            "[DIR/main.conf:1] [global] 'events.mechanism' is not implemented yet; ignored",
             "[DIR/main.conf:7] [pool a] 'user' is not implemented yet; ignored",
         ]
     );
     assert_eq!(config.pools[0].user.as_deref(), Some("b"));
     assert_eq!(config.pools[1].user.as_deref(), Some("c"));
-    assert!(!config.global.daemonize);
+    assert_eq!(config.global.events_mechanism.as_deref(), Some("epoll"));
 }
 
 #[test]

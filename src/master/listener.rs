@@ -1,5 +1,6 @@
 //! Pool listening sockets, created by the master and shared with its workers.
 
+use super::inherit::{Inherited, Origin};
 use crate::config::{ListenAddress, PoolConfig};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr, bind, listen,
@@ -35,8 +36,25 @@ impl Listener {
     }
 }
 
-/// Open the pool's socket. Errors name the pool and address.
-pub fn open(pool: &PoolConfig) -> Result<Listener, String> {
+/// The pool's socket: one inherited (from systemd, or from before a reload) when there is
+/// one for its address, else a new one. Errors name the pool and address.
+pub fn open(pool: &PoolConfig, inherited: &mut Inherited) -> Result<Listener, String> {
+    if let Some(socket) = inherited.take(&pool.listen) {
+        // The socket file of a reload is ours to remove on exit; systemd's is not.
+        let unix_path = match (&pool.listen, socket.origin) {
+            (ListenAddress::Unix(path), Origin::Reload) => Some(path.clone()),
+            _ => None,
+        };
+        return Ok(Listener {
+            address: pool.listen.clone(),
+            fd: socket.fd,
+            unix_path,
+        });
+    }
+    create(pool)
+}
+
+fn create(pool: &PoolConfig) -> Result<Listener, String> {
     let context = |what: &str, e: &dyn std::fmt::Display| {
         format!("[pool {}] listen {}: {what}: {e}", pool.name, pool.listen)
     };

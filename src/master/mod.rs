@@ -3,10 +3,12 @@
 //! accepts a pool connection itself.
 
 mod capture;
+mod inherit;
 mod listener;
 mod logs;
 
 use crate::config::Config;
+use crate::daemon::StartupReport;
 use crate::scoreboard::Scoreboard;
 use crate::worker::{self, WorkerSpec};
 use capture::Capture;
@@ -87,29 +89,33 @@ pub struct Master {
     force_stderr: bool,
     poll: Poll,
     capture: Capture,
+    /// The master wakes at least this often (the systemd watchdog may need it).
+    systemd_every: Duration,
 }
 
-/// Start the master on a checked configuration and run until stopped.
-/// Returns the process exit code.
-pub fn run(config: Config, options: RunOptions) -> i32 {
+/// Start the master on a checked configuration and run until stopped. `report` is told
+/// when the master is ready or why it could not start. Returns the process exit code.
+pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i32 {
     let mut master = match Master::start(config, options) {
         Ok(m) => m,
         Err(e) => {
             log::error!("{e}");
             log::error!("FPM initialization failed");
+            report.failed(&e);
             return 78;
         }
     };
-    let code = master.event_loop();
+    let code = master.event_loop(report);
     master.shutdown();
     code
 }
 
 impl Master {
     fn start(config: Config, options: RunOptions) -> Result<Master, String> {
+        let mut inherited = inherit::Inherited::from_environment();
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
-            let opened = listener::open(pool).and_then(|listener| {
+            let opened = listener::open(pool, &mut inherited).and_then(|listener| {
                 let rest = Scoreboard::new(pool.pm_max_children as usize)
                     .map_err(|e| format!("[pool {}] cannot create the scoreboard: {e}", pool.name))
                     .and_then(|scoreboard| PoolLogs::open(pool).map(|logs| (scoreboard, logs)));
@@ -140,7 +146,9 @@ impl Master {
                 }
             }
         }
+        inherited.close_unused();
         let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
+        let config_systemd_interval = config.global.systemd_interval;
         let poll = match Poll::new() {
             Ok(p) => p,
             Err(e) => {
@@ -158,6 +166,8 @@ impl Master {
             force_stderr: options.force_stderr,
             poll,
             capture: Capture::default(),
+            systemd_every: crate::systemd::report_interval(config_systemd_interval)
+                .map_or(TICK, |(every, _)| every),
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -175,7 +185,7 @@ impl Master {
         }
     }
 
-    fn event_loop(&mut self) -> i32 {
+    fn event_loop(&mut self, report: &mut StartupReport) -> i32 {
         let mut signals =
             match Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP]) {
                 Ok(s) => s,
@@ -190,11 +200,15 @@ impl Master {
             .register(&mut signals, SIGNALS, Interest::READABLE)
         {
             log::error!("failed to watch signals: {e}");
+            report.failed(&format!("failed to watch signals: {e}"));
             return 71;
         }
         log::info!("fpm is running, pid {}", std::process::id());
         self.maintain_pools();
         log::info!("ready to handle connections");
+        report.ready();
+        crate::systemd::ready("Ready to handle connections");
+        let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
 
         let mut events = Events::with_capacity(64);
         loop {
@@ -214,6 +228,9 @@ impl Master {
             for signal in signals.pending() {
                 self.on_signal(signal);
             }
+            if let Some(report) = &mut systemd_report {
+                report.tick(&self.pools);
+            }
             self.reap_children();
             match self.state {
                 State::Running => {
@@ -232,7 +249,7 @@ impl Master {
 
     fn next_timeout(&self) -> Duration {
         let now = Instant::now();
-        let mut next = now + TICK;
+        let mut next = now + TICK.min(self.systemd_every);
         for pool in &self.pools {
             if let Some(at) = pool.respawn_at {
                 next = next.min(at);
@@ -273,6 +290,7 @@ impl Master {
             return;
         }
         log::info!("Terminating ...");
+        crate::systemd::stopping();
         let grace = self
             .config
             .global
@@ -291,6 +309,7 @@ impl Master {
             return;
         }
         log::info!("Finishing ...");
+        crate::systemd::stopping();
         let timeout = self.config.global.process_control_timeout;
         self.state = State::Finishing {
             escalate_at: (!timeout.is_zero()).then(|| Instant::now() + timeout),
@@ -599,6 +618,56 @@ impl Master {
         }
         self.close_listeners();
         log::info!("exiting, bye-bye!");
+    }
+}
+
+/// The periodic systemd status line (php-fpm's), with the watchdog ping when enabled.
+struct SystemdReport {
+    every: Duration,
+    watchdog: bool,
+    next: Instant,
+    last_requests: u64,
+}
+
+impl SystemdReport {
+    fn new(systemd_interval: Duration) -> Option<SystemdReport> {
+        let (every, watchdog) = crate::systemd::report_interval(systemd_interval)?;
+        Some(SystemdReport {
+            every,
+            watchdog,
+            next: Instant::now() + every,
+            last_requests: 0,
+        })
+    }
+
+    fn tick(&mut self, pools: &[Pool]) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        let (mut active, mut idle, mut requests, mut slow) = (0, 0, 0u64, 0u64);
+        for pool in pools {
+            for slot in pool.scoreboard.slots() {
+                if slot.pid.load(Ordering::Relaxed) <= 0 {
+                    continue;
+                }
+                if slot.state() == crate::scoreboard::WorkerState::Idle {
+                    idle += 1;
+                } else {
+                    active += 1;
+                }
+            }
+            let counters = pool.scoreboard.counters();
+            requests += counters.requests.load(Ordering::Relaxed);
+            slow += counters.slow_requests.load(Ordering::Relaxed);
+        }
+        let rate = requests.saturating_sub(self.last_requests) as f64 / self.every.as_secs_f64();
+        self.last_requests = requests;
+        let line = format!(
+            "Processes active: {active}, idle: {idle}, Requests: {requests}, slow: {slow}, Traffic: {rate:.3}req/sec"
+        );
+        crate::systemd::status(&line, self.watchdog);
+        self.next = now + self.every;
     }
 }
 

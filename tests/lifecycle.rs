@@ -1,0 +1,269 @@
+//! The daemon's life cycle: -D with its readiness promise, systemd's notify protocol and
+//! socket activation.
+
+mod common;
+
+use common::{BIN, alive, wait_until};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn pool(dir: &Path, extra: &str) -> String {
+    common::pool_section("www", dir, 2, extra)
+}
+
+/// Stop a daemonized master we started, by the pid it wrote.
+struct PidFileGuard(std::path::PathBuf);
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..500 {
+            if !alive(pid) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn dash_d_returns_only_once_the_socket_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let pid_file = dir.path().join("cgi-fpm.pid");
+    let config = dir.path().join("cgi-fpm.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\npid = {}\nerror_log = {}\n\n{}",
+            pid_file.display(),
+            dir.path().join("error.log").display(),
+            pool(dir.path(), "")
+        ),
+    )
+    .expect("write config");
+    let _guard = PidFileGuard(pid_file.clone());
+    let status = Command::new(BIN)
+        .args(["-D", "-y"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run cgi-fpm -D");
+    assert!(status.success(), "{status}");
+    // The very moment the command returns, the pool answers.
+    let socket = dir.path().join("www.sock");
+    let mut client =
+        common::Client::connect(socket.to_str().expect("path"), Duration::from_secs(10))
+            .expect("the socket answers as soon as -D returns");
+    let hello = common::examples_dir()
+        .join("hello.sh")
+        .display()
+        .to_string();
+    let r = client
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", false)
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid), "the daemon runs on");
+    // It left the launching session.
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).expect("getsid");
+    assert_eq!(sid.as_raw(), pid, "the master leads its own session");
+}
+
+#[test]
+fn dash_d_with_a_start_failure_exits_non_zero_with_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A socket path in a directory that does not exist: the error comes from the master,
+    // after the fork, and must still reach whoever ran the command.
+    let config = dir.path().join("cgi-fpm.conf");
+    std::fs::write(
+        &config,
+        "[www]\nlisten = /nonexistent-dir/www.sock\npm = static\npm.max_children = 1\n",
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .args(["-D", "-y"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cgi-fpm -D");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("start-up failed") && stderr.contains("/nonexistent-dir/www.sock"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dash_d_with_a_bad_config_exits_non_zero_before_forking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cgi-fpm.conf");
+    std::fs::write(&config, "[www]\nlisten = 9000\npm = sometimes\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["-D", "-y"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'pm'"));
+}
+
+#[test]
+fn systemd_notify_ready_status_and_watchdog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify.sock");
+    let receiver = UnixDatagram::bind(&notify).expect("bind notify socket");
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nsystemd_interval = 1s\n\n{}",
+        pool(dir.path(), "")
+    );
+    let config_path = dir.path().join("cgi-fpm.conf");
+    std::fs::write(&config_path, config).expect("write");
+    let mut child = Command::new(BIN)
+        .args(["-F", "-y"])
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let pid = child.id();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while messages
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
+        match receiver.recv(&mut buf) {
+            Ok(n) => messages.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("notify messages stopped ({e}); got {messages:?}");
+            }
+        }
+    }
+    let ready = messages
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .expect("READY=1");
+    assert!(ready.contains(&format!("MAINPID={pid}")), "{ready}");
+    let status = messages
+        .iter()
+        .find(|m| m.contains("Processes active:"))
+        .expect("status line");
+    assert!(status.contains("idle: 2"), "{status}");
+    assert!(
+        status.contains("Requests: 0, slow: 0, Traffic: "),
+        "{status}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let mut stopping = false;
+    while let Ok(n) = receiver.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    let _ = child.wait();
+}
+
+#[test]
+fn socket_activation_uses_the_socket_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let socket = dir.path().join("www.sock");
+    // We create and own the socket, as systemd would.
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let config_path = dir.path().join("cgi-fpm.conf");
+    std::fs::write(&config_path, pool(dir.path(), "")).expect("write");
+    let raw = listener.as_raw_fd();
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" -F -y \"$1\"")
+        .arg(BIN)
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stderr(log);
+    // SAFETY: dup2 is async-signal-safe; it places the socket at fd 3 as sd_listen_fds
+    // expects, without the close-on-exec flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start");
+    let log_path = dir.path().join("log");
+    wait_until(
+        "cgi-fpm uses the inherited socket",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log_path)
+                .is_ok_and(|l| l.contains("ready to handle connections"))
+        },
+    );
+    let log_text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        log_text.contains("using inherited socket fd=3"),
+        "{log_text}"
+    );
+    let hello = common::examples_dir()
+        .join("hello.sh")
+        .display()
+        .to_string();
+    let mut client =
+        common::Client::connect(socket.to_str().expect("path"), Duration::from_secs(10))
+            .expect("connect");
+    let r = client
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", false)
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let _ = child.wait();
+    assert!(
+        socket.exists(),
+        "systemd's socket file is systemd's to remove"
+    );
+    drop(listener);
+}
