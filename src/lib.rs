@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fastcgi;
+pub mod isolation;
 pub mod logging;
 pub mod master;
 pub mod scoreboard;

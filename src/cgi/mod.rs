@@ -2,6 +2,7 @@
 //! process itself.
 
 pub mod env;
+pub mod php;
 pub mod resolve;
 pub mod response;
 pub mod spawn;

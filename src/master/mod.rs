@@ -5,6 +5,7 @@
 mod listener;
 
 use crate::config::Config;
+use crate::isolation::Privileges;
 use crate::scoreboard::Scoreboard;
 use crate::worker::{self, WorkerSpec};
 use listener::Listener;
@@ -36,6 +37,8 @@ const MIN_STOP_GRACE: Duration = Duration::from_secs(3);
 pub struct RunOptions {
     /// `-g`: overrides the config's pid file.
     pub pid_file: Option<std::path::PathBuf>,
+    /// Each pool's worker privileges, in the config's pool order (`isolation::prepare`).
+    pub privileges: Vec<Privileges>,
 }
 
 struct Pool {
@@ -74,6 +77,7 @@ pub struct Master {
     state: State,
     inherited_env: Vec<(OsString, OsString)>,
     pid_file: Option<std::path::PathBuf>,
+    privileges: Vec<Privileges>,
 }
 
 /// Start the master on a checked configuration and run until stopped.
@@ -94,6 +98,9 @@ pub fn run(config: Config, options: RunOptions) -> i32 {
 
 impl Master {
     fn start(config: Config, options: RunOptions) -> Result<Master, String> {
+        if options.privileges.len() != config.pools.len() {
+            return Err("worker privileges were not prepared for every pool".to_string());
+        }
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
             let opened = listener::open(pool).and_then(|listener| {
@@ -134,6 +141,7 @@ impl Master {
             state: State::Running,
             inherited_env: std::env::vars_os().collect(),
             pid_file,
+            privileges: options.privileges,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -423,6 +431,7 @@ impl Master {
     fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
         let pool = &self.pools[index];
         let config = &self.config.pools[pool.config_index];
+        let privileges = &self.privileges[pool.config_index];
         let slot_index = pool
             .scoreboard
             .free_slot()
@@ -453,6 +462,7 @@ impl Master {
                 slot_index,
                 listener: pool.listener.raw_fd(),
                 inherited_env: self.inherited_env.clone(),
+                privileges,
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);

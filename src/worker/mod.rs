@@ -12,6 +12,7 @@ use crate::cgi::response::error_response;
 use crate::config::PoolConfig;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
+use crate::isolation::{self, Privileges};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
 use conn::{Conn, Fill};
 use nix::errno::Errno;
@@ -40,6 +41,8 @@ pub struct WorkerSpec<'a> {
     pub listener: RawFd,
     /// The master's environment, for pools with `clear_env = no`.
     pub inherited_env: Vec<(OsString, OsString)>,
+    /// Identity, jail and limits to take on before serving.
+    pub privileges: &'a Privileges,
 }
 
 /// The worker's state while it serves.
@@ -87,14 +90,8 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     close_inherited_fds(&[spec.listener, signals.fd().as_raw_fd()]);
     detach_stdio();
     set_process_name(&spec.pool.name);
-    if let Some(dir) = &spec.pool.chdir
-        && let Err(e) = nix::unistd::chdir(dir)
-    {
-        log::error!(
-            "[pool {}] failed to chdir('{}'): {e}",
-            spec.pool.name,
-            dir.display()
-        );
+    if let Err(e) = spec.privileges.apply() {
+        log::error!("{e}");
         exit(78);
     }
 
@@ -103,14 +100,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         pool: spec.pool,
         scoreboard: spec.scoreboard,
         slot_index: spec.slot_index,
-        env_policy: EnvPolicy {
-            inherited: if spec.pool.clear_env {
-                Vec::new()
-            } else {
-                spec.inherited_env
-            },
-            pool_env: spec.pool.env.clone(),
-        },
+        env_policy: spec.privileges.env_policy(spec.pool, spec.inherited_env),
         signals,
         values: ServerValues {
             max_conns: max,
@@ -235,6 +225,9 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 continue;
             }
         };
+        if !isolation::clients::admit(ctx.pool, &fd) {
+            continue;
+        }
         ctx.scoreboard
             .counters()
             .accepted_conn
