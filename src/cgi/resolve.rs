@@ -215,7 +215,7 @@ pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, R
                             "the query string '{}' would make php-cgi ignore its options (the \
                              pool's php_value/php_admin_value settings and the interpreter's \
                              arguments)",
-                            String::from_utf8_lossy(query)
+                            String::from_utf8_lossy(query).escape_debug()
                         ),
                     });
                 }
