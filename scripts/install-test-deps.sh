@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what the test suite needs on Debian or Ubuntu, only what is missing:
 # nginx and cgi-fcgi (libfcgi-bin) as independent FastCGI peers, php-cgi, perl and python3
-# for the example scripts, and a C compiler for the compiled-CGI test.
+# for the example scripts, a C compiler with a static libc for the compiled-CGI and chroot
+# tests, and groff to check that the manual pages render cleanly.
 set -eu
 
 need=""
@@ -12,6 +13,14 @@ have php-cgi  || need="$need php-cgi"
 have perl     || need="$need perl"
 have python3  || need="$need python3"
 have cc       || need="$need gcc libc6-dev"
+# The chroot test links a static binary: cc -static needs libc.a.
+if have cc; then
+    case "$(cc -print-file-name=libc.a)" in
+        /*) ;;
+        *) need="$need libc6-dev" ;;
+    esac
+fi
+have groff    || need="$need groff-base"
 
 if [ -z "$need" ]; then
     echo "test dependencies: all present"

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fastcgi;
+pub mod isolation;
 pub mod logging;
 pub mod master;
 pub mod scoreboard;

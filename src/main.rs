@@ -1,5 +1,5 @@
 use cgi_fpm::config;
-use cgi_fpm::{cli, logging, master};
+use cgi_fpm::{cli, isolation, logging, master};
 use std::process::ExitCode;
 
 /// php-fpm's exit code for configuration errors (sysexits EX_CONFIG).
@@ -38,6 +38,20 @@ fn main() -> ExitCode {
     };
     for warning in &config.warnings {
         log::warn!("{warning}");
+    }
+    // Users, groups and the root rule: checked under -t as well as at start.
+    let prepared = match isolation::prepare(&config, options.allow_root) {
+        Ok(prepared) => prepared,
+        Err(errors) => {
+            for e in &errors {
+                log::error!("{e}");
+            }
+            log::error!("FPM initialization failed");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for notice in &prepared.notices {
+        log::info!("{notice}");
     }
     if options.test > 0 {
         if options.test > 1 {
@@ -78,11 +92,21 @@ fn main() -> ExitCode {
         report.failed(&e);
         return ExitCode::from(EXIT_CONFIG);
     }
+    match isolation::apply_master_limits(&config.global) {
+        Ok(notices) => notices.iter().for_each(|notice| log::info!("{notice}")),
+        Err(e) => {
+            log::error!("{e}");
+            log::error!("FPM initialization failed");
+            report.failed(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let code = master::run(
         config,
         master::RunOptions {
             pid_file: options.pid.clone(),
             force_stderr: options.force_stderr,
+            privileges: prepared.pools,
         },
         &mut report,
     );

@@ -90,7 +90,7 @@ fn a_pool_without_allowed_roots_warns() {
         "[www]\nlisten = 9000\npm = static\npm.max_children = 1\n",
     )
     .expect("write");
-    let (code, text) = run(&["-t", "-y", &config.display().to_string()]);
+    let (code, text) = run(&["-t", "-R", "-y", &config.display().to_string()]);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("WARNING:") && text.contains("cgi.allowed_roots is not set"),

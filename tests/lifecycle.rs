@@ -59,7 +59,7 @@ fn dash_d_returns_only_once_the_socket_answers() {
     .expect("write config");
     let _guard = PidFileGuard(pid_file.clone());
     let status = Command::new(BIN)
-        .args(["-D", "-y"])
+        .args(["-R", "-D", "-y"])
         .arg(&config)
         .stdin(Stdio::null())
         .status()
@@ -101,7 +101,7 @@ fn dash_d_with_a_start_failure_exits_non_zero_with_the_error() {
     )
     .expect("write config");
     let out = Command::new(BIN)
-        .args(["-D", "-y"])
+        .args(["-R", "-D", "-y"])
         .arg(&config)
         .stdin(Stdio::null())
         .output()
@@ -120,7 +120,7 @@ fn dash_d_with_a_bad_config_exits_non_zero_before_forking() {
     let config = dir.path().join("cgi-fpm.conf");
     std::fs::write(&config, "[www]\nlisten = 9000\npm = sometimes\n").expect("write");
     let out = Command::new(BIN)
-        .args(["-D", "-y"])
+        .args(["-R", "-D", "-y"])
         .arg(&config)
         .output()
         .expect("run");
@@ -144,7 +144,7 @@ fn systemd_notify_ready_status_and_watchdog() {
     let config_path = dir.path().join("cgi-fpm.conf");
     std::fs::write(&config_path, config).expect("write");
     let mut child = Command::new(BIN)
-        .args(["-F", "-y"])
+        .args(["-R", "-F", "-y"])
         .arg(&config_path)
         .env("NOTIFY_SOCKET", &notify)
         .env("WATCHDOG_USEC", "400000")
@@ -214,7 +214,7 @@ fn socket_activation_uses_the_socket_systemd_passes() {
     let log = std::fs::File::create(dir.path().join("log")).expect("log");
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" -F -y \"$1\"")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" -R -F -y \"$1\"")
         .arg(BIN)
         .arg(&config_path)
         .stdin(Stdio::null())

@@ -351,8 +351,19 @@ fn missing_scripts_are_404_and_forbidden_ones_403() {
 
     let outside = fpm.path("outside.sh");
     std::fs::write(&outside, "#!/bin/sh\necho\n").expect("write");
+    std::fs::set_permissions(
+        &outside,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let r = fpm.get(&outside, &[]);
     assert_eq!(r.status(), 403, "outside cgi.allowed_roots");
+    // The same file reached from inside the root: by '..', and by a symlink.
+    let climbing = fpm.path("www/../outside.sh");
+    assert_eq!(fpm.get(&climbing, &[]).status(), 403, "via '..'");
+    std::os::unix::fs::symlink(&outside, fpm.path("www/escape.sh")).expect("symlink");
+    let r = fpm.get(&fpm.path("www/escape.sh"), &[]);
+    assert_eq!(r.status(), 403, "via a symlink out of the root");
 
     let plain = fpm.script("plain.txt", "text");
     let r = fpm.get(&plain, &[]);
@@ -374,6 +385,8 @@ fn missing_scripts_are_404_and_forbidden_ones_403() {
     let log = fpm.log_text();
     assert!(log.contains("does not exist"), "404 reason logged:\n{log}");
     assert!(log.contains("outside cgi.allowed_roots"), "{log}");
+    assert!(log.contains("(with '..')"), "{log}");
+    assert!(log.contains("escape.sh' resolves to"), "{log}");
     assert!(log.contains("security.limit_extensions"), "{log}");
     assert!(log.contains("is not executable"), "{log}");
 }

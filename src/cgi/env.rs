@@ -137,6 +137,7 @@ mod tests {
             canonical: PathBuf::from(path),
             path_info: info.map(OsString::from),
             argv: vec![path.into()],
+            working_directory: PathBuf::from("/"),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod headers;
+pub mod php;
 pub mod resolve;
 pub mod response;
 pub mod spawn;

@@ -4,6 +4,7 @@
 //! Every refusal carries the HTTP status a user of the web server should see and a reason
 //! for the operator's log.
 
+use super::php;
 use crate::config::PoolConfig;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -17,6 +18,8 @@ pub struct ScriptRequest<'a> {
     pub script_filename: Option<&'a [u8]>,
     pub document_root: Option<&'a [u8]>,
     pub script_name: Option<&'a [u8]>,
+    /// QUERY_STRING: some ask php-cgi to ignore its options (see `cgi::php`).
+    pub query_string: Option<&'a [u8]>,
 }
 
 /// A script that may run.
@@ -32,13 +35,16 @@ pub struct Resolved {
     pub path_info: Option<OsString>,
     /// The program and its arguments: an interpreter's argv plus the script, or the script.
     pub argv: Vec<OsString>,
+    /// See [`Resolved::directory`].
+    pub working_directory: PathBuf,
 }
 
 impl Resolved {
-    /// The working directory for the child: the script's own directory, as RFC 3875
-    /// suggests and as CGI scripts that open files relative to themselves expect.
+    /// The working directory for the child: the pool's `chdir` when set (the directory
+    /// php-fpm's workers run in), else the script's own directory, as RFC 3875 suggests
+    /// and as CGI scripts that open files relative to themselves expect.
     pub fn directory(&self) -> &Path {
-        self.canonical.parent().unwrap_or(Path::new("/"))
+        &self.working_directory
     }
 }
 
@@ -199,6 +205,21 @@ pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, R
                 )));
             }
             let mut argv: Vec<OsString> = interp.argv.iter().map(OsString::from).collect();
+            if interp.is_php_cgi() {
+                argv.extend(php::ini_arguments(&pool.php_settings));
+                let query = req.query_string.unwrap_or_default();
+                if argv.len() > 1 && php::query_hides_options(query) {
+                    return Err(Refusal {
+                        status: 400,
+                        reason: format!(
+                            "the query string '{}' would make php-cgi ignore its options (the \
+                             pool's php_value/php_admin_value settings and the interpreter's \
+                             arguments)",
+                            String::from_utf8_lossy(query).escape_debug()
+                        ),
+                    });
+                }
+            }
             argv.push(script_filename.clone().into_os_string());
             argv
         }
@@ -214,11 +235,16 @@ pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, R
             vec![canonical.clone().into_os_string()]
         }
     };
+    let working_directory = match &pool.chdir {
+        Some(directory) => directory.clone(),
+        None => canonical.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    };
     Ok(Resolved {
         script_filename,
         canonical,
         path_info,
         argv,
+        working_directory,
     })
 }
 
@@ -313,6 +339,7 @@ mod tests {
                 script_filename: Some(b""),
                 document_root: Some(&root),
                 script_name: Some(b"/run.sh"),
+                ..Default::default()
             },
             &t.policy(),
         )
@@ -412,5 +439,86 @@ mod tests {
                 .status,
             403
         );
+    }
+
+    fn php_policy(t: &Tree) -> PoolConfig {
+        let mut policy = t.policy();
+        policy.php_settings = vec![
+            crate::config::PhpSetting {
+                name: "memory_limit".into(),
+                value: "77M".into(),
+                admin: true,
+            },
+            crate::config::PhpSetting {
+                name: "display_errors".into(),
+                value: "0".into(),
+                admin: false,
+            },
+        ];
+        policy
+    }
+
+    fn with_query(path: &Path, query: &[u8], policy: &PoolConfig) -> Result<Resolved, Refusal> {
+        let f = by_filename(path);
+        resolve(
+            &ScriptRequest {
+                script_filename: Some(&f),
+                query_string: Some(query),
+                ..Default::default()
+            },
+            policy,
+        )
+    }
+
+    #[test]
+    fn php_settings_go_to_php_cgi_before_the_script() {
+        let t = Tree::new();
+        let r = with_query(&t.path("www/page.php"), b"a=1", &php_policy(&t)).expect("resolves");
+        let expected: Vec<OsString> = [
+            "/usr/bin/php-cgi",
+            "-q",
+            "-d",
+            "display_errors=0",
+            "-d",
+            "memory_limit=77M",
+        ]
+        .iter()
+        .map(OsString::from)
+        .chain([t.path("www/page.php").into_os_string()])
+        .collect();
+        assert_eq!(r.argv, expected);
+        // Other interpreters and executables get none of it.
+        let mut policy = php_policy(&t);
+        policy.cgi.interpreters[0].argv = vec!["/usr/bin/php".into()];
+        let r = with_query(&t.path("www/page.php"), b"", &policy).expect("resolves");
+        assert_eq!(r.argv.len(), 2, "{:?}", r.argv);
+        let r = with_query(&t.path("www/run.sh"), b"", &php_policy(&t)).expect("resolves");
+        assert_eq!(r.argv.len(), 1);
+    }
+
+    #[test]
+    fn a_query_that_would_hide_php_cgis_options_is_refused() {
+        let t = Tree::new();
+        let e = with_query(&t.path("www/page.php"), b"-s", &php_policy(&t)).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.reason.contains("php-cgi ignore its options"),
+            "{}",
+            e.reason
+        );
+        // Nothing to lose without options; other scripts are not concerned.
+        let mut bare = t.policy();
+        bare.cgi.interpreters[0].argv = vec!["/usr/bin/php-cgi".into()];
+        assert!(with_query(&t.path("www/page.php"), b"-s", &bare).is_ok());
+        assert!(with_query(&t.path("www/run.sh"), b"-s", &php_policy(&t)).is_ok());
+    }
+
+    #[test]
+    fn the_pools_chdir_is_the_working_directory() {
+        let t = Tree::new();
+        let mut policy = t.policy();
+        policy.chdir = Some(PathBuf::from("/"));
+        let r = resolve_file(&t.path("www/run.sh"), &policy).expect("resolves");
+        assert_eq!(r.directory(), Path::new("/"));
     }
 }

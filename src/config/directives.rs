@@ -20,8 +20,9 @@ pub(super) enum Status {
     Implemented,
     /// Parsed, validated and stored, but nothing acts on it yet: one warning per load.
     Later,
-    /// PHP-only: stored for `php-cgi`, never warned about.
-    NotApplicable,
+    /// Means nothing on this system (the text says why, e.g. "applies to FreeBSD only"):
+    /// accepted, validated and stored, with one warning per load.
+    NotApplicable(&'static str),
 }
 
 /// What a setter may need besides the value, and where it leaves remarks that are not errors.
@@ -154,7 +155,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.process_max = integer(v, 0, u32::MAX)?;
         Ok(())
     }),
-    global("process.priority", Later, |g, v, _| {
+    global("process.priority", Implemented, |g, v, _| {
         g.process_priority = Some(integer(v, -19, 20)?);
         Ok(())
     }),
@@ -162,11 +163,11 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.daemonize = boolean(v)?;
         Ok(())
     }),
-    global("rlimit_files", Later, |g, v, _| {
+    global("rlimit_files", Implemented, |g, v, _| {
         g.rlimit_files = Some(integer(v, 0, u64::MAX)?);
         Ok(())
     }),
-    global("rlimit_core", Later, |g, v, _| {
+    global("rlimit_core", Implemented, |g, v, _| {
         g.rlimit_core = Some(rlimit_core(v)?);
         Ok(())
     }),
@@ -188,11 +189,11 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.prefix = optional_path(v);
         Ok(())
     }),
-    pool("user", Later, |p, v, _| {
+    pool("user", Implemented, |p, v, _| {
         p.user = optional_text(v);
         Ok(())
     }),
-    pool("group", Later, |p, v, _| {
+    pool("group", Implemented, |p, v, _| {
         p.group = optional_text(v);
         Ok(())
     }),
@@ -210,11 +211,11 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.listen_backlog = integer(v, -1, i32::MAX)?;
         Ok(())
     }),
-    pool("listen.acl_users", Later, |p, v, _| {
+    pool("listen.acl_users", Implemented, |p, v, _| {
         p.listen_acl_users = optional_text(v);
         Ok(())
     }),
-    pool("listen.acl_groups", Later, |p, v, _| {
+    pool("listen.acl_groups", Implemented, |p, v, _| {
         p.listen_acl_groups = optional_text(v);
         Ok(())
     }),
@@ -230,21 +231,25 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.listen_mode = octal_mode(v)?;
         Ok(())
     }),
-    pool("listen.allowed_clients", Later, |p, v, _| {
+    pool("listen.allowed_clients", Implemented, |p, v, _| {
         p.listen_allowed_clients = allowed_clients(v)?;
         Ok(())
     }),
-    pool("listen.setfib", Later, |p, v, _| {
-        // php-fpm's -1 means "the default table", as leaving it unset does.
-        let table: i64 = integer(v, -1, i64::from(u32::MAX))?;
-        p.listen_setfib = u32::try_from(table).ok();
-        Ok(())
-    }),
-    pool("process.priority", Later, |p, v, _| {
+    pool(
+        "listen.setfib",
+        NotApplicable("applies to FreeBSD only"),
+        |p, v, _| {
+            // php-fpm's -1 means "the default table", as leaving it unset does.
+            let table: i64 = integer(v, -1, i64::from(u32::MAX))?;
+            p.listen_setfib = u32::try_from(table).ok();
+            Ok(())
+        },
+    ),
+    pool("process.priority", Implemented, |p, v, _| {
         p.process_priority = Some(integer(v, -19, 20)?);
         Ok(())
     }),
-    pool("process.dumpable", Later, |p, v, _| {
+    pool("process.dumpable", Implemented, |p, v, _| {
         p.process_dumpable = boolean(v)?;
         Ok(())
     }),
@@ -343,15 +348,15 @@ pub(super) static DIRECTIVES: &[Directive] = &[
             Ok(())
         },
     ),
-    pool("rlimit_files", Later, |p, v, _| {
+    pool("rlimit_files", Implemented, |p, v, _| {
         p.rlimit_files = Some(integer(v, 0, u64::MAX)?);
         Ok(())
     }),
-    pool("rlimit_core", Later, |p, v, _| {
+    pool("rlimit_core", Implemented, |p, v, _| {
         p.rlimit_core = Some(rlimit_core(v)?);
         Ok(())
     }),
-    pool("chroot", Later, |p, v, _| {
+    pool("chroot", Implemented, |p, v, _| {
         p.chroot = optional_path(v);
         Ok(())
     }),
@@ -380,16 +385,16 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         Ok(())
     }),
     pool_array("env[]", Implemented, set_env),
-    pool_array("php_value[]", NotApplicable, |p, key, v, _| {
+    pool_array("php_value[]", Implemented, |p, key, v, _| {
         set_php(p, key, v.to_string(), false)
     }),
-    pool_array("php_flag[]", NotApplicable, |p, key, v, _| {
+    pool_array("php_flag[]", Implemented, |p, key, v, _| {
         set_php(p, key, php_flag(v)?, false)
     }),
-    pool_array("php_admin_value[]", NotApplicable, |p, key, v, _| {
+    pool_array("php_admin_value[]", Implemented, |p, key, v, _| {
         set_php(p, key, v.to_string(), true)
     }),
-    pool_array("php_admin_flag[]", NotApplicable, |p, key, v, _| {
+    pool_array("php_admin_flag[]", Implemented, |p, key, v, _| {
         set_php(p, key, php_flag(v)?, true)
     }),
     include(Scope::Pool),
@@ -495,6 +500,16 @@ fn set_interpreter(pool: &mut PoolConfig, key: &str, value: &str, _: &mut ValueC
 pub(super) fn names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
     for directive in DIRECTIVES {
+        if !names.contains(&directive.name) {
+            names.push(directive.name);
+        }
+    }
+    names
+}
+
+pub(super) fn unimplemented() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for directive in DIRECTIVES.iter().filter(|d| d.status == Later) {
         if !names.contains(&directive.name) {
             names.push(directive.name);
         }
@@ -684,13 +699,34 @@ mod tests {
             (Scope::Pool, "access.suppress_path[]"),
             (Scope::Pool, "catch_workers_output"),
             (Scope::Pool, "decorate_workers_output"),
+            // Isolation and php-fpm drop-in.
+            (Scope::Global, "process.priority"),
+            (Scope::Global, "rlimit_files"),
+            (Scope::Global, "rlimit_core"),
+            (Scope::Pool, "user"),
+            (Scope::Pool, "group"),
+            (Scope::Pool, "listen.acl_users"),
+            (Scope::Pool, "listen.acl_groups"),
+            (Scope::Pool, "listen.allowed_clients"),
+            (Scope::Pool, "process.priority"),
+            (Scope::Pool, "process.dumpable"),
+            (Scope::Pool, "rlimit_files"),
+            (Scope::Pool, "rlimit_core"),
+            (Scope::Pool, "chroot"),
+            (Scope::Pool, "php_value[]"),
+            (Scope::Pool, "php_flag[]"),
+            (Scope::Pool, "php_admin_value[]"),
+            (Scope::Pool, "php_admin_flag[]"),
         ]
         .into_iter()
         .collect();
         assert_eq!(implemented, expected);
-        for directive in DIRECTIVES.iter().filter(|d| d.status == NotApplicable) {
-            assert!(directive.name.starts_with("php_"), "{}", directive.name);
-        }
+        let not_applicable: Vec<_> = DIRECTIVES
+            .iter()
+            .filter(|d| matches!(d.status, NotApplicable(_)))
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(not_applicable, ["listen.setfib"]);
     }
 
     #[test]

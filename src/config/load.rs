@@ -97,7 +97,8 @@ struct Reader<'a> {
     draft: Draft,
     /// Index into `draft.pools`; `None` is `[global]`.
     current_pool: Option<usize>,
-    /// Directives already warned about as not implemented: one warning per key per load.
+    /// Directives already warned about as ignored (not implemented yet, or not applicable
+    /// here): one warning per key per load.
     warned_later: HashSet<&'static str>,
     open_files: usize,
 }
@@ -238,8 +239,15 @@ impl Reader<'_> {
             let warning = self.error(&location, Some(shown_key), note);
             self.draft.warnings.push(warning.to_string());
         }
-        if directive.status == Status::Later && self.warned_later.insert(directive.name) {
-            let message = format!("'{}' is not implemented yet; ignored", directive.name);
+        let ignored_because = match directive.status {
+            Status::Implemented => None,
+            Status::Later => Some("is not implemented yet"),
+            Status::NotApplicable(why) => Some(why),
+        };
+        if let Some(why) = ignored_because
+            && self.warned_later.insert(directive.name)
+        {
+            let message = format!("'{}' {why}; ignored", directive.name);
             let warning = self.error(&location, None, message);
             self.draft.warnings.push(warning.to_string());
         }

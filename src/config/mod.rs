@@ -110,3 +110,8 @@ pub fn dump(config: &Config) -> String {
 pub fn directive_names() -> Vec<&'static str> {
     directives::names()
 }
+
+/// The directives accepted but not acted on yet (each warns once when set).
+pub fn unimplemented_directives() -> Vec<&'static str> {
+    directives::unimplemented()
+}

@@ -200,6 +200,39 @@ pub struct Interpreter {
     pub argv: Vec<String>,
 }
 
+impl Interpreter {
+    /// Whether this interpreter is PHP's CGI binary, which takes the pool's `php_value[]`
+    /// and friends as `-d name=value`. Decided on the program's file name alone (or on the
+    /// program `/usr/bin/env` is told to run): it begins with `php` and contains `cgi`
+    /// (`php-cgi`, `php-cgi8.2`, `php5-cgi`), or it begins with `php` and sits in a
+    /// `cgi-bin` directory (Debian's `/usr/lib/cgi-bin/php8.2`). The PHP command-line
+    /// binary `php` does not count: it writes no CGI headers.
+    pub fn is_php_cgi(&self) -> bool {
+        let mut words = self.argv.iter().map(Path::new);
+        let Some(mut program) = words.next() else {
+            return false;
+        };
+        if program.file_name().is_some_and(|name| name == "env") {
+            // `env [-i] [NAME=value]... program`: the first word that is neither.
+            let Some(run) = words.find(|word| {
+                let text = word.as_os_str().as_bytes();
+                !text.starts_with(b"-") && !text.contains(&b'=')
+            }) else {
+                return false;
+            };
+            program = run;
+        }
+        let Some(name) = program.file_name().map(|name| name.as_bytes()) else {
+            return false;
+        };
+        let in_cgi_bin = program
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|directory| directory == "cgi-bin");
+        name.starts_with(b"php") && (in_cgi_bin || name.windows(3).any(|part| part == b"cgi"))
+    }
+}
+
 /// The `cgi.*` directives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgiConfig {

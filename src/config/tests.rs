@@ -278,9 +278,8 @@ fn realistic_configuration_loads() {
         [
             "[DIR/pool.d/api.conf:5] [pool api] 'pm.min_spare_servers' is not implemented yet; ignored",
             "[DIR/pool.d/api.conf:6] [pool api] 'pm.max_spare_servers' is not implemented yet; ignored",
-            "[DIR/pool.d/www.conf:3] [pool www] 'user' is not implemented yet; ignored",
-            "[DIR/pool.d/www.conf:4] [pool www] 'group' is not implemented yet; ignored",
             "[DIR/pool.d/api.conf:3] [pool api] 'pm': pm = dynamic is not implemented yet; running as static with pm.max_children workers",
+            "[DIR/pool.d/www.conf:29] [pool www] 'php_admin_value[]': php_value[], php_flag[], php_admin_value[] and php_admin_flag[] are passed to php-cgi only (as -d name=value), and no cgi.interpreter[] of this pool runs php-cgi; they have no effect",
         ]
     );
 }
@@ -789,8 +788,12 @@ fn not_implemented_yet_is_warned_once_per_key() {
         "main.conf",
         &[
             "events.mechanism = epoll\n".to_string(),
-            pool_with("a", "9001", "user = a\nuser = b\nphp_value[x] = 1\n"),
-            pool_with("b", "9002", "user = c\n"),
+            pool_with(
+                "a",
+                "9001",
+                "apparmor_hat = a\napparmor_hat = b\nlisten.setfib = 1\n",
+            ),
+            pool_with("b", "9002", "apparmor_hat = c\nlisten.setfib = 2\n"),
         ]
         .concat(),
     );
@@ -799,11 +802,13 @@ fn not_implemented_yet_is_warned_once_per_key() {
         files.warnings(&config),
         [
             "[DIR/main.conf:1] [global] 'events.mechanism' is not implemented yet; ignored",
-            "[DIR/main.conf:7] [pool a] 'user' is not implemented yet; ignored",
+            "[DIR/main.conf:7] [pool a] 'apparmor_hat' is not implemented yet; ignored",
+            "[DIR/main.conf:9] [pool a] 'listen.setfib' applies to FreeBSD only; ignored",
         ]
     );
-    assert_eq!(config.pools[0].user.as_deref(), Some("b"));
-    assert_eq!(config.pools[1].user.as_deref(), Some("c"));
+    assert_eq!(config.pools[0].apparmor_hat.as_deref(), Some("b"));
+    assert_eq!(config.pools[1].apparmor_hat.as_deref(), Some("c"));
+    assert_eq!(config.pools[1].listen_setfib, Some(2));
     assert_eq!(config.global.events_mechanism.as_deref(), Some("epoll"));
 }
 
@@ -1057,4 +1062,136 @@ fn script_helpers() {
     assert_eq!(chosen("/a.gz").as_deref(), Some("/bin/zcat"));
     assert_eq!(chosen("/a.sh"), None);
     assert_eq!(chosen(".gz"), None);
+}
+
+#[test]
+fn chroot_pools_name_their_roots_inside_the_jail() {
+    let files = Files::new();
+    files.mkdir("jail/www/cgi-bin");
+    files.mkdir("outside");
+    if let Err(error) = std::os::unix::fs::symlink("../outside", files.path("jail/out")) {
+        panic!("symlink: {error}");
+    }
+    files.write(
+        "main.conf",
+        &[
+            "[a]\nlisten = 9001\npm = static\npm.max_children = 1\nchroot = jail\n",
+            "cgi.allowed_roots = /www/cgi-bin www\n",
+            "[b]\nlisten = 9002\npm = static\npm.max_children = 1\nchroot = jail\n",
+            "cgi.allowed_roots = /out /nope\n",
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        files.errors("main.conf"),
+        [
+            "[DIR/main.conf:12] [pool b] 'cgi.allowed_roots': '/out' (inside the chroot 'DIR/jail') leads out of the chroot",
+            "[DIR/main.conf:12] [pool b] 'cgi.allowed_roots': '/nope' (inside the chroot 'DIR/jail'): No such file or directory (os error 2)",
+        ]
+    );
+    files.write(
+        "good.conf",
+        "[a]\nlisten = 9001\npm = static\npm.max_children = 1\nchroot = jail\ncgi.allowed_roots = /www/cgi-bin www\ncgi.interpreter[.sh] = /bin/sh\n",
+    );
+    let config = files.loaded("good.conf");
+    assert_eq!(
+        config.pools[0].cgi.allowed_roots,
+        [PathBuf::from("/www/cgi-bin"), PathBuf::from("/www")]
+    );
+    assert_eq!(
+        files.warnings(&config),
+        [
+            "[DIR/good.conf:7] [pool a] 'cgi.interpreter[]': the interpreter '/bin/sh' for '.sh' does not exist inside the chroot 'DIR/jail' or is not executable"
+        ]
+    );
+}
+
+#[test]
+fn php_cgi_is_recognised_by_name() {
+    let interpreter = |argv: &[&str]| Interpreter {
+        extension: ".php".into(),
+        argv: argv.iter().map(|word| word.to_string()).collect(),
+    };
+    for php_cgi in [
+        &["/usr/bin/php-cgi"][..],
+        &["/usr/bin/php-cgi8.2", "-c", "/etc/php.ini"],
+        &["/usr/local/bin/php5-cgi"],
+        &["/usr/lib/cgi-bin/php8.2"],
+        &["/usr/lib/cgi-bin/php"],
+        &["/usr/bin/env", "-i", "A=1", "php-cgi"],
+    ] {
+        assert!(interpreter(php_cgi).is_php_cgi(), "{php_cgi:?}");
+    }
+    for other in [
+        &["/usr/bin/php"][..],
+        &["/usr/bin/php8.2"],
+        &["/usr/bin/perl"],
+        &["/usr/bin/env", "python3"],
+        &["/usr/bin/env"],
+        &["/opt/cgi/runner", "php-cgi"],
+        &[],
+    ] {
+        assert!(!interpreter(other).is_php_cgi(), "{other:?}");
+    }
+}
+
+#[test]
+fn php_settings_without_php_cgi_warn_once_per_pool() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        &[
+            pool_with(
+                "a",
+                "9001",
+                "php_flag[display_errors] = off\nphp_value[memory_limit] = 32M\n",
+            ),
+            pool_with(
+                "b",
+                "9002",
+                "php_value[memory_limit] = 32M\ncgi.interpreter[.php] = /nonexistent/php-cgi\n",
+            ),
+        ]
+        .concat(),
+    );
+    let config = files.loaded("main.conf");
+    let warnings = files.warnings(&config);
+    assert_eq!(
+        warnings[0],
+        "[DIR/main.conf:7] [pool a] 'php_value[]': php_value[], php_flag[], php_admin_value[] and php_admin_flag[] are passed to php-cgi only (as -d name=value), and no cgi.interpreter[] of this pool runs php-cgi; they have no effect"
+    );
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[1].contains("'/nonexistent/php-cgi' for '.php' does not exist"));
+}
+
+#[test]
+fn socket_settings_that_do_not_apply_are_warned_about() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        &[
+            pool_with(
+                "a",
+                "run/a.sock",
+                "listen.owner = www-data\nlisten.group = www-data\nlisten.acl_users = nobody\nlisten.allowed_clients = 127.0.0.1\n",
+            ),
+            pool_with(
+                "b",
+                "127.0.0.1:9002",
+                "listen.allowed_clients = 127.0.0.1, ::1\n",
+            ),
+        ]
+        .concat(),
+    );
+    let config = files.loaded("main.conf");
+    assert_eq!(
+        files.warnings(&config),
+        [
+            "[DIR/main.conf:6] [pool a] 'listen.owner': ACL set, listen.owner = 'www-data' is ignored",
+            "[DIR/main.conf:7] [pool a] 'listen.group': ACL set, listen.group = 'www-data' is ignored",
+            "[DIR/main.conf:9] [pool a] 'listen.allowed_clients': applies to TCP sockets only; ignored on a unix socket, which the file's owner, group, mode and ACL protect instead",
+        ]
+    );
+    let b = &config.pools[1];
+    assert_eq!(b.listen_allowed_clients.len(), 2);
 }

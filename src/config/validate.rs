@@ -97,6 +97,7 @@ impl PoolChecks<'_> {
         self.check_logs();
         self.check_chroot();
         self.check_chdir();
+        self.check_listen_permissions();
         self.check_cgi();
     }
 
@@ -392,28 +393,75 @@ impl PoolChecks<'_> {
         }
         let mut canonical_roots = Vec::new();
         for root in roots {
-            let root = self.base.join(root);
-            match root.canonicalize() {
-                Ok(canonical) if canonical.is_dir() => canonical_roots.push(canonical),
-                Ok(_) => self.fail(
-                    "cgi.allowed_roots",
-                    format!("'{}' is not a directory", root.display()),
-                ),
-                Err(error) => self.fail(
-                    "cgi.allowed_roots",
-                    format!("'{}': {error}", root.display()),
-                ),
+            let resolved = match self.pool.config.chroot.clone() {
+                None => canonical_directory(&self.base.join(root)),
+                // A missing chroot is reported already; its roots cannot be checked.
+                Some(jail) if !jail.is_dir() => continue,
+                Some(jail) => directory_inside(&jail, &root),
+            };
+            match resolved {
+                Ok(canonical) => canonical_roots.push(canonical),
+                Err(message) => self.fail("cgi.allowed_roots", message),
             }
         }
         self.config().cgi.allowed_roots = canonical_roots;
-        if self.pool.config.chroot.is_none() {
-            self.check_interpreters_exist();
+        self.check_interpreters_exist();
+        self.check_php_settings();
+    }
+
+    /// php-fpm applies `php_value[]` and friends inside PHP; cgi-fpm hands them to php-cgi,
+    /// so without a php-cgi interpreter they do nothing, which deserves a word.
+    fn check_php_settings(&mut self) {
+        let config = &self.pool.config;
+        if config.php_settings.is_empty() || config.cgi.interpreters.iter().any(|i| i.is_php_cgi())
+        {
+            return;
+        }
+        let keys = [
+            "php_admin_value[]",
+            "php_value[]",
+            "php_admin_flag[]",
+            "php_flag[]",
+        ];
+        let key = keys
+            .into_iter()
+            .find(|key| self.is_set(key))
+            .unwrap_or("php_value[]");
+        let message = "php_value[], php_flag[], php_admin_value[] and php_admin_flag[] are passed \
+                       to php-cgi only (as -d name=value), and no cgi.interpreter[] of this pool \
+                       runs php-cgi; they have no effect"
+            .to_string();
+        self.warn(key, message);
+    }
+
+    /// What php-fpm says about socket settings it does not use, and one thing it does not
+    /// say: allowed clients cannot be checked on a unix socket.
+    fn check_listen_permissions(&mut self) {
+        let config = &self.pool.config;
+        let is_unix = matches!(config.listen, ListenAddress::Unix(_));
+        let has_acl = config.listen_acl_users.is_some() || config.listen_acl_groups.is_some();
+        if is_unix && has_acl {
+            for (key, value) in [
+                ("listen.owner", config.listen_owner.clone()),
+                ("listen.group", config.listen_group.clone()),
+            ] {
+                if let Some(value) = value {
+                    self.warn(key, format!("ACL set, {key} = '{value}' is ignored"));
+                }
+            }
+        }
+        if !self.pool.config.listen_allowed_clients.is_empty() && is_unix {
+            let message = "applies to TCP sockets only; ignored on a unix socket, which the \
+                           file's owner, group, mode and ACL protect instead";
+            self.warn("listen.allowed_clients", message.to_string());
         }
     }
 
-    /// A missing interpreter only fails requests, so it is a warning; inside a chroot the
-    /// path cannot be checked from here.
+    /// A missing interpreter only fails requests, so it is a warning. In a chroot it is
+    /// looked for inside the jail (symbolic links there are followed as seen from outside,
+    /// so this is a good guess, not a proof).
     fn check_interpreters_exist(&mut self) {
+        let jail = self.pool.config.chroot.clone();
         let missing: Vec<(String, String)> = self
             .pool
             .config
@@ -422,17 +470,60 @@ impl PoolChecks<'_> {
             .iter()
             .filter_map(|interpreter| {
                 let program = interpreter.argv.first()?;
-                let missing = !is_executable_file(Path::new(program));
+                let seen_from_here = match &jail {
+                    Some(jail) => jail.join(program.trim_start_matches('/')),
+                    None => PathBuf::from(program),
+                };
+                let missing = !is_executable_file(&seen_from_here);
                 missing.then(|| (interpreter.extension.clone(), program.clone()))
             })
             .collect();
+        let inside = match &jail {
+            Some(jail) => format!(" inside the chroot '{}'", jail.display()),
+            None => String::new(),
+        };
         for (extension, program) in missing {
             let message = format!(
-                "the interpreter '{program}' for '{extension}' does not exist or is not executable"
+                "the interpreter '{program}' for '{extension}' does not exist{inside} or is not executable"
             );
             self.warn("cgi.interpreter[]", message);
         }
     }
+}
+
+/// An allowed root outside a chroot: the canonical directory.
+fn canonical_directory(root: &Path) -> Result<PathBuf, String> {
+    match root.canonicalize() {
+        Ok(canonical) if canonical.is_dir() => Ok(canonical),
+        Ok(_) => Err(format!("'{}' is not a directory", root.display())),
+        Err(error) => Err(format!("'{}': {error}", root.display())),
+    }
+}
+
+/// An allowed root of a chroot pool, as the workers will see it once inside the jail:
+/// `root` is taken inside `jail`, resolved there, and must stay there.
+fn directory_inside(jail: &Path, root: &Path) -> Result<PathBuf, String> {
+    let describe = |what: &str| {
+        format!(
+            "'{}' (inside the chroot '{}'){what}",
+            root.display(),
+            jail.display()
+        )
+    };
+    let jail = jail
+        .canonicalize()
+        .map_err(|error| describe(&format!(" cannot be checked: {error}")))?;
+    let seen_from_here = jail.join(root.strip_prefix("/").unwrap_or(root));
+    let canonical = seen_from_here
+        .canonicalize()
+        .map_err(|error| describe(&format!(": {error}")))?;
+    if !canonical.is_dir() {
+        return Err(describe(" is not a directory"));
+    }
+    let inside = canonical
+        .strip_prefix(&jail)
+        .map_err(|_| describe(" leads out of the chroot"))?;
+    Ok(Path::new("/").join(inside))
 }
 
 fn is_executable_file(path: &Path) -> bool {

@@ -2,6 +2,7 @@
 
 use super::inherit::{Inherited, Origin};
 use crate::config::{ListenAddress, PoolConfig};
+use crate::isolation;
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr, bind, listen,
     setsockopt, socket, sockopt,
@@ -140,7 +141,12 @@ fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listene
         }
         Err(_) => {}
     }
-    let owner = resolve_owner(pool)?;
+    // With an ACL, php-fpm leaves the owner and group alone.
+    let acl = isolation::acl::resolve(pool)?;
+    let owner = match acl {
+        Some(_) => None,
+        None => resolve_owner(pool)?,
+    };
     let addr = UnixAddr::new(path).map_err(|e| context("invalid socket path", &e))?;
     let fd = socket(
         AddressFamily::Unix,
@@ -166,6 +172,12 @@ fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listene
     {
         listener.close();
         return Err(context("chown", &e));
+    }
+    if let Some(acl) = &acl
+        && let Err(e) = isolation::acl::apply(path, pool.listen_mode & 0o777, acl)
+    {
+        listener.close();
+        return Err(format!("[pool {}] {e}", pool.name));
     }
     if let Err(e) = listen(&listener.fd, backlog) {
         listener.close();

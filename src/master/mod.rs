@@ -9,6 +9,7 @@ mod logs;
 
 use crate::config::Config;
 use crate::daemon::StartupReport;
+use crate::isolation::Privileges;
 use crate::scoreboard::Scoreboard;
 use crate::worker::{self, WorkerSpec};
 use capture::Capture;
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub pid_file: Option<std::path::PathBuf>,
     /// `-O`: the error log stays standard error, so SIGUSR1 has none to reopen.
     pub force_stderr: bool,
+    /// Each pool's worker privileges, in the config's pool order (`isolation::prepare`).
+    pub privileges: Vec<Privileges>,
 }
 
 struct Pool {
@@ -91,6 +94,7 @@ pub struct Master {
     capture: Capture,
     /// The master wakes at least this often (the systemd watchdog may need it).
     systemd_every: Duration,
+    privileges: Vec<Privileges>,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -113,6 +117,9 @@ pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i
 impl Master {
     fn start(config: Config, options: RunOptions) -> Result<Master, String> {
         let mut inherited = inherit::Inherited::from_environment();
+        if options.privileges.len() != config.pools.len() {
+            return Err("worker privileges were not prepared for every pool".to_string());
+        }
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
             let opened = listener::open(pool, &mut inherited).and_then(|listener| {
@@ -168,6 +175,7 @@ impl Master {
             capture: Capture::default(),
             systemd_every: crate::systemd::report_interval(config_systemd_interval)
                 .map_or(TICK, |(every, _)| every),
+            privileges: options.privileges,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -470,6 +478,7 @@ impl Master {
     fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
         let pool = &self.pools[index];
         let config = &self.config.pools[pool.config_index];
+        let privileges = &self.privileges[pool.config_index];
         let slot_index = pool
             .scoreboard
             .free_slot()
@@ -517,6 +526,7 @@ impl Master {
                 access_log_fd: pool.logs.access_fd(),
                 slowlog_fd: pool.logs.slow_fd(),
                 output_pipes: pipes.as_ref().map(|(_, worker)| worker.raw()),
+                privileges,
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);

@@ -14,6 +14,7 @@ use crate::cgi::response::error_response;
 use crate::config::PoolConfig;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
+use crate::isolation::{self, Privileges};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
 use conn::{Conn, Fill};
 use nix::errno::Errno;
@@ -48,6 +49,8 @@ pub struct WorkerSpec<'a> {
     /// `catch_workers_output`: write ends of the pipes the master reads the worker's
     /// stdout and stderr from.
     pub output_pipes: Option<(RawFd, RawFd)>,
+    /// Identity, jail and limits to take on before serving.
+    pub privileges: &'a Privileges,
 }
 
 /// The access log as a worker writes it.
@@ -110,14 +113,8 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     close_inherited_fds(&keep);
     set_up_stdio(spec.output_pipes);
     set_process_name(&spec.pool.name);
-    if let Some(dir) = &spec.pool.chdir
-        && let Err(e) = nix::unistd::chdir(dir)
-    {
-        log::error!(
-            "[pool {}] failed to chdir('{}'): {e}",
-            spec.pool.name,
-            dir.display()
-        );
+    if let Err(e) = spec.privileges.apply() {
+        log::error!("{e}");
         exit(78);
     }
 
@@ -140,14 +137,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         pool: spec.pool,
         scoreboard: spec.scoreboard,
         slot_index: spec.slot_index,
-        env_policy: EnvPolicy {
-            inherited: if spec.pool.clear_env {
-                Vec::new()
-            } else {
-                spec.inherited_env
-            },
-            pool_env: spec.pool.env.clone(),
-        },
+        env_policy: spec.privileges.env_policy(spec.pool, spec.inherited_env),
         signals,
         values: ServerValues {
             max_conns: max,
@@ -294,6 +284,9 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 continue;
             }
         };
+        if !isolation::clients::admit(ctx.pool, &fd) {
+            continue;
+        }
         ctx.scoreboard
             .counters()
             .accepted_conn

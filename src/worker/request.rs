@@ -88,6 +88,7 @@ fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16,
         script_filename: params.get("SCRIPT_FILENAME"),
         document_root: params.get("DOCUMENT_ROOT"),
         script_name: params.get("SCRIPT_NAME"),
+        query_string: params.get("QUERY_STRING"),
     };
     let script = resolve(&script_request, ctx.pool).map_err(|r| (r.status, r.reason))?;
     let env = build_env(params, &ctx.env_policy, &script);

@@ -121,15 +121,46 @@ impl Fpm {
 
     /// Start without waiting (for tests of start-up failures).
     pub fn spawn(dir: tempfile::TempDir, config_text: &str, address: &str, args: &[&str]) -> Fpm {
+        Fpm::spawn_with_env(dir, config_text, address, args, &[])
+    }
+
+    /// [`Fpm::start_with`], with extra variables in the master's environment.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        address: &str,
+        env: &[(&str, &str)],
+    ) -> Fpm {
+        let fpm = Fpm::spawn_with_env(dir, config_text, address, &[], env);
+        fpm.wait_ready();
+        fpm
+    }
+
+    /// [`Fpm::spawn`] with extra environment. As root (CI), `-R` lets pools that name no
+    /// user run as root, as they do for anyone else; tests of `user` set it themselves.
+    pub fn spawn_with_env(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        address: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fpm {
         let config = dir.path().join("cgi-fpm.conf");
         fs::write(&config, config_text).expect("write config");
         let log = dir.path().join("master.log");
         let log_file = fs::File::create(&log).expect("create log");
+        let as_root: &[&str] = if nix::unistd::geteuid().is_root() {
+            &["-R"]
+        } else {
+            &[]
+        };
         let child = Command::new(BIN)
             .arg("-F")
             .arg("-y")
             .arg(&config)
+            .args(as_root)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)

@@ -1,0 +1,218 @@
+//! The manual pages stay in step with the code: every directive the loader knows is
+//! documented in cgi-fpm.conf(5), every option in cgi-fpm(8), and both render without a
+//! single groff warning.
+
+mod common;
+
+use common::require_tool;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn man_page(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name)
+}
+
+fn read(name: &str) -> String {
+    let path = man_page(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The directives a page documents: the first word of each `.TP` entry's tag, with an
+/// array written `.BI env[ NAME ]` (or `.B env[]`) counted as `env[]`.
+fn documented_directives(page: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = page.lines().collect();
+    lines
+        .windows(2)
+        .filter(|pair| pair[0].trim() == ".TP")
+        .filter_map(|pair| {
+            let tag = pair[1];
+            let rest = [".B ", ".BI ", ".BR "]
+                .iter()
+                .find_map(|macro_name| tag.strip_prefix(macro_name))?;
+            let word = rest.split_whitespace().next()?.trim_matches('"');
+            let name = match word.strip_suffix('[') {
+                Some(array) => format!("{array}[]"),
+                None => word.to_string(),
+            };
+            Some(name.replace("\\-", "-"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_directive_the_loader_knows_is_in_the_man_page() {
+    let documented = documented_directives(&read("cgi-fpm.conf.5"));
+    let known: BTreeSet<String> = cgi_fpm::config::directive_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let undocumented: Vec<_> = known.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "man/cgi-fpm.conf.5 does not document: {undocumented:?}"
+    );
+    // And the page documents no directive the loader does not know (a typo, or one
+    // that was renamed).
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "man/cgi-fpm.conf.5 documents unknown directives: {unknown:?}"
+    );
+}
+
+/// The page's `.TP` entries, each with its tag line and body.
+fn entries(page: &str) -> Vec<String> {
+    let mut entry = String::new();
+    let mut entries = Vec::new();
+    for line in page.lines() {
+        if line.starts_with(".TP") || line.starts_with(".SH") || line.starts_with(".SS") {
+            if !entry.is_empty() {
+                entries.push(std::mem::take(&mut entry));
+            }
+            if line.starts_with(".TP") {
+                entry.push_str(line);
+                entry.push('\n');
+            }
+        } else if !entry.is_empty() {
+            entry.push_str(line);
+            entry.push('\n');
+        }
+    }
+    entries.push(entry);
+    entries.retain(|e| !e.is_empty());
+    entries
+}
+
+/// An entry says "Not implemented yet" exactly when the loader still warns that the
+/// directive is not implemented: the page cannot fall behind the code, either way.
+#[test]
+fn the_man_page_says_which_directives_are_not_implemented_yet() {
+    let later: BTreeSet<&str> = cgi_fpm::config::unimplemented_directives()
+        .into_iter()
+        .collect();
+    for entry in entries(&read("cgi-fpm.conf.5")) {
+        let Some(name) = documented_directives(&entry).into_iter().next() else {
+            continue;
+        };
+        let says = entry.to_ascii_lowercase().contains("not implemented yet");
+        let is = later.contains(name.as_str());
+        assert_eq!(
+            says,
+            is,
+            "{name}: the man page says {}implemented, the loader {}:\n{entry}",
+            if says { "not " } else { "" },
+            if is { "warns it is not" } else { "acts on it" }
+        );
+    }
+}
+
+#[test]
+fn every_directive_entry_says_its_default_or_that_it_is_required() {
+    let page = read("cgi-fpm.conf.5");
+    let entries = entries(&page);
+    for entry in entries.iter().filter(|entry| !entry.is_empty()) {
+        let tag = entry.lines().nth(1).unwrap_or_default();
+        let is_directive = !documented_directives(entry).is_empty();
+        let says = [
+            "Default",
+            "Required",
+            "FreeBSD only",
+            "where the line stands",
+        ]
+        .iter()
+        .any(|word| entry.contains(word));
+        assert!(
+            !is_directive || says,
+            "no default given for {tag}:\n{entry}"
+        );
+    }
+}
+
+#[test]
+fn every_command_line_option_is_in_the_man_page() {
+    let page = read("cgi-fpm.8").replace("\\-", "-");
+    for line in cgi_fpm::cli::USAGE.lines() {
+        let line = line.trim_start();
+        if !line.starts_with('-') {
+            continue;
+        }
+        for option in line
+            .split_whitespace()
+            .take(2)
+            .map(|word| word.trim_end_matches(','))
+            .filter(|word| word.starts_with('-'))
+        {
+            assert!(page.contains(option), "cgi-fpm.8 does not mention {option}");
+        }
+    }
+    for section in ["OPTIONS", "SIGNALS", "FILES", "EXIT STATUS", "EXAMPLES"] {
+        assert!(
+            page.contains(&format!(".SH {section}"))
+                || page.contains(&format!(".SH \"{section}\"")),
+            "cgi-fpm.8 has no {section} section"
+        );
+    }
+}
+
+#[test]
+fn the_man_pages_render_without_warnings() {
+    if !require_tool("groff") {
+        return;
+    }
+    for name in ["cgi-fpm.8", "cgi-fpm.conf.5"] {
+        let output = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(man_page(name))
+            .output()
+            .expect("run groff");
+        let complaints = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && complaints.trim().is_empty(),
+            "groff warns about {name}:\n{complaints}"
+        );
+    }
+}
+
+#[test]
+fn the_tag_parser_reads_scalars_and_arrays() {
+    let page = ".TP\n.B pid\ntext\n.TP\n.BI env[ NAME ] \" = \" value\n.TP\n.BI access.suppress_path[] \" = \" uri\n.TP\n.BR \\-t \", \" \\-\\-test\n.PP\n.B not_a_tag\n";
+    let found: Vec<String> = documented_directives(page).into_iter().collect();
+    assert_eq!(found, ["-t", "access.suppress_path[]", "env[]", "pid"]);
+}
+
+#[test]
+fn the_nginx_snippet_passes_nginx_t() {
+    if !require_tool("nginx") {
+        return;
+    }
+    let nginx = common::which("nginx").expect("nginx");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snippet = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/nginx/cgi-fpm.conf");
+    // The snippet includes fastcgi_params from nginx's configuration directory.
+    let params = Path::new("/etc/nginx/fastcgi_params");
+    let params_text = std::fs::read_to_string(params)
+        .unwrap_or_else(|_| "fastcgi_param QUERY_STRING $query_string;\n".to_string());
+    std::fs::write(dir.path().join("fastcgi_params"), params_text).expect("fastcgi_params");
+    let d = dir.path().display();
+    let conf = format!(
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n\
+         access_log off;\nclient_body_temp_path {d}/body;\nfastcgi_temp_path {d}/fastcgi;\n\
+         proxy_temp_path {d}/proxy;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+         server {{\nlisten unix:{d}/http.sock;\nroot {d};\ninclude {snippet};\n}}\n}}\n",
+        snippet = snippet.display()
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let output = Command::new(nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .output()
+        .expect("run nginx -t");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "nginx -t:\n{text}");
+    assert!(text.contains("test is successful"), "{text}");
+}
