@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BIN, alive, wait_until};
+use common::{BIN, alive};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -219,11 +219,17 @@ fn socket_activation_uses_the_socket_systemd_passes() {
         .arg(&config_path)
         .stdin(Stdio::null())
         .stderr(log);
-    // SAFETY: dup2 is async-signal-safe; it places the socket at fd 3 as sd_listen_fds
-    // expects, without the close-on-exec flag.
+    // SAFETY: dup2 and fcntl are async-signal-safe. They put the socket at fd 3 without
+    // close-on-exec, as sd_listen_fds expects; when it is fd 3 already, dup2 would be a
+    // no-op that leaves close-on-exec set, so the flag is cleared directly.
     unsafe {
         cmd.pre_exec(move || {
-            if nix::libc::dup2(raw, 3) < 0 {
+            let rc = if raw == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(raw, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -231,14 +237,18 @@ fn socket_activation_uses_the_socket_systemd_passes() {
     }
     let mut child = cmd.spawn().expect("start");
     let log_path = dir.path().join("log");
-    wait_until(
-        "cgi-fpm uses the inherited socket",
-        Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&log_path)
-                .is_ok_and(|l| l.contains("ready to handle connections"))
-        },
-    );
+    let started = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !started().contains("ready to handle connections") {
+        if std::time::Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            panic!(
+                "cgi-fpm never became ready on the inherited socket; log:\n{}",
+                started()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let log_text = std::fs::read_to_string(&log_path).expect("log");
     assert!(
         log_text.contains("using inherited socket fd=3"),
