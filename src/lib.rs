@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fastcgi;
+pub mod listen_queue;
 pub mod logging;
 pub mod master;
 pub mod scoreboard;
