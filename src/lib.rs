@@ -9,4 +9,5 @@ pub mod listen_queue;
 pub mod logging;
 pub mod master;
 pub mod scoreboard;
+pub mod status;
 pub mod worker;
