@@ -37,18 +37,23 @@ impl Listener {
 
 /// Open the pool's socket. Errors name the pool and address.
 pub fn open(pool: &PoolConfig) -> Result<Listener, String> {
+    open_at(pool, &pool.listen)
+}
+
+/// Open a socket at `address` with the pool's settings (its `pm.status_listen` socket).
+pub fn open_at(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String> {
     let context = |what: &str, e: &dyn std::fmt::Display| {
-        format!("[pool {}] listen {}: {what}: {e}", pool.name, pool.listen)
+        format!("[pool {}] listen {}: {what}: {e}", pool.name, address)
     };
     let backlog = Backlog::new(pool.listen_backlog.clamp(-1, i32::MAX))
         .map_err(|e| context("invalid listen.backlog", &e))?;
-    match &pool.listen {
-        ListenAddress::Unix(path) => open_unix(pool, path, backlog),
+    match address {
+        ListenAddress::Unix(path) => open_unix(pool, address, path, backlog),
         ListenAddress::Tcp(addr) => {
             let fd = open_tcp(*addr, false).map_err(|e| context("bind", &e))?;
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
             Ok(Listener {
-                address: pool.listen.clone(),
+                address: address.clone(),
                 fd,
                 unix_path: None,
             })
@@ -66,7 +71,7 @@ pub fn open(pool: &PoolConfig) -> Result<Listener, String> {
             };
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
             Ok(Listener {
-                address: pool.listen.clone(),
+                address: address.clone(),
                 fd,
                 unix_path: None,
             })
@@ -94,7 +99,12 @@ fn open_tcp(addr: SocketAddr, dual_stack: bool) -> nix::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listener, String> {
+fn open_unix(
+    pool: &PoolConfig,
+    address: &ListenAddress,
+    path: &Path,
+    backlog: Backlog,
+) -> Result<Listener, String> {
     let context = |what: &str, e: &dyn std::fmt::Display| {
         format!(
             "[pool {}] listen {}: {what}: {e}",
@@ -139,7 +149,7 @@ fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listene
     umask(saved);
     bound.map_err(|e| context("bind", &e))?;
     let listener = Listener {
-        address: pool.listen.clone(),
+        address: address.clone(),
         fd,
         unix_path: Some(path.to_path_buf()),
     };

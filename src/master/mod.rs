@@ -3,24 +3,29 @@
 //! accepts a pool connection itself.
 
 mod listener;
+mod pm;
 
-use crate::config::Config;
-use crate::scoreboard::Scoreboard;
-use crate::worker::{self, WorkerSpec};
+use crate::config::{Config, ProcessManager};
+use crate::scoreboard::{Scoreboard, WorkerState, now_us};
+use crate::worker::{self, StatusSource, WorkerSpec};
 use listener::Listener;
-use mio::{Events, Interest, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
+use pm::{Decision, Figures, IdleWorker, PmState, Trigger};
 use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
+/// Token of an ondemand pool's listening socket: this plus the pool's index.
+const LISTENER_BASE: usize = 1;
 /// The maintenance tick, as php-fpm's.
 const TICK: Duration = Duration::from_secs(1);
 /// A worker that exits sooner than this after its start counts as failing to start.
@@ -40,17 +45,33 @@ pub struct RunOptions {
 
 struct Pool {
     config_index: usize,
+    /// The name in log lines: the pool's, or `<pool>_status` for its status pool.
+    name: String,
+    kind: PoolKind,
     listener: Listener,
     scoreboard: Scoreboard,
+    settings: pm::Settings,
+    pm: PmState,
     /// Consecutive workers that died right after starting.
     quick_failures: u32,
     respawn_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// A pool of workers serving its `listen` socket.
+    Workers,
+    /// One worker answering status and ping on the `pm.status_listen` socket of the
+    /// pool at this index, so they answer even when all of that pool's workers are busy.
+    Status { parent: usize },
 }
 
 struct Child {
     pool: usize,
     slot: usize,
     started: Instant,
+    /// The pool manager told it to stop (it was idle); it is not replaced.
+    stopping: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +95,7 @@ pub struct Master {
     state: State,
     inherited_env: Vec<(OsString, OsString)>,
     pid_file: Option<std::path::PathBuf>,
+    next_tick: Instant,
 }
 
 /// Start the master on a checked configuration and run until stopped.
@@ -108,16 +130,56 @@ impl Master {
                     }
                 }
             });
+            let opened = opened.and_then(|(listener, scoreboard)| {
+                let status = match &pool.pm_status_listen {
+                    None => None,
+                    Some(address) => match open_status_pool(pool, address) {
+                        Ok(status) => Some(status),
+                        Err(e) => {
+                            listener.close();
+                            return Err(e);
+                        }
+                    },
+                };
+                Ok((listener, scoreboard, status))
+            });
             match opened {
-                Ok((listener, scoreboard)) => {
+                Ok((listener, scoreboard, status)) => {
                     log::debug!("[pool {}] listening on {}", pool.name, listener.address);
+                    let parent = pools.len();
                     pools.push(Pool {
                         config_index,
+                        name: pool.name.clone(),
+                        kind: PoolKind::Workers,
                         listener,
                         scoreboard,
+                        settings: pm::Settings::from(pool),
+                        pm: PmState::default(),
                         quick_failures: 0,
                         respawn_at: None,
-                    })
+                    });
+                    if let Some((listener, scoreboard)) = status {
+                        log::debug!(
+                            "[pool {}] status listening on {}",
+                            pool.name,
+                            listener.address
+                        );
+                        pools.push(Pool {
+                            config_index,
+                            name: format!("{}_status", pool.name),
+                            kind: PoolKind::Status { parent },
+                            listener,
+                            scoreboard,
+                            settings: pm::Settings {
+                                pm: ProcessManager::Static,
+                                max_children: 1,
+                                ..pm::Settings::from(pool)
+                            },
+                            pm: PmState::default(),
+                            quick_failures: 0,
+                            respawn_at: None,
+                        });
+                    }
                 }
                 Err(e) => {
                     // Leave no socket file behind for pools that did open.
@@ -134,6 +196,7 @@ impl Master {
             state: State::Running,
             inherited_env: std::env::vars_os().collect(),
             pid_file,
+            next_tick: Instant::now() + TICK,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -174,11 +237,32 @@ impl Master {
             log::error!("failed to watch signals: {e}");
             return 71;
         }
+        // ondemand pools start workers when connections arrive.
+        for (index, pool) in self.pools.iter().enumerate() {
+            if pool.settings.pm != ProcessManager::Ondemand {
+                continue;
+            }
+            let fd = pool.listener.raw_fd();
+            if let Err(e) = poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            ) {
+                log::error!(
+                    "[pool {}] failed to watch the listening socket: {e}",
+                    pool.name
+                );
+                return 71;
+            }
+        }
         log::info!("fpm is running, pid {}", std::process::id());
-        self.maintain_pools();
+        for index in 0..self.pools.len() {
+            self.maintain_pool(index, Trigger::Start);
+        }
         log::info!("ready to handle connections");
 
         let mut events = Events::with_capacity(64);
+        let mut readable = HashSet::new();
         loop {
             let timeout = self.next_timeout();
             if let Err(e) = poll.poll(&mut events, Some(timeout))
@@ -187,12 +271,44 @@ impl Master {
                 log::error!("epoll_wait failed: {e}");
                 return 71;
             }
+            readable.clear();
+            readable.extend(
+                events
+                    .iter()
+                    .filter_map(|e| e.token().0.checked_sub(LISTENER_BASE)),
+            );
             for signal in signals.pending() {
                 self.on_signal(signal);
             }
             self.reap_children();
+            let now = Instant::now();
+            let tick = now >= self.next_tick;
+            if tick {
+                self.next_tick = now + TICK;
+                self.note_figures();
+            }
             match self.state {
-                State::Running => self.maintain_pools(),
+                State::Running => {
+                    for index in 0..self.pools.len() {
+                        let pool = &self.pools[index];
+                        let trigger = if tick {
+                            Trigger::Tick
+                        } else if readable.contains(&index) {
+                            Trigger::Readable
+                        } else if pool.pm.to_replace > 0
+                            || pool.respawn_at.is_some_and(|at| now >= at)
+                        {
+                            Trigger::Wakeup
+                        } else {
+                            // Nothing changed for this pool.
+                            continue;
+                        };
+                        self.maintain_pool(index, trigger);
+                        if tick {
+                            self.rearm(poll.registry(), index);
+                        }
+                    }
+                }
                 _ => {
                     if self.children.is_empty() {
                         return 0;
@@ -205,7 +321,7 @@ impl Master {
 
     fn next_timeout(&self) -> Duration {
         let now = Instant::now();
-        let mut next = now + TICK;
+        let mut next = self.next_tick;
         for pool in &self.pools {
             if let Some(at) = pool.respawn_at {
                 next = next.min(at);
@@ -344,7 +460,7 @@ impl Master {
         let Some(pool) = self.pools.get_mut(child.pool) else {
             return;
         };
-        let name = &self.config.pools[pool.config_index].name;
+        let name = &pool.name;
         let lived = child.started.elapsed();
         let stopping = self.state != State::Running;
         let (how, clean) = match status {
@@ -369,6 +485,9 @@ impl Master {
             log::info!("{line}");
         } else {
             log::warn!("{line}");
+        }
+        if !child.stopping && !stopping {
+            pool.pm.to_replace += 1;
         }
         if let Some(slot) = pool.scoreboard.slot(child.slot) {
             // A worker that died abruptly leaves its CGI child behind; nobody else will
@@ -400,23 +519,138 @@ impl Master {
         }
     }
 
-    /// Bring each pool to its worker count.
-    fn maintain_pools(&mut self) {
+    /// Run the pool's manager and carry out what it decides.
+    fn maintain_pool(&mut self, index: usize, trigger: Trigger) {
         let now = Instant::now();
-        for index in 0..self.pools.len() {
-            let pool = &self.pools[index];
-            if pool.respawn_at.is_some_and(|at| now < at) {
+        if self.pools[index].respawn_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let decision = self.decide(index, trigger);
+        self.pools[index].respawn_at = None;
+        self.carry_out(index, decision);
+    }
+
+    /// Gather the pool's figures and ask its manager.
+    fn decide(&mut self, index: usize, trigger: Trigger) -> Decision {
+        let now = now_us();
+        let pool = &self.pools[index];
+        let mut total = 0;
+        let mut stopping = 0;
+        let mut idle = Vec::new();
+        for child in self.children.values().filter(|c| c.pool == index) {
+            if child.stopping {
+                stopping += 1;
                 continue;
             }
-            let wanted = self.config.pools[pool.config_index].pm_max_children as usize;
-            let running = self.children.values().filter(|c| c.pool == index).count();
-            for _ in running..wanted {
-                if let Err(e) = self.spawn_worker(index) {
-                    log::error!("{e}");
-                    break;
+            total += 1;
+            if let Some(slot) = pool.scoreboard.slot(child.slot)
+                && slot.state() == WorkerState::Idle
+            {
+                idle.push(IdleWorker {
+                    slot: child.slot,
+                    idle_for: Duration::from_micros(now.saturating_sub(slot.idle_since_us())),
+                });
+            }
+        }
+        let queued = match pool.settings.pm {
+            ProcessManager::Static => None,
+            ProcessManager::Dynamic | ProcessManager::Ondemand => {
+                pool.queue_figures().map(|f| f.queued)
+            }
+        };
+        let figures = Figures {
+            total,
+            stopping,
+            idle: &idle,
+            queued,
+        };
+        let pool = &mut self.pools[index];
+        let decision = pm::decide(&pool.settings, &mut pool.pm, &figures, trigger);
+        if decision.busy {
+            log::info!(
+                "[pool {}] seems busy (you may need to increase pm.start_servers, or pm.min/max_spare_servers), spawning {} children, there are {} idle, and {} total children",
+                pool.name,
+                decision.spawn,
+                idle.len(),
+                total
+            );
+        }
+        decision
+    }
+
+    fn carry_out(&mut self, index: usize, decision: Decision) {
+        for slot in &decision.stop {
+            let stopped = self
+                .children
+                .iter_mut()
+                .find(|(_, c)| c.pool == index && c.slot == *slot && !c.stopping);
+            if let Some((pid, child)) = stopped {
+                // An idle worker exits on QUIT; one that took a connection meanwhile
+                // finishes it first.
+                if kill(*pid, Signal::SIGQUIT).is_ok() {
+                    child.stopping = true;
+                    log::debug!(
+                        "[pool {}] stopping idle child {pid}",
+                        self.pools[index].name
+                    );
                 }
             }
-            self.pools[index].respawn_at = None;
+        }
+        if decision.limit_reached {
+            let pool = &self.pools[index];
+            pool.scoreboard
+                .counters()
+                .max_children_reached
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "[pool {}] server reached pm.max_children setting ({}), consider raising it",
+                pool.name,
+                pool.settings.max_children
+            );
+        }
+        for _ in 0..decision.spawn {
+            if let Err(e) = self.spawn_worker(index) {
+                log::error!("{e}");
+                break;
+            }
+        }
+    }
+
+    /// ondemand: re-arm the edge-triggered watch on the listening socket once a tick.
+    /// Every new connection raises an edge on its own, and the tick looks at the queue
+    /// anyway, so this only guards against an edge lost some other way. With connections
+    /// waiting it would fire at once and wake the master for nothing, so it waits for an
+    /// empty queue.
+    fn rearm(&self, registry: &Registry, index: usize) {
+        let pool = &self.pools[index];
+        if pool.settings.pm != ProcessManager::Ondemand
+            || pool.queue_figures().is_some_and(|f| f.queued > 0)
+        {
+            return;
+        }
+        let fd = pool.listener.raw_fd();
+        if let Err(e) = registry.reregister(
+            &mut SourceFd(&fd),
+            Token(LISTENER_BASE + index),
+            Interest::READABLE,
+        ) {
+            log::warn!(
+                "[pool {}] failed to re-arm the listening socket: {e}",
+                pool.name
+            );
+        }
+    }
+
+    /// Keep the status page's high-water marks current between status requests.
+    fn note_figures(&self) {
+        for pool in &self.pools {
+            if pool.kind != PoolKind::Workers {
+                continue;
+            }
+            if let Some(figures) = pool.queue_figures() {
+                pool.scoreboard.note_listen_queue(figures.queued);
+            }
+            pool.scoreboard.note_active(pool.scoreboard.active_count());
         }
     }
 
@@ -426,11 +660,24 @@ impl Master {
         let slot_index = pool
             .scoreboard
             .free_slot()
-            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", pool.name))?;
         let slot = pool
             .scoreboard
             .slot(slot_index)
-            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", pool.name))?;
+        let status_source = match pool.kind {
+            PoolKind::Workers => StatusSource {
+                scoreboard: &pool.scoreboard,
+                listener: pool.listener.raw_fd(),
+            },
+            PoolKind::Status { parent } => {
+                let parent = &self.pools[parent];
+                StatusSource {
+                    scoreboard: &parent.scoreboard,
+                    listener: parent.listener.raw_fd(),
+                }
+            }
+        };
         // Reserve before forking so the worker never races our bookkeeping.
         slot.claim(-1);
 
@@ -453,17 +700,20 @@ impl Master {
                 slot_index,
                 listener: pool.listener.raw_fd(),
                 inherited_env: self.inherited_env.clone(),
+                status_source,
+                status_only: matches!(pool.kind, PoolKind::Status { .. }),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.pid.store(child.as_raw(), Ordering::Release);
-                log::info!("[pool {}] child {} started", config.name, child);
+                log::info!("[pool {}] child {} started", pool.name, child);
                 self.children.insert(
                     child,
                     Child {
                         pool: index,
                         slot: slot_index,
                         started: Instant::now(),
+                        stopping: false,
                     },
                 );
                 Ok(())
@@ -471,7 +721,7 @@ impl Master {
             Err(e) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.release();
-                Err(format!("[pool {}] fork() failed: {e}", config.name))
+                Err(format!("[pool {}] fork() failed: {e}", pool.name))
             }
         }
     }
@@ -482,6 +732,34 @@ impl Master {
         }
         self.close_listeners();
         log::info!("exiting, bye-bye!");
+    }
+}
+
+impl Pool {
+    /// The listening socket's accept queue, when the kernel tells.
+    fn queue_figures(&self) -> Option<crate::listen_queue::QueueFigures> {
+        // SAFETY: the listener is open for as long as the pool exists; the borrow ends
+        // with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.listener.raw_fd()) };
+        crate::listen_queue::figures(fd).ok()
+    }
+}
+
+/// The socket and one-slot scoreboard of a pool's status worker.
+fn open_status_pool(
+    pool: &crate::config::PoolConfig,
+    address: &crate::config::ListenAddress,
+) -> Result<(Listener, Scoreboard), String> {
+    let listener = listener::open_at(pool, address)?;
+    match Scoreboard::new(1) {
+        Ok(scoreboard) => Ok((listener, scoreboard)),
+        Err(e) => {
+            listener.close();
+            Err(format!(
+                "[pool {}] cannot create the status scoreboard: {e}",
+                pool.name
+            ))
+        }
     }
 }
 
