@@ -247,9 +247,10 @@ impl Slot {
         });
     }
 
-    /// A request's head has started to arrive.
+    /// A request's head has started to arrive; it counts from now (as in php-fpm).
     pub fn begin_request(&self, now_us: u64) {
         self.write(|| {
+            self.requests.fetch_add(1, Ordering::Relaxed);
             self.request_started_at_us.store(now_us, Ordering::Relaxed);
             self.content_length.store(0, Ordering::Relaxed);
             for text in [
@@ -583,6 +584,7 @@ mod tests {
         slot.claim(5);
         slot.begin_request(1_000_000);
         assert_eq!(slot.state(), WorkerState::Reading);
+        assert_eq!(slot.snapshot().requests, 1);
         assert_eq!(sb.active_count(), 1);
         slot.end_request(1_250_000, 4_000, 2048);
         let s = slot.snapshot();

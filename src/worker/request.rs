@@ -80,9 +80,7 @@ pub fn serve(
         }
     }
     let outcome = pump.run(ctx, request.keep_conn);
-    let slot = ctx.slot();
-    slot.cgi_pid.store(0, Ordering::Relaxed);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.slot().cgi_pid.store(0, Ordering::Relaxed);
     outcome
 }
 

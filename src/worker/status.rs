@@ -13,7 +13,6 @@ use crate::listen_queue::{self, QueueFigures};
 use crate::scoreboard::now_us;
 use crate::status::{self, PmSettings, Query, Report};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How long the web server may take to finish a status request's body.
@@ -69,9 +68,8 @@ pub fn answer(
     page: Page,
     ctx: &mut WorkerCtx<'_>,
 ) -> Outcome {
-    let slot = ctx.slot();
-    slot.set_state(crate::scoreboard::WorkerState::Running);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.slot()
+        .set_state(crate::scoreboard::WorkerState::Running);
     let head_only = request.params.get_str("REQUEST_METHOD") == Some("HEAD");
     let response = match page {
         Page::Ping => status::ping_response(&ctx.pool.ping_response, head_only),
