@@ -318,8 +318,11 @@ fn json_accepted_conn_counts_the_requests_sent() {
     for _ in 0..SENT {
         assert_eq!(fpm.get(&script, &[]).status(), 200);
     }
-    // The status worker's own requests are not the pool's.
-    let status = status_json(&status_address);
+    // The status worker's own requests are not the pool's. (A worker goes idle just
+    // after its client has the response: wait for that.)
+    let status = wait_for_status(&status_address, "every worker is idle", |s| {
+        figure(s, "active processes") == 0
+    });
     assert_eq!(figure(&status, "accepted conn"), SENT, "{status}");
     // Asked on the pool's socket, the status request counts too.
     let r = page(&address, "/status", "json&full");
@@ -391,7 +394,8 @@ fn every_format_with_php_fpms_names_and_no_cache_headers() {
         "pm = static\npm.max_children = 2\npm.status_path = /fpm-status\nping.path = /ping\nping.response = alive",
     );
     let address = sock(dir.path(), "www");
-    let _fpm = Fpm::start_with(dir, &config, &address);
+    let fpm = Fpm::start_with(dir, &config, &address);
+    fpm.wait_workers(2);
 
     let text = page(&address, "/fpm-status", "");
     assert_eq!(text.header("Content-Type").as_deref(), Some("text/plain"));
@@ -477,7 +481,8 @@ fn openmetrics_passes_a_strict_parser_and_ends_with_eof() {
         "pm = dynamic\npm.max_children = 4\npm.min_spare_servers = 1\npm.max_spare_servers = 3\npm.status_path = /status",
     );
     let address = sock(dir.path(), "www");
-    let _fpm = Fpm::start_with(dir, &config, &address);
+    let fpm = Fpm::start_with(dir, &config, &address);
+    fpm.wait_workers(2); // pm.start_servers
     for query in ["openmetrics", "openmetrics&full"] {
         let r = page(&address, "/status", query);
         assert_eq!(
