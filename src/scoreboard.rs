@@ -3,14 +3,17 @@
 //!
 //! Workers write their own slot, the master and status requests read all of them. Only
 //! atomics live here: std's Mutex uses process-private futexes, so it cannot guard memory
-//! shared across fork.
+//! shared across fork. A slot's multi-field updates (a request's method, URI, script…)
+//! go through a per-slot sequence counter (a seqlock): a reader retries while a write is
+//! in progress or if one happened under it, so it never mixes two requests' fields. Each
+//! slot has one writer at a time: the master while no worker owns it, else its worker.
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use std::io;
 use std::mem::size_of;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a worker is doing, php-fpm's request stages.
@@ -52,47 +55,284 @@ impl WorkerState {
 #[repr(C)]
 #[derive(Default)]
 pub struct PoolCounters {
+    /// Requests begun (php-fpm's "accepted conn", which also counts requests, not
+    /// connections).
     pub accepted_conn: AtomicU64,
+    /// CGI requests served.
     pub requests: AtomicU64,
+    /// Requests that ran past `request_slowlog_timeout`.
     pub slow_requests: AtomicU64,
+    /// Times the pool manager wanted more workers than `pm.max_children` allows.
+    pub max_children_reached: AtomicU64,
+    /// The most workers busy at once.
+    pub max_active: AtomicU32,
+    /// The longest listen queue seen.
+    pub max_listen_queue: AtomicU32,
+    /// When the pool started, in microseconds since the Unix epoch.
+    pub start_time_us: AtomicU64,
+}
+
+/// Bytes kept of a request's method.
+pub const METHOD_BYTES: usize = 16;
+/// Bytes kept of a request's URI with its query string.
+pub const URI_BYTES: usize = 512;
+/// Bytes kept of a request's script path.
+pub const SCRIPT_BYTES: usize = 256;
+/// Bytes kept of a request's user name.
+pub const USER_BYTES: usize = 64;
+
+/// A short byte string in shared memory: a length and 8-byte words, all atomics.
+#[repr(C)]
+struct Text<const WORDS: usize> {
+    len: AtomicU32,
+    words: [AtomicU64; WORDS],
+}
+
+impl<const WORDS: usize> Text<WORDS> {
+    const CAPACITY: usize = WORDS * 8;
+
+    fn store(&self, bytes: &[u8]) {
+        let bytes = truncate_utf8(bytes, Self::CAPACITY);
+        for (word, chunk) in self.words.iter().zip(bytes.chunks(8)) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(buf), Ordering::Relaxed);
+        }
+        self.len.store(bytes.len() as u32, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> Vec<u8> {
+        let len = (self.len.load(Ordering::Relaxed) as usize).min(Self::CAPACITY);
+        let mut out = Vec::with_capacity(len);
+        for word in self.words.iter().take(len.div_ceil(8)) {
+            out.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// Cut `bytes` to at most `max`, not inside a UTF-8 sequence (text stays text).
+fn truncate_utf8(bytes: &[u8], max: usize) -> &[u8] {
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let mut end = max;
+    while end > 0 && bytes[end] & 0b1100_0000 == 0b1000_0000 {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+/// What a worker publishes about the request it is serving.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub method: Vec<u8>,
+    /// The URI with its query string, as the status page shows it.
+    pub uri: Vec<u8>,
+    pub script: Vec<u8>,
+    pub user: Vec<u8>,
+    pub content_length: u64,
 }
 
 /// One worker's slot. A slot is free when `pid` is 0; the master claims it before forking.
 #[repr(C)]
-#[derive(Default)]
 pub struct Slot {
+    /// Odd while a multi-field write is in progress.
+    seq: AtomicU32,
     pub pid: AtomicI32,
     state: AtomicU32,
     /// The running CGI child (its process group has the same id), or 0.
     pub cgi_pid: AtomicI32,
     pub requests: AtomicU64,
     pub started_at_us: AtomicU64,
+    /// When the current (or last) request began.
     pub request_started_at_us: AtomicU64,
+    /// When the worker last became idle (or started).
+    last_idle_at_us: AtomicU64,
+    content_length: AtomicU64,
+    last_duration_us: AtomicU64,
+    /// CPU time the last request cost the worker and its CGI child.
+    last_cpu_us: AtomicU64,
+    /// Peak resident memory of the last request's CGI child, in bytes.
+    last_memory: AtomicU64,
+    method: Text<{ METHOD_BYTES / 8 }>,
+    uri: Text<{ URI_BYTES / 8 }>,
+    script: Text<{ SCRIPT_BYTES / 8 }>,
+    user: Text<{ USER_BYTES / 8 }>,
 }
+
+/// A consistent copy of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSnapshot {
+    pub pid: i32,
+    pub state: WorkerState,
+    pub cgi_pid: i32,
+    pub requests: u64,
+    pub started_at_us: u64,
+    pub request_started_at_us: u64,
+    pub last_idle_at_us: u64,
+    pub content_length: u64,
+    pub last_duration_us: u64,
+    pub last_cpu_us: u64,
+    pub last_memory: u64,
+    pub method: Vec<u8>,
+    pub uri: Vec<u8>,
+    pub script: Vec<u8>,
+    pub user: Vec<u8>,
+}
+
+/// How long a reader retries a slot that keeps changing under it before it settles for
+/// what it has (a worker killed mid-write leaves the counter odd until the master frees
+/// the slot).
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Slot {
     pub fn state(&self) -> WorkerState {
         WorkerState::from_u32(self.state.load(Ordering::Acquire))
     }
 
+    /// When the worker last became idle (or started).
+    pub fn idle_since_us(&self) -> u64 {
+        self.last_idle_at_us.load(Ordering::Relaxed)
+    }
+
+    /// A single-field update, visible at once, outside any write section.
     pub fn set_state(&self, state: WorkerState) {
         self.state.store(state as u32, Ordering::Release);
     }
 
+    /// Run `write` as one multi-field update.
+    fn write(&self, write: impl FnOnce()) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        // Make it odd even if a writer died leaving it odd.
+        let start = seq.wrapping_add(1) | 1;
+        self.seq.store(start, Ordering::Relaxed);
+        fence(Ordering::Release);
+        write();
+        self.seq.store(start.wrapping_add(1), Ordering::Release);
+    }
+
     /// Reset for a newly forked worker.
     pub fn claim(&self, pid: i32) {
-        self.cgi_pid.store(0, Ordering::Relaxed);
-        self.requests.store(0, Ordering::Relaxed);
-        self.request_started_at_us.store(0, Ordering::Relaxed);
-        self.started_at_us.store(now_us(), Ordering::Relaxed);
-        self.set_state(WorkerState::Idle);
-        self.pid.store(pid, Ordering::Release);
+        let now = now_us();
+        self.write(|| {
+            self.cgi_pid.store(0, Ordering::Relaxed);
+            self.requests.store(0, Ordering::Relaxed);
+            self.request_started_at_us.store(0, Ordering::Relaxed);
+            self.started_at_us.store(now, Ordering::Relaxed);
+            self.last_idle_at_us.store(now, Ordering::Relaxed);
+            self.content_length.store(0, Ordering::Relaxed);
+            self.last_duration_us.store(0, Ordering::Relaxed);
+            self.last_cpu_us.store(0, Ordering::Relaxed);
+            self.last_memory.store(0, Ordering::Relaxed);
+            for text in [
+                &self.method.len,
+                &self.uri.len,
+                &self.script.len,
+                &self.user.len,
+            ] {
+                text.store(0, Ordering::Relaxed);
+            }
+            self.set_state(WorkerState::Idle);
+            self.pid.store(pid, Ordering::Release);
+        });
     }
 
     pub fn release(&self) {
-        self.pid.store(0, Ordering::Release);
-        self.cgi_pid.store(0, Ordering::Relaxed);
-        self.set_state(WorkerState::Idle);
+        self.write(|| {
+            self.pid.store(0, Ordering::Release);
+            self.cgi_pid.store(0, Ordering::Relaxed);
+            self.set_state(WorkerState::Idle);
+        });
+    }
+
+    /// A request's head has started to arrive; it counts from now (as in php-fpm).
+    pub fn begin_request(&self, now_us: u64) {
+        self.write(|| {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.request_started_at_us.store(now_us, Ordering::Relaxed);
+            self.content_length.store(0, Ordering::Relaxed);
+            for text in [
+                &self.method.len,
+                &self.uri.len,
+                &self.script.len,
+                &self.user.len,
+            ] {
+                text.store(0, Ordering::Relaxed);
+            }
+            self.set_state(WorkerState::Reading);
+        });
+    }
+
+    /// The request's params are known.
+    pub fn set_request_info(&self, info: &RequestInfo) {
+        self.write(|| {
+            self.method.store(&info.method);
+            self.uri.store(&info.uri);
+            self.script.store(&info.script);
+            self.user.store(&info.user);
+            self.content_length
+                .store(info.content_length, Ordering::Relaxed);
+        });
+    }
+
+    /// The request is answered: record what it cost and go idle.
+    pub fn end_request(&self, now_us: u64, cpu_us: u64, memory: u64) {
+        let started = self.request_started_at_us.load(Ordering::Relaxed);
+        self.write(|| {
+            self.last_duration_us
+                .store(now_us.saturating_sub(started), Ordering::Relaxed);
+            self.last_cpu_us.store(cpu_us, Ordering::Relaxed);
+            self.last_memory.store(memory, Ordering::Relaxed);
+            self.last_idle_at_us.store(now_us, Ordering::Relaxed);
+            self.set_state(WorkerState::Idle);
+        });
+    }
+
+    /// A consistent copy (best effort if the writer died mid-write).
+    pub fn snapshot(&self) -> SlotSnapshot {
+        let mut attempt = 0u32;
+        let mut give_up_at = None;
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            let copy = self.read_fields();
+            fence(Ordering::Acquire);
+            let after = self.seq.load(Ordering::Relaxed);
+            if before == after && before.is_multiple_of(2) {
+                return copy;
+            }
+            attempt += 1;
+            if attempt < 64 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if *give_up_at.get_or_insert(now + READ_PATIENCE) <= now {
+                return copy;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn read_fields(&self) -> SlotSnapshot {
+        SlotSnapshot {
+            pid: self.pid.load(Ordering::Relaxed),
+            state: WorkerState::from_u32(self.state.load(Ordering::Relaxed)),
+            cgi_pid: self.cgi_pid.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            started_at_us: self.started_at_us.load(Ordering::Relaxed),
+            request_started_at_us: self.request_started_at_us.load(Ordering::Relaxed),
+            last_idle_at_us: self.last_idle_at_us.load(Ordering::Relaxed),
+            content_length: self.content_length.load(Ordering::Relaxed),
+            last_duration_us: self.last_duration_us.load(Ordering::Relaxed),
+            last_cpu_us: self.last_cpu_us.load(Ordering::Relaxed),
+            last_memory: self.last_memory.load(Ordering::Relaxed),
+            method: self.method.load(),
+            uri: self.uri.load(),
+            script: self.script.load(),
+            user: self.user.load(),
+        }
     }
 }
 
@@ -102,6 +342,37 @@ pub fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// A copy of a pool's counters and of its live workers' slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub accepted_conn: u64,
+    pub requests: u64,
+    pub slow_requests: u64,
+    pub max_children_reached: u64,
+    pub max_active: u32,
+    pub max_listen_queue: u32,
+    pub start_time_us: u64,
+    /// Slots of started workers, in slot order.
+    pub workers: Vec<SlotSnapshot>,
+}
+
+impl PoolSnapshot {
+    pub fn idle(&self) -> u32 {
+        self.workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Idle)
+            .count() as u32
+    }
+
+    pub fn active(&self) -> u32 {
+        self.total() - self.idle()
+    }
+
+    pub fn total(&self) -> u32 {
+        self.workers.len() as u32
+    }
 }
 
 #[repr(C)]
@@ -131,11 +402,16 @@ impl Scoreboard {
                 MapFlags::MAP_SHARED,
             )
         }?;
-        Ok(Scoreboard {
+        let scoreboard = Scoreboard {
             base: base.cast(),
             len,
             slots,
-        })
+        };
+        scoreboard
+            .counters()
+            .start_time_us
+            .store(now_us(), Ordering::Relaxed);
+        Ok(scoreboard)
     }
 
     pub fn counters(&self) -> &PoolCounters {
@@ -169,6 +445,53 @@ impl Scoreboard {
             self.slot(i)
                 .is_some_and(|s| s.pid.load(Ordering::Acquire) == 0)
         })
+    }
+
+    /// Workers busy right now (a worker being forked counts as idle).
+    pub fn active_count(&self) -> u32 {
+        self.slots()
+            .filter(|s| s.pid.load(Ordering::Relaxed) != 0 && s.state() != WorkerState::Idle)
+            .count() as u32
+    }
+
+    /// Remember `active` if it is the most seen.
+    pub fn note_active(&self, active: u32) {
+        self.counters()
+            .max_active
+            .fetch_max(active, Ordering::Relaxed);
+    }
+
+    /// Remember `queued` if it is the longest listen queue seen.
+    pub fn note_listen_queue(&self, queued: u32) {
+        self.counters()
+            .max_listen_queue
+            .fetch_max(queued, Ordering::Relaxed);
+    }
+
+    /// Copy the counters and the slots of started workers.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let c = self.counters();
+        let workers: Vec<SlotSnapshot> = self
+            .slots()
+            .map(Slot::snapshot)
+            .filter(|s| s.pid > 0)
+            .collect();
+        let snapshot = PoolSnapshot {
+            accepted_conn: c.accepted_conn.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            slow_requests: c.slow_requests.load(Ordering::Relaxed),
+            max_children_reached: c.max_children_reached.load(Ordering::Relaxed),
+            max_active: c.max_active.load(Ordering::Relaxed),
+            max_listen_queue: c.max_listen_queue.load(Ordering::Relaxed),
+            start_time_us: c.start_time_us.load(Ordering::Relaxed),
+            workers,
+        };
+        // What is busy now is at least the most ever busy.
+        let active = snapshot.active();
+        PoolSnapshot {
+            max_active: snapshot.max_active.max(active),
+            ..snapshot
+        }
     }
 }
 
@@ -206,6 +529,11 @@ mod tests {
             ForkResult::Child => {
                 sb.counters().accepted_conn.fetch_add(7, Ordering::Relaxed);
                 sb.slot(1).unwrap().set_state(WorkerState::Running);
+                sb.slot(1).unwrap().set_request_info(&RequestInfo {
+                    method: b"GET".to_vec(),
+                    uri: b"/x?y=1".to_vec(),
+                    ..RequestInfo::default()
+                });
                 // SAFETY: _exit skips the test harness's atexit work, as a forked child must.
                 unsafe { nix::libc::_exit(0) };
             }
@@ -214,6 +542,121 @@ mod tests {
             }
         }
         assert_eq!(sb.counters().accepted_conn.load(Ordering::Relaxed), 7);
-        assert_eq!(sb.slot(1).unwrap().state(), WorkerState::Running);
+        let slot = sb.slot(1).unwrap().snapshot();
+        assert_eq!(slot.state, WorkerState::Running);
+        assert_eq!(slot.method, b"GET");
+        assert_eq!(slot.uri, b"/x?y=1");
+    }
+
+    #[test]
+    fn texts_round_trip_and_truncate_on_a_character_boundary() {
+        let sb = Scoreboard::new(1).unwrap();
+        let slot = sb.slot(0).unwrap();
+        slot.claim(1);
+        let long_uri = "/é".repeat(URI_BYTES); // 3 bytes per repetition
+        slot.set_request_info(&RequestInfo {
+            method: b"PROPFIND-EXTENDED-LONG".to_vec(),
+            uri: long_uri.clone().into_bytes(),
+            script: b"/srv/www/a.sh".to_vec(),
+            user: b"alice".to_vec(),
+            content_length: 12,
+        });
+        let s = slot.snapshot();
+        assert_eq!(s.method, b"PROPFIND-EXTENDE");
+        assert!(s.uri.len() <= URI_BYTES && s.uri.len() > URI_BYTES - 3);
+        let uri = String::from_utf8(s.uri).expect("still UTF-8");
+        assert!(long_uri.starts_with(&uri));
+        assert_eq!(s.script, b"/srv/www/a.sh");
+        assert_eq!(s.user, b"alice");
+        assert_eq!(s.content_length, 12);
+        // A shorter value replaces a longer one entirely.
+        slot.set_request_info(&RequestInfo {
+            uri: b"/b".to_vec(),
+            ..RequestInfo::default()
+        });
+        assert_eq!(slot.snapshot().uri, b"/b");
+    }
+
+    #[test]
+    fn a_request_cycle_updates_the_slot() {
+        let sb = Scoreboard::new(1).unwrap();
+        let slot = sb.slot(0).unwrap();
+        slot.claim(5);
+        slot.begin_request(1_000_000);
+        assert_eq!(slot.state(), WorkerState::Reading);
+        assert_eq!(slot.snapshot().requests, 1);
+        assert_eq!(sb.active_count(), 1);
+        slot.end_request(1_250_000, 4_000, 2048);
+        let s = slot.snapshot();
+        assert_eq!(s.state, WorkerState::Idle);
+        assert_eq!(s.last_duration_us, 250_000);
+        assert_eq!(s.last_cpu_us, 4_000);
+        assert_eq!(s.last_memory, 2048);
+        assert_eq!(s.last_idle_at_us, 1_250_000);
+        assert_eq!(sb.active_count(), 0);
+    }
+
+    #[test]
+    fn snapshots_count_only_started_workers() {
+        let sb = Scoreboard::new(4).unwrap();
+        sb.slot(0).unwrap().claim(10);
+        sb.slot(2).unwrap().claim(12);
+        sb.slot(2).unwrap().set_state(WorkerState::Running);
+        sb.slot(3).unwrap().claim(-1); // being forked
+        let snap = sb.snapshot();
+        assert_eq!(snap.total(), 2);
+        assert_eq!(snap.idle(), 1);
+        assert_eq!(snap.active(), 1);
+        assert_eq!(snap.max_active, 1);
+        assert!(snap.start_time_us > 0);
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_multi_field_update() {
+        let sb = Scoreboard::new(1).unwrap();
+        let slot = sb.slot(0).unwrap();
+        slot.claim(1);
+        // SAFETY: the child only writes atomics in the shared mapping and then _exits.
+        let child = match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                for i in 0..20_000u64 {
+                    // A worker does other work between updates; back-to-back writes
+                    // would starve any reader.
+                    for _ in 0..200 {
+                        std::hint::spin_loop();
+                    }
+                    let (a, b) = if i % 2 == 0 {
+                        (b"/aaaaaaaaaaaaaaaaaaaa".to_vec(), b"/script-a".to_vec())
+                    } else {
+                        (b"/b".to_vec(), b"/script-b-is-longer-than-a".to_vec())
+                    };
+                    slot.set_request_info(&RequestInfo {
+                        uri: a,
+                        script: b,
+                        content_length: i % 2,
+                        ..RequestInfo::default()
+                    });
+                }
+                // SAFETY: as above.
+                unsafe { nix::libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => child,
+        };
+        let mut reads = 0;
+        loop {
+            let s = slot.snapshot();
+            let consistent = match s.content_length {
+                0 => s.uri == b"/aaaaaaaaaaaaaaaaaaaa" && s.script == b"/script-a",
+                _ => s.uri == b"/b" && s.script == b"/script-b-is-longer-than-a",
+            } || s.uri.is_empty();
+            assert!(consistent, "torn read: {s:?}");
+            reads += 1;
+            if let Ok(WaitStatus::Exited(..)) =
+                waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
+                break;
+            }
+        }
+        assert!(reads > 0);
     }
 }

@@ -261,46 +261,46 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.pm_max_children = integer(v, 1, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("pm.start_servers", Later, |p, v, _| {
+    pool("pm.start_servers", Implemented, |p, v, _| {
         p.pm_start_servers = integer(v, 0, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("pm.min_spare_servers", Later, |p, v, _| {
+    pool("pm.min_spare_servers", Implemented, |p, v, _| {
         p.pm_min_spare_servers = integer(v, 0, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("pm.max_spare_servers", Later, |p, v, _| {
+    pool("pm.max_spare_servers", Implemented, |p, v, _| {
         p.pm_max_spare_servers = integer(v, 0, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("pm.max_spawn_rate", Later, |p, v, _| {
+    pool("pm.max_spawn_rate", Implemented, |p, v, _| {
         p.pm_max_spawn_rate = integer(v, 1, i32::MAX as u32)?;
         Ok(())
     }),
-    pool("pm.process_idle_timeout", Later, |p, v, _| {
+    pool("pm.process_idle_timeout", Implemented, |p, v, _| {
         p.pm_process_idle_timeout = duration(v)?;
         Ok(())
     }),
-    pool("pm.max_requests", Later, |p, v, _| {
+    pool("pm.max_requests", Implemented, |p, v, _| {
         p.pm_max_requests = integer(v, 0, u64::MAX)?;
         Ok(())
     }),
-    pool("pm.status_path", Later, |p, v, _| {
+    pool("pm.status_path", Implemented, |p, v, _| {
         p.pm_status_path = optional_text(v);
         Ok(())
     }),
-    pool("pm.status_listen", Later, |p, v, _| {
+    pool("pm.status_listen", Implemented, |p, v, _| {
         p.pm_status_listen = match v {
             "" => None,
             _ => Some(listen_address(v)?),
         };
         Ok(())
     }),
-    pool("ping.path", Later, |p, v, _| {
+    pool("ping.path", Implemented, |p, v, _| {
         p.ping_path = optional_text(v);
         Ok(())
     }),
-    pool("ping.response", Later, |p, v, _| {
+    pool("ping.response", Implemented, |p, v, _| {
         p.ping_response = v.to_string();
         Ok(())
     }),
@@ -676,6 +676,16 @@ mod tests {
             (Scope::Pool, "listen.mode"),
             (Scope::Pool, "pm"),
             (Scope::Pool, "pm.max_children"),
+            (Scope::Pool, "pm.start_servers"),
+            (Scope::Pool, "pm.min_spare_servers"),
+            (Scope::Pool, "pm.max_spare_servers"),
+            (Scope::Pool, "pm.max_spawn_rate"),
+            (Scope::Pool, "pm.process_idle_timeout"),
+            (Scope::Pool, "pm.max_requests"),
+            (Scope::Pool, "pm.status_path"),
+            (Scope::Pool, "pm.status_listen"),
+            (Scope::Pool, "ping.path"),
+            (Scope::Pool, "ping.response"),
             (Scope::Pool, "chdir"),
             (Scope::Pool, "clear_env"),
             (Scope::Pool, "env[]"),

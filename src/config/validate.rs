@@ -183,14 +183,6 @@ impl PoolChecks<'_> {
             ProcessManager::Dynamic => self.check_dynamic(),
             ProcessManager::Ondemand => self.check_ondemand(),
         }
-        let pm = self.pool.config.pm;
-        if self.is_set("pm") && pm != ProcessManager::Static {
-            let message = format!(
-                "pm = {} is not implemented yet; running as static with pm.max_children workers",
-                pm.as_str()
-            );
-            self.warn("pm", message);
-        }
     }
 
     fn check_dynamic(&mut self) {

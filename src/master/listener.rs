@@ -40,34 +40,43 @@ impl Listener {
 /// The pool's socket: one inherited (from systemd, or from before a reload) when there is
 /// one for its address, else a new one. Errors name the pool and address.
 pub fn open(pool: &PoolConfig, inherited: &mut Inherited) -> Result<Listener, String> {
-    if let Some(socket) = inherited.take(&pool.listen) {
+    open_at(pool, &pool.listen, inherited)
+}
+
+/// A socket at `address` with the pool's settings (also its `pm.status_listen` socket).
+pub fn open_at(
+    pool: &PoolConfig,
+    address: &ListenAddress,
+    inherited: &mut Inherited,
+) -> Result<Listener, String> {
+    if let Some(socket) = inherited.take(address) {
         // The socket file of a reload is ours to remove on exit; systemd's is not.
-        let unix_path = match (&pool.listen, socket.origin) {
+        let unix_path = match (address, socket.origin) {
             (ListenAddress::Unix(path), Origin::Reload) => Some(path.clone()),
             _ => None,
         };
         return Ok(Listener {
-            address: pool.listen.clone(),
+            address: address.clone(),
             fd: socket.fd,
             unix_path,
         });
     }
-    create(pool)
+    create(pool, address)
 }
 
-fn create(pool: &PoolConfig) -> Result<Listener, String> {
+fn create(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String> {
     let context = |what: &str, e: &dyn std::fmt::Display| {
-        format!("[pool {}] listen {}: {what}: {e}", pool.name, pool.listen)
+        format!("[pool {}] listen {}: {what}: {e}", pool.name, address)
     };
     let backlog = Backlog::new(pool.listen_backlog.clamp(-1, i32::MAX))
         .map_err(|e| context("invalid listen.backlog", &e))?;
-    match &pool.listen {
-        ListenAddress::Unix(path) => open_unix(pool, path, backlog),
+    match address {
+        ListenAddress::Unix(path) => open_unix(pool, address, path, backlog),
         ListenAddress::Tcp(addr) => {
             let fd = open_tcp(*addr, false).map_err(|e| context("bind", &e))?;
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
             Ok(Listener {
-                address: pool.listen.clone(),
+                address: address.clone(),
                 fd,
                 unix_path: None,
             })
@@ -85,7 +94,7 @@ fn create(pool: &PoolConfig) -> Result<Listener, String> {
             };
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
             Ok(Listener {
-                address: pool.listen.clone(),
+                address: address.clone(),
                 fd,
                 unix_path: None,
             })
@@ -113,7 +122,12 @@ fn open_tcp(addr: SocketAddr, dual_stack: bool) -> nix::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listener, String> {
+fn open_unix(
+    pool: &PoolConfig,
+    address: &ListenAddress,
+    path: &Path,
+    backlog: Backlog,
+) -> Result<Listener, String> {
     let context = |what: &str, e: &dyn std::fmt::Display| {
         format!(
             "[pool {}] listen {}: {what}: {e}",
@@ -163,7 +177,7 @@ fn open_unix(pool: &PoolConfig, path: &Path, backlog: Backlog) -> Result<Listene
     umask(saved);
     bound.map_err(|e| context("bind", &e))?;
     let listener = Listener {
-        address: pool.listen.clone(),
+        address: address.clone(),
         fd,
         unix_path: Some(path.to_path_buf()),
     };

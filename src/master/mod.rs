@@ -6,28 +6,33 @@ mod capture;
 mod inherit;
 mod listener;
 mod logs;
+mod pm;
 
-use crate::config::Config;
+use crate::config::{Config, ProcessManager};
 use crate::daemon::StartupReport;
 use crate::isolation::Privileges;
-use crate::scoreboard::Scoreboard;
-use crate::worker::{self, WorkerSpec};
+use crate::scoreboard::{Scoreboard, WorkerState, now_us};
+use crate::worker::{self, StatusSource, WorkerSpec};
 use capture::Capture;
 use listener::Listener;
 use logs::PoolLogs;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
+use pm::{Decision, Figures, IdleWorker, PmState, Trigger};
 use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
+/// Token of an ondemand pool's listening socket: this plus the pool's index.
+const LISTENER_BASE: usize = 1;
 /// The maintenance tick, as php-fpm's.
 const TICK: Duration = Duration::from_secs(1);
 /// A worker that exits sooner than this after its start counts as failing to start.
@@ -54,18 +59,34 @@ pub struct RunOptions {
 
 struct Pool {
     config_index: usize,
+    /// The name in log lines: the pool's, or `<pool>_status` for its status pool.
+    name: String,
+    kind: PoolKind,
     listener: Listener,
     scoreboard: Scoreboard,
     logs: PoolLogs,
+    settings: pm::Settings,
+    pm: PmState,
     /// Consecutive workers that died right after starting.
     quick_failures: u32,
     respawn_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// A pool of workers serving its `listen` socket.
+    Workers,
+    /// One worker answering status and ping on the `pm.status_listen` socket of the
+    /// pool at this index, so they answer even when all of that pool's workers are busy.
+    Status { parent: usize },
 }
 
 struct Child {
     pool: usize,
     slot: usize,
     started: Instant,
+    /// The pool manager told it to stop (it was idle); it is not replaced.
+    stopping: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +110,7 @@ pub struct Master {
     state: State,
     inherited_env: Vec<(OsString, OsString)>,
     pid_file: Option<std::path::PathBuf>,
+    next_tick: Instant,
     force_stderr: bool,
     poll: Poll,
     capture: Capture,
@@ -116,10 +138,10 @@ pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i
 
 impl Master {
     fn start(config: Config, options: RunOptions) -> Result<Master, String> {
-        let mut inherited = inherit::Inherited::from_environment();
         if options.privileges.len() != config.pools.len() {
             return Err("worker privileges were not prepared for every pool".to_string());
         }
+        let mut inherited = inherit::Inherited::from_environment();
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
             let opened = listener::open(pool, &mut inherited).and_then(|listener| {
@@ -134,17 +156,58 @@ impl Master {
                     }
                 }
             });
+            let opened = opened.and_then(|(listener, scoreboard, logs)| {
+                let status = match &pool.pm_status_listen {
+                    None => None,
+                    Some(address) => match open_status_pool(pool, address, &mut inherited) {
+                        Ok(status) => Some(status),
+                        Err(e) => {
+                            listener.close();
+                            return Err(e);
+                        }
+                    },
+                };
+                Ok((listener, scoreboard, logs, status))
+            });
             match opened {
-                Ok((listener, scoreboard, logs)) => {
+                Ok((listener, scoreboard, logs, status)) => {
                     log::debug!("[pool {}] listening on {}", pool.name, listener.address);
+                    let parent = pools.len();
                     pools.push(Pool {
                         config_index,
+                        name: pool.name.clone(),
+                        kind: PoolKind::Workers,
                         listener,
                         scoreboard,
                         logs,
+                        settings: pm::Settings::from(pool),
+                        pm: PmState::default(),
                         quick_failures: 0,
                         respawn_at: None,
-                    })
+                    });
+                    if let Some((listener, scoreboard)) = status {
+                        log::debug!(
+                            "[pool {}] status listening on {}",
+                            pool.name,
+                            listener.address
+                        );
+                        pools.push(Pool {
+                            config_index,
+                            name: format!("{}_status", pool.name),
+                            kind: PoolKind::Status { parent },
+                            listener,
+                            scoreboard,
+                            logs: PoolLogs::default(),
+                            settings: pm::Settings {
+                                pm: ProcessManager::Static,
+                                max_children: 1,
+                                ..pm::Settings::from(pool)
+                            },
+                            pm: PmState::default(),
+                            quick_failures: 0,
+                            respawn_at: None,
+                        });
+                    }
                 }
                 Err(e) => {
                     // Leave no socket file behind for pools that did open.
@@ -155,7 +218,6 @@ impl Master {
         }
         inherited.close_unused();
         let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
-        let config_systemd_interval = config.global.systemd_interval;
         let poll = match Poll::new() {
             Ok(p) => p,
             Err(e) => {
@@ -163,6 +225,8 @@ impl Master {
                 return Err(format!("epoll_create failed: {e}"));
             }
         };
+        let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
+            .map_or(TICK, |(every, _)| every);
         let master = Master {
             config,
             pools,
@@ -170,11 +234,11 @@ impl Master {
             state: State::Running,
             inherited_env: std::env::vars_os().collect(),
             pid_file,
+            next_tick: Instant::now() + TICK,
             force_stderr: options.force_stderr,
             poll,
             capture: Capture::default(),
-            systemd_every: crate::systemd::report_interval(config_systemd_interval)
-                .map_or(TICK, |(every, _)| every),
+            systemd_every,
             privileges: options.privileges,
         };
         if let Some(path) = &master.pid_file
@@ -199,6 +263,7 @@ impl Master {
                 Ok(s) => s,
                 Err(e) => {
                     log::error!("failed to install signal handlers: {e}");
+                    report.failed(&format!("failed to install signal handlers: {e}"));
                     return 71;
                 }
             };
@@ -211,14 +276,37 @@ impl Master {
             report.failed(&format!("failed to watch signals: {e}"));
             return 71;
         }
+        // ondemand pools start workers when connections arrive.
+        for (index, pool) in self.pools.iter().enumerate() {
+            if pool.settings.pm != ProcessManager::Ondemand {
+                continue;
+            }
+            let fd = pool.listener.raw_fd();
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            ) {
+                let message = format!(
+                    "[pool {}] failed to watch the listening socket: {e}",
+                    pool.name
+                );
+                log::error!("{message}");
+                report.failed(&message);
+                return 71;
+            }
+        }
         log::info!("fpm is running, pid {}", std::process::id());
-        self.maintain_pools();
+        for index in 0..self.pools.len() {
+            self.maintain_pool(index, Trigger::Start);
+        }
         log::info!("ready to handle connections");
         report.ready();
         crate::systemd::ready("Ready to handle connections");
         let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
 
         let mut events = Events::with_capacity(64);
+        let mut readable = HashSet::new();
         loop {
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
@@ -227,10 +315,13 @@ impl Master {
                 log::error!("epoll_wait failed: {e}");
                 return 71;
             }
+            readable.clear();
             for event in &events {
-                if Capture::is_capture(event.token()) {
-                    self.capture
-                        .on_readable(self.poll.registry(), event.token());
+                let token = event.token();
+                if Capture::is_capture(token) {
+                    self.capture.on_readable(self.poll.registry(), token);
+                } else if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
+                    readable.insert(index);
                 }
             }
             for signal in signals.pending() {
@@ -240,10 +331,34 @@ impl Master {
                 report.tick(&self.pools);
             }
             self.reap_children();
+            let now = Instant::now();
+            let tick = now >= self.next_tick;
+            if tick {
+                self.next_tick = now + TICK;
+                self.note_figures();
+            }
             match self.state {
                 State::Running => {
                     self.stop_stuck_workers();
-                    self.maintain_pools();
+                    for index in 0..self.pools.len() {
+                        let pool = &self.pools[index];
+                        let trigger = if tick {
+                            Trigger::Tick
+                        } else if readable.contains(&index) {
+                            Trigger::Readable
+                        } else if pool.pm.to_replace > 0
+                            || pool.respawn_at.is_some_and(|at| now >= at)
+                        {
+                            Trigger::Wakeup
+                        } else {
+                            // Nothing changed for this pool.
+                            continue;
+                        };
+                        self.maintain_pool(index, trigger);
+                        if tick {
+                            self.rearm(index);
+                        }
+                    }
                 }
                 _ => {
                     if self.children.is_empty() {
@@ -257,7 +372,7 @@ impl Master {
 
     fn next_timeout(&self) -> Duration {
         let now = Instant::now();
-        let mut next = now + TICK.min(self.systemd_every);
+        let mut next = self.next_tick.min(now + self.systemd_every);
         for pool in &self.pools {
             if let Some(at) = pool.respawn_at {
                 next = next.min(at);
@@ -399,7 +514,7 @@ impl Master {
         let Some(pool) = self.pools.get_mut(child.pool) else {
             return;
         };
-        let name = &self.config.pools[pool.config_index].name;
+        let name = &pool.name;
         let lived = child.started.elapsed();
         let stopping = self.state != State::Running;
         let (how, clean) = match status {
@@ -424,6 +539,9 @@ impl Master {
             log::info!("{line}");
         } else {
             log::warn!("{line}");
+        }
+        if !child.stopping && !stopping {
+            pool.pm.to_replace += 1;
         }
         if let Some(slot) = pool.scoreboard.slot(child.slot) {
             // A worker that died abruptly leaves its CGI child behind; nobody else will
@@ -455,38 +573,167 @@ impl Master {
         }
     }
 
-    /// Bring each pool to its worker count.
-    fn maintain_pools(&mut self) {
+    /// Run the pool's manager and carry out what it decides.
+    fn maintain_pool(&mut self, index: usize, trigger: Trigger) {
         let now = Instant::now();
-        for index in 0..self.pools.len() {
-            let pool = &self.pools[index];
-            if pool.respawn_at.is_some_and(|at| now < at) {
+        if self.pools[index].respawn_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let decision = self.decide(index, trigger);
+        self.pools[index].respawn_at = None;
+        self.carry_out(index, decision);
+    }
+
+    /// Gather the pool's figures and ask its manager.
+    fn decide(&mut self, index: usize, trigger: Trigger) -> Decision {
+        let now = now_us();
+        let pool = &self.pools[index];
+        let mut total = 0;
+        let mut stopping = 0;
+        let mut idle = Vec::new();
+        for child in self.children.values().filter(|c| c.pool == index) {
+            if child.stopping {
+                stopping += 1;
                 continue;
             }
-            let wanted = self.config.pools[pool.config_index].pm_max_children as usize;
-            let running = self.children.values().filter(|c| c.pool == index).count();
-            for _ in running..wanted {
-                if let Err(e) = self.spawn_worker(index) {
-                    log::error!("{e}");
-                    break;
+            total += 1;
+            if let Some(slot) = pool.scoreboard.slot(child.slot)
+                && slot.state() == WorkerState::Idle
+            {
+                idle.push(IdleWorker {
+                    slot: child.slot,
+                    idle_for: Duration::from_micros(now.saturating_sub(slot.idle_since_us())),
+                });
+            }
+        }
+        let queued = match pool.settings.pm {
+            ProcessManager::Static => None,
+            ProcessManager::Dynamic | ProcessManager::Ondemand => {
+                pool.queue_figures().map(|f| f.queued)
+            }
+        };
+        let figures = Figures {
+            total,
+            stopping,
+            idle: &idle,
+            queued,
+        };
+        let pool = &mut self.pools[index];
+        let decision = pm::decide(&pool.settings, &mut pool.pm, &figures, trigger);
+        if decision.busy {
+            log::info!(
+                "[pool {}] seems busy (you may need to increase pm.start_servers, or pm.min/max_spare_servers), spawning {} children, there are {} idle, and {} total children",
+                pool.name,
+                decision.spawn,
+                idle.len(),
+                total
+            );
+        }
+        decision
+    }
+
+    fn carry_out(&mut self, index: usize, decision: Decision) {
+        for slot in &decision.stop {
+            let stopped = self
+                .children
+                .iter_mut()
+                .find(|(_, c)| c.pool == index && c.slot == *slot && !c.stopping);
+            if let Some((pid, child)) = stopped {
+                // An idle worker exits on QUIT; one that took a connection meanwhile
+                // finishes it first.
+                if kill(*pid, Signal::SIGQUIT).is_ok() {
+                    child.stopping = true;
+                    log::debug!(
+                        "[pool {}] stopping idle child {pid}",
+                        self.pools[index].name
+                    );
                 }
             }
-            self.pools[index].respawn_at = None;
+        }
+        if decision.limit_reached {
+            let pool = &self.pools[index];
+            pool.scoreboard
+                .counters()
+                .max_children_reached
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "[pool {}] server reached pm.max_children setting ({}), consider raising it",
+                pool.name,
+                pool.settings.max_children
+            );
+        }
+        for _ in 0..decision.spawn {
+            if let Err(e) = self.spawn_worker(index) {
+                log::error!("{e}");
+                break;
+            }
+        }
+    }
+
+    /// ondemand: re-arm the edge-triggered watch on the listening socket once a tick.
+    /// Every new connection raises an edge on its own, and the tick looks at the queue
+    /// anyway, so this only guards against an edge lost some other way. With connections
+    /// waiting it would fire at once and wake the master for nothing, so it waits for an
+    /// empty queue.
+    fn rearm(&self, index: usize) {
+        let registry = self.poll.registry();
+        let pool = &self.pools[index];
+        if pool.settings.pm != ProcessManager::Ondemand
+            || pool.queue_figures().is_some_and(|f| f.queued > 0)
+        {
+            return;
+        }
+        let fd = pool.listener.raw_fd();
+        if let Err(e) = registry.reregister(
+            &mut SourceFd(&fd),
+            Token(LISTENER_BASE + index),
+            Interest::READABLE,
+        ) {
+            log::warn!(
+                "[pool {}] failed to re-arm the listening socket: {e}",
+                pool.name
+            );
+        }
+    }
+
+    /// Keep the status page's high-water marks current between status requests.
+    fn note_figures(&self) {
+        for pool in &self.pools {
+            if pool.kind != PoolKind::Workers {
+                continue;
+            }
+            if let Some(figures) = pool.queue_figures() {
+                pool.scoreboard.note_listen_queue(figures.queued);
+            }
+            pool.scoreboard.note_active(pool.scoreboard.active_count());
         }
     }
 
     fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
         let pool = &self.pools[index];
         let config = &self.config.pools[pool.config_index];
-        let privileges = &self.privileges[pool.config_index];
         let slot_index = pool
             .scoreboard
             .free_slot()
-            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", pool.name))?;
         let slot = pool
             .scoreboard
             .slot(slot_index)
-            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", config.name))?;
+            .ok_or_else(|| format!("[pool {}] no free scoreboard slot", pool.name))?;
+        let status_source = match pool.kind {
+            PoolKind::Workers => StatusSource {
+                scoreboard: &pool.scoreboard,
+                listener: pool.listener.raw_fd(),
+            },
+            PoolKind::Status { parent } => {
+                let parent = &self.pools[parent];
+                StatusSource {
+                    scoreboard: &parent.scoreboard,
+                    listener: parent.listener.raw_fd(),
+                }
+            }
+        };
+        let privileges = &self.privileges[pool.config_index];
         // Reserve before forking so the worker never races our bookkeeping.
         slot.claim(-1);
         let pipes = if config.catch_workers_output {
@@ -496,7 +743,7 @@ impl Master {
                     slot.release();
                     return Err(format!(
                         "[pool {}] cannot create pipes for catch_workers_output: {e}",
-                        config.name
+                        pool.name
                     ));
                 }
             }
@@ -527,17 +774,19 @@ impl Master {
                 slowlog_fd: pool.logs.slow_fd(),
                 output_pipes: pipes.as_ref().map(|(_, worker)| worker.raw()),
                 privileges,
+                status_source,
+                status_only: matches!(pool.kind, PoolKind::Status { .. }),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.pid.store(child.as_raw(), Ordering::Release);
-                log::info!("[pool {}] child {} started", config.name, child);
+                log::info!("[pool {}] child {} started", pool.name, child);
                 if let Some((ours, theirs)) = pipes {
                     drop(theirs);
                     self.capture.add(
                         self.poll.registry(),
                         ours,
-                        &config.name,
+                        &pool.name,
                         child.as_raw(),
                         config.decorate_workers_output,
                     );
@@ -548,6 +797,7 @@ impl Master {
                         pool: index,
                         slot: slot_index,
                         started: Instant::now(),
+                        stopping: false,
                     },
                 );
                 Ok(())
@@ -555,7 +805,7 @@ impl Master {
             Err(e) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.release();
-                Err(format!("[pool {}] fork() failed: {e}", config.name))
+                Err(format!("[pool {}] fork() failed: {e}", pool.name))
             }
         }
     }
@@ -574,6 +824,9 @@ impl Master {
             }
         }
         for pool in &mut self.pools {
+            if pool.kind != PoolKind::Workers {
+                continue;
+            }
             match PoolLogs::open(&self.config.pools[pool.config_index]) {
                 Ok(logs) => pool.logs = logs,
                 Err(e) => log::error!("{e}; keeping the old file"),
@@ -589,7 +842,7 @@ impl Master {
     /// is stuck, or stopped) is killed here, with its CGI process group, once the timeout
     /// and the worker's own grace period have both passed.
     fn stop_stuck_workers(&mut self) {
-        let now = crate::scoreboard::now_us();
+        let now = now_us();
         for (pid, child) in &self.children {
             let pool = &self.pools[child.pool];
             let config = &self.config.pools[pool.config_index];
@@ -600,7 +853,7 @@ impl Master {
             let Some(slot) = pool.scoreboard.slot(child.slot) else {
                 continue;
             };
-            if slot.state() != crate::scoreboard::WorkerState::Running {
+            if slot.state() != WorkerState::Running {
                 continue;
             }
             let started = slot.request_started_at_us.load(Ordering::Relaxed);
@@ -610,7 +863,7 @@ impl Master {
             }
             log::warn!(
                 "[pool {}] child {pid}, request running for {}.{:06} sec, past request_terminate_timeout, and the worker did not stop it; killing the worker",
-                config.name,
+                pool.name,
                 running.as_secs(),
                 running.subsec_micros()
             );
@@ -628,6 +881,35 @@ impl Master {
         }
         self.close_listeners();
         log::info!("exiting, bye-bye!");
+    }
+}
+
+impl Pool {
+    /// The listening socket's accept queue, when the kernel tells.
+    fn queue_figures(&self) -> Option<crate::listen_queue::QueueFigures> {
+        // SAFETY: the listener is open for as long as the pool exists; the borrow ends
+        // with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.listener.raw_fd()) };
+        crate::listen_queue::figures(fd).ok()
+    }
+}
+
+/// The socket and one-slot scoreboard of a pool's status worker.
+fn open_status_pool(
+    pool: &crate::config::PoolConfig,
+    address: &crate::config::ListenAddress,
+    inherited: &mut inherit::Inherited,
+) -> Result<(Listener, Scoreboard), String> {
+    let listener = listener::open_at(pool, address, inherited)?;
+    match Scoreboard::new(1) {
+        Ok(scoreboard) => Ok((listener, scoreboard)),
+        Err(e) => {
+            listener.close();
+            Err(format!(
+                "[pool {}] cannot create the status scoreboard: {e}",
+                pool.name
+            ))
+        }
     }
 }
 
@@ -656,12 +938,12 @@ impl SystemdReport {
             return;
         }
         let (mut active, mut idle, mut requests, mut slow) = (0, 0, 0u64, 0u64);
-        for pool in pools {
+        for pool in pools.iter().filter(|p| p.kind == PoolKind::Workers) {
             for slot in pool.scoreboard.slots() {
                 if slot.pid.load(Ordering::Relaxed) <= 0 {
                     continue;
                 }
-                if slot.state() == crate::scoreboard::WorkerState::Idle {
+                if slot.state() == WorkerState::Idle {
                     idle += 1;
                 } else {
                     active += 1;

@@ -1,6 +1,7 @@
 //! A worker process: forked by the master, it accepts connections on its pool's socket
 //! and serves one request at a time, each as a CGI child.
 
+mod account;
 mod conn;
 mod output;
 mod poll;
@@ -8,6 +9,7 @@ mod pump;
 mod request;
 mod signals;
 mod slowlog;
+mod status;
 
 use crate::cgi::EnvPolicy;
 use crate::cgi::response::error_response;
@@ -51,6 +53,19 @@ pub struct WorkerSpec<'a> {
     pub output_pipes: Option<(RawFd, RawFd)>,
     /// Identity, jail and limits to take on before serving.
     pub privileges: &'a Privileges,
+    /// The pool the status page reports on: this worker's own, or the one a
+    /// `pm.status_listen` worker serves.
+    pub status_source: StatusSource<'a>,
+    /// A `pm.status_listen` worker: it answers status and ping only.
+    pub status_only: bool,
+}
+
+/// Where a status page's figures come from.
+#[derive(Clone, Copy)]
+pub struct StatusSource<'a> {
+    pub scoreboard: &'a Scoreboard,
+    /// The pool's listening socket, for its queue figures.
+    pub listener: RawFd,
 }
 
 /// The access log as a worker writes it.
@@ -72,6 +87,12 @@ pub struct WorkerCtx<'a> {
     quit: bool,
     access_log: Option<AccessLog>,
     slowlog_fd: Option<RawFd>,
+    /// What the last CGI child used, from wait4 (for the status page).
+    last_usage: Option<crate::cgi::Usage>,
+    status_source: StatusSource<'a>,
+    status_only: bool,
+    /// The request being read has been published in the slot.
+    request_begun: bool,
 }
 
 impl WorkerCtx<'_> {
@@ -80,6 +101,27 @@ impl WorkerCtx<'_> {
         self.scoreboard
             .slot(self.slot_index)
             .unwrap_or_else(|| unreachable_slot(self.slot_index))
+    }
+
+    /// A request has started to arrive: publish it and count it (php-fpm's "accepted
+    /// conn" counts requests).
+    fn begin_request(&mut self) {
+        if self.request_begun {
+            return;
+        }
+        self.request_begun = true;
+        self.slot().begin_request(crate::scoreboard::now_us());
+        self.scoreboard
+            .counters()
+            .accepted_conn
+            .fetch_add(1, Ordering::Relaxed);
+        self.scoreboard.note_active(self.scoreboard.active_count());
+    }
+
+    /// pm.max_requests is reached: the worker exits once the request is answered.
+    fn served_enough(&self) -> bool {
+        let max = self.pool.pm_max_requests;
+        !self.status_only && max > 0 && self.slot().requests.load(Ordering::Relaxed) >= max
     }
 }
 
@@ -104,7 +146,11 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
             exit(70);
         }
     };
-    let mut keep = vec![spec.listener, signals.fd().as_raw_fd()];
+    let mut keep = vec![
+        spec.listener,
+        spec.status_source.listener,
+        signals.fd().as_raw_fd(),
+    ];
     keep.extend(spec.access_log_fd);
     keep.extend(spec.slowlog_fd);
     if let Some((out, err)) = spec.output_pipes {
@@ -146,6 +192,10 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         quit: false,
         access_log,
         slowlog_fd: spec.slowlog_fd,
+        last_usage: None,
+        status_source: spec.status_source,
+        status_only: spec.status_only,
+        request_begun: false,
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -263,10 +313,13 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 }
             }
         }
-        if ctx.quit {
+        let listener_ready = events[..n].iter().any(|e| e.data() == LISTENER);
+        // A quitting worker still takes the connection it was woken for: with
+        // EPOLLEXCLUSIVE no other worker was woken for it.
+        if ctx.quit && !listener_ready {
             return 0;
         }
-        if !events[..n].iter().any(|e| e.data() == LISTENER) {
+        if !listener_ready {
             continue;
         }
         let fd = match accept4(
@@ -287,10 +340,9 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         if !isolation::clients::admit(ctx.pool, &fd) {
             continue;
         }
-        ctx.scoreboard
-            .counters()
-            .accepted_conn
-            .fetch_add(1, Ordering::Relaxed);
+        // Busy from now on: the master must not count this worker as free for the
+        // next waiting connection while the request is still on its way.
+        ctx.slot().set_state(WorkerState::Reading);
         if serve_connection(fd, ctx) == ConnEnd::Exit {
             return 0;
         }
@@ -311,14 +363,44 @@ fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
     loop {
         let request = match read_request(&mut conn, &mut session, ctx, fresh) {
             Head::Request(r) => r,
-            Head::Closed => return ConnEnd::Continue,
+            Head::Closed => {
+                ctx.request_begun = false;
+                return ConnEnd::Continue;
+            }
             Head::Terminate => return ConnEnd::Exit,
         };
         let keep_conn = request.keep_conn;
         fresh = false;
-        let outcome = request::serve(&mut conn, &mut session, request, ctx);
+        ctx.begin_request();
+        ctx.slot()
+            .set_request_info(&account::request_info(&request.params));
+        let before = account::Usage::now();
+        let page = status::page_for(&request, ctx);
+        let outcome = match page {
+            Some(page) => status::answer(&mut conn, &mut session, &request, page, ctx),
+            None => request::serve(&mut conn, &mut session, request, ctx),
+        };
         session.finish();
-        ctx.slot().set_state(WorkerState::Idle);
+        let (cpu_us, memory) = before.since(&account::Usage::now());
+        // The child's own peak from wait4 when there was one; the running peak of all
+        // children otherwise.
+        let memory = match (page.is_some(), ctx.last_usage.take()) {
+            (true, _) => 0,
+            (false, Some(usage)) => usage.max_rss_bytes,
+            (false, None) => memory,
+        };
+        ctx.slot()
+            .end_request(crate::scoreboard::now_us(), cpu_us, memory);
+        ctx.request_begun = false;
+        if ctx.served_enough() {
+            log::debug!(
+                "[pool {}] child {} has served pm.max_requests ({}); exiting",
+                ctx.pool.name,
+                std::process::id(),
+                ctx.pool.pm_max_requests
+            );
+            return ConnEnd::Exit;
+        }
         match outcome {
             Outcome::Terminate => return ConnEnd::Exit,
             Outcome::Close => return ConnEnd::Continue,
@@ -380,7 +462,7 @@ fn read_request(
         if conn.buffered_input() > 0 || !session.is_idle() {
             // On a kept connection the head deadline starts with its first byte.
             deadline.get_or_insert_with(|| Instant::now() + REQUEST_HEAD_TIMEOUT);
-            ctx.slot().set_state(WorkerState::Reading);
+            ctx.begin_request();
         }
         let timeout = match deadline {
             None => None,

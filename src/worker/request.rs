@@ -61,9 +61,8 @@ pub fn serve(
         }
     }
     let (outcome, summary) = pump.run(ctx, request.keep_conn);
-    let slot = ctx.slot();
-    slot.cgi_pid.store(0, Ordering::Relaxed);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.slot().cgi_pid.store(0, Ordering::Relaxed);
+    ctx.last_usage = Some(summary.usage);
     write_access_log(ctx, &request, &script, started_wall, &summary);
     outcome
 }

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod nginx;
+pub mod openmetrics;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -116,6 +117,14 @@ impl Fpm {
     pub fn start_with(dir: tempfile::TempDir, config_text: &str, address: &str) -> Fpm {
         let fpm = Fpm::spawn(dir, config_text, address, &[]);
         fpm.wait_ready();
+        fpm
+    }
+
+    /// Start and wait for the master's "ready" line without connecting to any socket (a
+    /// probe connection would make an ondemand pool start a worker).
+    pub fn start_untouched(dir: tempfile::TempDir, config_text: &str, address: &str) -> Fpm {
+        let fpm = Fpm::spawn(dir, config_text, address, &[]);
+        fpm.wait_for_log("ready to handle connections", Duration::from_secs(10));
         fpm
     }
 
