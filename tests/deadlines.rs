@@ -176,7 +176,7 @@ fn abort_request_stops_the_script_and_is_acknowledged() {
 fn slow_pool(fpm_dir_hint: &Path, trace: &str) -> String {
     format!(
         // Quoted: unquoted, `;` would start an INI comment.
-        "request_slowlog_timeout = 1s\nslowlog = {}\nrequest_slowlog_trace_command = \"{trace}\"",
+        "request_slowlog_timeout = 1s\nslowlog = {}\nrequest_slowlog_trace_command = \"{trace}\"\npm.status_path = /status",
         fpm_dir_hint.join("slow.log").display()
     )
 }
@@ -232,6 +232,22 @@ fn a_slow_python_script_gets_a_slowlog_record_with_the_trace() {
         "{record}"
     );
     fpm.wait_for_log("executing too slow", Duration::from_secs(2));
+    // And the status page counts it.
+    let status = fpm
+        .client()
+        .request(
+            &[
+                ("SCRIPT_NAME", "/status"),
+                ("SCRIPT_FILENAME", "/status"),
+                ("REQUEST_METHOD", "GET"),
+                ("QUERY_STRING", "json"),
+            ],
+            b"",
+            false,
+        )
+        .expect("status");
+    let body = String::from_utf8_lossy(status.body()).into_owned();
+    assert!(body.contains("\"slow requests\":1"), "{body}");
 }
 
 #[test]
