@@ -2,6 +2,25 @@ use cgi_fpm::config;
 use cgi_fpm::{cli, isolation, logging, master};
 use std::process::ExitCode;
 
+/// How to start again for a reload: the same binary path (a replaced binary is picked up)
+/// and the same arguments.
+fn reexec(options: &cli::Options, config_path: &std::path::Path) -> Option<master::Reexec> {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            log::warn!("cannot find my own executable ({e}); reload (SIGUSR2) will not work");
+            return None;
+        }
+    };
+    Some(master::Reexec {
+        exe,
+        args: std::env::args_os().skip(1).collect(),
+        config_path: config_path.to_path_buf(),
+        prefix: options.prefix.clone(),
+        allow_root: options.allow_root,
+    })
+}
+
 /// php-fpm's exit code for configuration errors (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 const EXIT_USAGE: u8 = 64;
@@ -65,7 +84,11 @@ fn main() -> ExitCode {
 
     // Go to the background first, so the master (the child) is the one that logs and
     // reports readiness; the command returns once the master is ready, or with its error.
-    let daemonize = options.daemonize.unwrap_or(config.global.daemonize);
+    // The new image of a reload is the daemon already: it must not fork again.
+    let reloaded = std::env::var_os(master::RELOAD_ENV).is_some();
+    // SAFETY: single-threaded at this point; nothing else reads the environment.
+    unsafe { std::env::remove_var(master::RELOAD_ENV) };
+    let daemonize = !reloaded && options.daemonize.unwrap_or(config.global.daemonize);
     let mut report = if daemonize {
         match cgi_fpm::daemon::daemonize() {
             Ok(r) => r,
@@ -107,6 +130,7 @@ fn main() -> ExitCode {
             pid_file: options.pid.clone(),
             force_stderr: options.force_stderr,
             privileges: prepared.pools,
+            reexec: reexec(&options, &path),
         },
         &mut report,
     );

@@ -139,19 +139,19 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.log_limit = integer::<u32>(v, 512, i32::MAX as u32)? as usize;
         Ok(())
     }),
-    global("emergency_restart_threshold", Later, |g, v, _| {
+    global("emergency_restart_threshold", Implemented, |g, v, _| {
         g.emergency_restart_threshold = integer(v, 0, u32::MAX)?;
         Ok(())
     }),
-    global("emergency_restart_interval", Later, |g, v, _| {
+    global("emergency_restart_interval", Implemented, |g, v, _| {
         g.emergency_restart_interval = duration(v)?;
         Ok(())
     }),
-    global("process_control_timeout", Later, |g, v, _| {
+    global("process_control_timeout", Implemented, |g, v, _| {
         g.process_control_timeout = duration(v)?;
         Ok(())
     }),
-    global("process.max", Later, |g, v, _| {
+    global("process.max", Implemented, |g, v, _| {
         g.process_max = integer(v, 0, u32::MAX)?;
         Ok(())
     }),
@@ -698,6 +698,10 @@ mod tests {
             (Scope::Global, "log_limit"),
             (Scope::Global, "daemonize"),
             (Scope::Global, "systemd_interval"),
+            (Scope::Global, "process_control_timeout"),
+            (Scope::Global, "emergency_restart_threshold"),
+            (Scope::Global, "emergency_restart_interval"),
+            (Scope::Global, "process.max"),
             (Scope::Pool, "request_terminate_timeout"),
             (Scope::Pool, "request_terminate_timeout_track_finished"),
             (Scope::Pool, "request_slowlog_timeout"),

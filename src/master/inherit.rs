@@ -38,7 +38,7 @@ pub fn address_keys(address: &ListenAddress) -> Vec<String> {
 }
 
 /// The key of a bound socket, from the kernel.
-fn socket_key(fd: RawFd) -> Option<String> {
+pub fn socket_key(fd: RawFd) -> Option<String> {
     let addr: SockaddrStorage = getsockname(fd).ok()?;
     if let Some(unix) = addr.as_unix_addr() {
         return unix.path().map(|p| p.display().to_string());

@@ -29,6 +29,11 @@ impl Listener {
         self.fd.as_raw_fd()
     }
 
+    /// The socket file this listener created (and removes when closed).
+    pub fn owned_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
     /// Close the socket and remove its file.
     pub fn close(self) {
         if let Some(path) = &self.unix_path {

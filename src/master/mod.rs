@@ -3,10 +3,12 @@
 //! accepts a pool connection itself.
 
 mod capture;
+mod emergency;
 mod inherit;
 mod listener;
 mod logs;
 mod pm;
+mod reload;
 
 use crate::config::{Config, ProcessManager};
 use crate::daemon::StartupReport;
@@ -14,6 +16,7 @@ use crate::isolation::Privileges;
 use crate::scoreboard::{Scoreboard, WorkerState, now_us};
 use crate::worker::{self, StatusSource, WorkerSpec};
 use capture::Capture;
+use emergency::{EMERGENCY_ENV, Emergency, Verdict};
 use listener::Listener;
 use logs::PoolLogs;
 use mio::unix::SourceFd;
@@ -23,6 +26,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use pm::{Decision, Figures, IdleWorker, PmState, Trigger};
+use reload::OldWorkers;
+pub use reload::{RELOAD_ENV, Reexec};
 use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, HashSet};
@@ -55,6 +60,8 @@ pub struct RunOptions {
     pub force_stderr: bool,
     /// Each pool's worker privileges, in the config's pool order (`isolation::prepare`).
     pub privileges: Vec<Privileges>,
+    /// How to re-execute for a reload (SIGUSR2).
+    pub reexec: Option<Reexec>,
 }
 
 struct Pool {
@@ -117,6 +124,13 @@ pub struct Master {
     /// The master wakes at least this often (the systemd watchdog may need it).
     systemd_every: Duration,
     privileges: Vec<Privileges>,
+    reexec: Option<Reexec>,
+    /// Workers of the image before a reload, finishing their last request.
+    old_workers: OldWorkers,
+    emergency: Emergency,
+    reload_requested: bool,
+    /// process.max was in the way of a spawn; logged once until it no longer is.
+    process_max_reached: bool,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -227,6 +241,10 @@ impl Master {
         };
         let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
             .map_or(TICK, |(every, _)| every);
+        let config_emergency = (
+            config.global.emergency_restart_threshold,
+            config.global.emergency_restart_interval,
+        );
         let master = Master {
             config,
             pools,
@@ -240,6 +258,11 @@ impl Master {
             capture: Capture::default(),
             systemd_every,
             privileges: options.privileges,
+            reexec: options.reexec,
+            old_workers: OldWorkers::from_environment(),
+            emergency: Emergency::from_environment(config_emergency.0, config_emergency.1),
+            reload_requested: false,
+            process_max_reached: false,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -276,6 +299,13 @@ impl Master {
             report.failed(&format!("failed to watch signals: {e}"));
             return 71;
         }
+        // A reload blocks these across its exec; now that handlers are in place, whatever
+        // arrived meanwhile is delivered.
+        let _ = sigprocmask(
+            SigmaskHow::SIG_UNBLOCK,
+            Some(&reload::master_signals()),
+            None,
+        );
         // ondemand pools start workers when connections arrive.
         for (index, pool) in self.pools.iter().enumerate() {
             if pool.settings.pm != ProcessManager::Ondemand {
@@ -301,6 +331,14 @@ impl Master {
             self.maintain_pool(index, Trigger::Start);
         }
         log::info!("ready to handle connections");
+        if !self.old_workers.is_empty() {
+            log::info!(
+                "{} worker(s) of the previous configuration finish their requests and exit",
+                self.old_workers.len()
+            );
+            self.old_workers
+                .retire(self.config.global.process_control_timeout);
+        }
         report.ready();
         crate::systemd::ready("Ready to handle connections");
         let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
@@ -331,6 +369,12 @@ impl Master {
                 report.tick(&self.pools);
             }
             self.reap_children();
+            if self.reload_requested {
+                self.reload_requested = false;
+                // Returns only when the reload did not happen.
+                self.reload();
+            }
+            self.old_workers.escalate_if_due();
             let now = Instant::now();
             let tick = now >= self.next_tick;
             if tick {
@@ -361,7 +405,7 @@ impl Master {
                     }
                 }
                 _ => {
-                    if self.children.is_empty() {
+                    if self.children.is_empty() && self.old_workers.is_empty() {
                         return 0;
                     }
                     self.escalate_stop();
@@ -373,6 +417,9 @@ impl Master {
     fn next_timeout(&self) -> Duration {
         let now = Instant::now();
         let mut next = self.next_tick.min(now + self.systemd_every);
+        if let Some(at) = self.old_workers.deadline() {
+            next = next.min(at);
+        }
         for pool in &self.pools {
             if let Some(at) = pool.respawn_at {
                 next = next.min(at);
@@ -397,12 +444,8 @@ impl Master {
             SIGTERM | SIGINT => self.terminate(),
             SIGQUIT => self.finish(),
             SIGUSR1 => self.reopen_logs(),
-            SIGUSR2 | SIGHUP => {
-                log::warn!(
-                    "received {}: not implemented yet; ignored",
-                    signal_name(signal)
-                );
-            }
+            // HUP as well, for init systems and habits that reload with it.
+            SIGUSR2 | SIGHUP => self.reload_requested = true,
             _ => {}
         }
     }
@@ -476,6 +519,7 @@ impl Master {
         for pid in self.children.keys() {
             let _ = kill(*pid, signal);
         }
+        self.old_workers.signal(signal);
         if signal == Signal::SIGKILL {
             // A worker killed outright cannot stop its CGI child; do it for it.
             for pool in &self.pools {
@@ -509,8 +553,35 @@ impl Master {
     fn on_child_exit(&mut self, status: WaitStatus) {
         let Some(pid) = status.pid() else { return };
         let Some(child) = self.children.remove(&pid) else {
+            if self.old_workers.remove(pid) {
+                log::info!(
+                    "child {pid} of the previous configuration exited ({}); {} left",
+                    describe_status(status),
+                    self.old_workers.len()
+                );
+            }
             return;
         };
+        if let WaitStatus::Signaled(_, Signal::SIGSEGV | Signal::SIGBUS, _) = status
+            && self.state == State::Running
+        {
+            let global = &self.config.global;
+            match self.emergency.record_crash(std::time::SystemTime::now()) {
+                Verdict::Nothing => {}
+                Verdict::Reload { crashes } => {
+                    log::error!(
+                        target: crate::logging::ALERT,
+                        "failed processes threshold ({crashes} in {} sec) is reached, initiating reload",
+                        global.emergency_restart_interval.as_secs()
+                    );
+                    self.reload_requested = true;
+                }
+                Verdict::HeldBack { for_secs } => log::error!(
+                    target: crate::logging::ALERT,
+                    "failed processes threshold is reached again soon after an emergency reload; holding the next one back for {for_secs} sec"
+                ),
+            }
+        }
         let Some(pool) = self.pools.get_mut(child.pool) else {
             return;
         };
@@ -710,6 +781,19 @@ impl Master {
     }
 
     fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
+        let max = self.config.global.process_max as usize;
+        let running = self.children.len() + self.old_workers.len();
+        if max > 0 && running >= max {
+            if !self.process_max_reached {
+                self.process_max_reached = true;
+                log::warn!(
+                    "the maximum number of processes has been reached (process.max = {max}); [pool {}] cannot start another worker",
+                    self.pools[index].name
+                );
+            }
+            return Ok(());
+        }
+        self.process_max_reached = false;
         let pool = &self.pools[index];
         let config = &self.config.pools[pool.config_index];
         let slot_index = pool
@@ -963,8 +1047,10 @@ impl SystemdReport {
     }
 }
 
-fn signal_name(signal: i32) -> &'static str {
-    Signal::try_from(signal)
-        .map(Signal::as_str)
-        .unwrap_or("signal")
+fn describe_status(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("code {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("signal {} ({})", sig as i32, sig.as_str()),
+        other => format!("{other:?}"),
+    }
 }

@@ -38,6 +38,13 @@ impl WorkerSignals {
             // would otherwise write into the master's self-pipe from this process.
             unsafe { signal(sig, SigHandler::SigDfl) }?;
         }
+        // Rust's runtime catches SIGSEGV and SIGBUS to report stack overflows, and lets
+        // the first one sent by kill() pass. A worker hit by either must die of it, so
+        // that the master sees the crash (emergency_restart_threshold counts them).
+        for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+            // SAFETY: as above, SIG_DFL runs no code of ours.
+            unsafe { signal(sig, SigHandler::SigDfl) }?;
+        }
         let mut handled = SigSet::empty();
         for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
             handled.add(sig);

@@ -1,0 +1,305 @@
+//! Graceful reload (SIGUSR2) of the configuration and the binary, with no pause in service.
+//!
+//! php-fpm stops serving until every old worker has exited, then re-executes itself: long
+//! requests block new ones, and with process_control_timeout = 0 requests in flight fail
+//! ("502 during reload"). Here the old image checks the new configuration and opens any new
+//! socket first (a bad one aborts the reload and changes nothing), then re-executes itself
+//! at once, handing over its listening sockets (CGI_FPM_SOCKETS) and its workers' pids
+//! (CGI_FPM_OLD_WORKERS). Old workers keep serving meanwhile; the new image starts its own
+//! workers, then tells the old ones to finish the request in hand and exit.
+
+use super::inherit::{self, Inherited, SOCKETS_ENV};
+use super::{Master, PoolKind, State, listener};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::Pid;
+use std::collections::HashSet;
+use std::ffi::{CString, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const OLD_WORKERS_ENV: &str = "CGI_FPM_OLD_WORKERS";
+/// Set for the new image of a reload: it is the running daemon already, so it must not
+/// daemonize again.
+pub const RELOAD_ENV: &str = "CGI_FPM_RELOAD";
+/// After TERM, how long old workers get before KILL (a worker gives its CGI child 2 s).
+const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
+
+/// The master's own signals: blocked across exec so that one arriving before the new
+/// image has its handlers is kept pending instead of killing it (SIGUSR2's default).
+pub fn master_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// How to start this program again, taken when it started.
+#[derive(Debug, Clone)]
+pub struct Reexec {
+    /// Its path, so that a binary replaced on disk since is the one that runs.
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+    pub config_path: PathBuf,
+    pub prefix: Option<PathBuf>,
+    pub allow_root: bool,
+}
+
+/// Workers of the previous image, finishing their last request.
+#[derive(Debug, Default)]
+pub struct OldWorkers {
+    pids: HashSet<Pid>,
+    /// The next escalation: TERM at the deadline, then KILL.
+    escalate: Option<(Instant, Signal)>,
+}
+
+impl OldWorkers {
+    /// The pids the previous image handed over; the variable is removed.
+    pub fn from_environment() -> OldWorkers {
+        let pids = std::env::var(OLD_WORKERS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+            .map(Pid::from_raw)
+            .collect();
+        // SAFETY: read once at start-up, before anything else runs that could read the
+        // environment concurrently (the master is single-threaded).
+        unsafe { std::env::remove_var(OLD_WORKERS_ENV) };
+        OldWorkers {
+            pids,
+            escalate: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pids.len()
+    }
+
+    /// Forget a reaped worker; false if it was not an old one.
+    pub fn remove(&mut self, pid: Pid) -> bool {
+        self.pids.remove(&pid)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        for pid in &self.pids {
+            let _ = kill(*pid, signal);
+        }
+    }
+
+    /// Ask every old worker to finish its request and exit; after `timeout` (when not 0)
+    /// the stragglers get TERM, then KILL.
+    pub fn retire(&mut self, timeout: Duration) {
+        self.signal(Signal::SIGQUIT);
+        self.escalate = (!timeout.is_zero()).then(|| (Instant::now() + timeout, Signal::SIGTERM));
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.escalate
+            .filter(|_| !self.pids.is_empty())
+            .map(|(at, _)| at)
+    }
+
+    pub fn escalate_if_due(&mut self) {
+        let Some((at, signal)) = self.escalate else {
+            return;
+        };
+        if self.pids.is_empty() || Instant::now() < at {
+            return;
+        }
+        log::warn!(
+            "{} worker(s) of the previous configuration still busy after process_control_timeout; sending {}",
+            self.pids.len(),
+            signal.as_str()
+        );
+        self.signal(signal);
+        self.escalate = match signal {
+            Signal::SIGTERM => Some((Instant::now() + KILL_AFTER_TERM, Signal::SIGKILL)),
+            _ => None,
+        };
+    }
+}
+
+/// A socket to hand to the new image, under the key it will look for.
+struct Handover {
+    key: String,
+    fd: RawFd,
+}
+
+fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: fcntl on a descriptor we hold open; it changes only its close-on-exec flag.
+    unsafe {
+        nix::libc::fcntl(
+            fd,
+            nix::libc::F_SETFD,
+            if on { nix::libc::FD_CLOEXEC } else { 0 },
+        )
+    };
+}
+
+impl Master {
+    /// SIGUSR2. Returns only if the reload did not happen (the reason is logged); on
+    /// success the process is replaced by its new image.
+    pub(super) fn reload(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        let Some(reexec) = self.reexec.clone() else {
+            log::warn!("reload is not possible: the command line was not recorded");
+            return;
+        };
+        log::info!("Reloading in progress ...");
+        let config = match crate::config::load(&reexec.config_path, reexec.prefix.as_deref()) {
+            Ok(c) => c,
+            Err(errors) => {
+                errors.iter().for_each(|e| log::error!("{e}"));
+                log::error!(
+                    "reload aborted: '{}' has errors; the running configuration stays in effect",
+                    reexec.config_path.display()
+                );
+                return;
+            }
+        };
+        if let Err(errors) = crate::isolation::prepare(&config, reexec.allow_root) {
+            errors.iter().for_each(|e| log::error!("{e}"));
+            log::error!("reload aborted; the running configuration stays in effect");
+            return;
+        }
+
+        // Every socket the new configuration listens on: kept, or opened now so that an
+        // address that cannot be bound aborts the reload here.
+        let mut handover: Vec<Handover> = Vec::new();
+        let mut opened: Vec<listener::Listener> = Vec::new();
+        let mut none_inherited = Inherited::default();
+        for pool in &config.pools {
+            let addresses = std::iter::once(&pool.listen).chain(pool.pm_status_listen.as_ref());
+            for address in addresses {
+                let keys = inherit::address_keys(address);
+                let existing = self.pools.iter().find_map(|p| {
+                    inherit::socket_key(p.listener.raw_fd())
+                        .filter(|k| keys.contains(k))
+                        .map(|k| (k, p.listener.raw_fd()))
+                });
+                if let Some((key, fd)) = existing {
+                    handover.push(Handover { key, fd });
+                    continue;
+                }
+                match listener::open_at(pool, address, &mut none_inherited) {
+                    Ok(l) => {
+                        if let Some(key) = inherit::socket_key(l.raw_fd()) {
+                            handover.push(Handover {
+                                key,
+                                fd: l.raw_fd(),
+                            });
+                        }
+                        opened.push(l);
+                    }
+                    Err(e) => {
+                        log::error!("{e}");
+                        log::error!("reload aborted; the running configuration stays in effect");
+                        opened.into_iter().for_each(listener::Listener::close);
+                        return;
+                    }
+                }
+            }
+        }
+
+        crate::systemd::reloading();
+        let list: Vec<String> = handover
+            .iter()
+            .map(|h| format!("{}={}", h.key, h.fd))
+            .collect();
+        let mut old: Vec<String> = self.children.keys().map(|p| p.to_string()).collect();
+        old.extend(self.old_workers.pids.iter().map(|p| p.to_string()));
+        // SAFETY: the master is single-threaded; nothing reads the environment meanwhile.
+        unsafe {
+            std::env::set_var(SOCKETS_ENV, list.join(","));
+            std::env::set_var(OLD_WORKERS_ENV, old.join(","));
+            std::env::set_var(RELOAD_ENV, "1");
+            std::env::set_var(super::EMERGENCY_ENV, self.emergency.to_env());
+        }
+        for h in &handover {
+            set_cloexec(h.fd, false);
+        }
+        let mut saved = SigSet::empty();
+        let _ = sigprocmask(
+            SigmaskHow::SIG_BLOCK,
+            Some(&master_signals()),
+            Some(&mut saved),
+        );
+        // Socket files of addresses the new configuration dropped go with them.
+        for pool in &self.pools {
+            if pool.kind == PoolKind::Workers || matches!(pool.kind, PoolKind::Status { .. }) {
+                let fd = pool.listener.raw_fd();
+                if !handover.iter().any(|h| h.fd == fd)
+                    && let Some(path) = pool.listener.owned_path()
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        log::info!(
+            "re-executing {} with {} socket(s) and {} worker(s) handed over",
+            reexec.exe.display(),
+            handover.len(),
+            old.len()
+        );
+        let error = exec(&reexec);
+
+        // Still here: the exec failed. Undo, and keep serving as before.
+        log::error!(
+            "reload failed: cannot execute {}: {error}; the running configuration stays in effect",
+            reexec.exe.display()
+        );
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+        for h in &handover {
+            set_cloexec(h.fd, true);
+        }
+        // SAFETY: as above.
+        unsafe {
+            for var in [
+                SOCKETS_ENV,
+                OLD_WORKERS_ENV,
+                RELOAD_ENV,
+                super::EMERGENCY_ENV,
+            ] {
+                std::env::remove_var(var);
+            }
+        }
+        opened.into_iter().for_each(listener::Listener::close);
+        crate::systemd::ready("Ready to handle connections");
+    }
+}
+
+/// Replace this process with `reexec`; returns only on failure.
+fn exec(reexec: &Reexec) -> nix::Error {
+    let to_c = |s: &std::ffi::OsStr| CString::new(s.as_bytes());
+    let Ok(path) = to_c(reexec.exe.as_os_str()) else {
+        return nix::Error::EINVAL;
+    };
+    let mut argv = vec![path.clone()];
+    for a in &reexec.args {
+        match to_c(a) {
+            Ok(c) => argv.push(c),
+            Err(_) => return nix::Error::EINVAL,
+        }
+    }
+    match nix::unistd::execv(&path, &argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,378 @@
+//! Graceful reload (SIGUSR2) without a pause, stops (QUIT, TERM), and emergency restart.
+
+mod common;
+
+use common::{Fpm, alive, examples_dir, wait_until};
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn count(fpm: &Fpm, needle: &str) -> usize {
+    fpm.log_text().matches(needle).count()
+}
+
+/// Send SIGUSR2 and wait until the new image is ready.
+fn reload(fpm: &Fpm) {
+    let before = count(fpm, "ready to handle connections");
+    fpm.signal(Signal::SIGUSR2);
+    wait_until(
+        "the reloaded master is ready",
+        Duration::from_secs(15),
+        || count(fpm, "ready to handle connections") > before,
+    );
+}
+
+/// Requests from several threads, each on a new connection, until told to stop.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(address: &str, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let hello = examples_dir().join("hello.sh").display().to_string();
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let (address, hello) = (address.to_string(), hello.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let q = format!("t={t}&i={i}");
+                        let result = common::Client::connect(&address, Duration::from_secs(30))
+                            .and_then(|mut c| {
+                                c.request(
+                                    &[("SCRIPT_FILENAME", &hello), ("QUERY_STRING", &q)],
+                                    b"",
+                                    false,
+                                )
+                            });
+                        match result {
+                            Ok(r) if String::from_utf8_lossy(r.body()).contains(&q) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(format!("wrong answer: {:?}", r.stdout));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+#[test]
+fn ten_reloads_under_load_lose_no_request() {
+    let fpm = Fpm::start(3, "");
+    let master = fpm.pid();
+    // A slow request that starts before the first reload and must finish normally.
+    let slow = fpm.script(
+        "slow.sh",
+        "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow done'\n",
+    );
+    let slow_address = fpm.address.clone();
+    let slow_path = slow.display().to_string();
+    let slow_request = std::thread::spawn(move || {
+        common::Client::connect(&slow_address, Duration::from_secs(60))
+            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &slow_path)], b"", false))
+    });
+    wait_until(
+        "the slow request is running",
+        Duration::from_secs(5),
+        || {
+            common::children_of(master)
+                .iter()
+                .any(|w| !common::children_of(*w).is_empty())
+        },
+    );
+    let load = Load::start(&fpm.address, 4);
+    wait_until("the load is flowing", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 20
+    });
+    for _ in 0..10 {
+        reload(&fpm);
+    }
+    // Let the load run on the final image for a moment too.
+    let settled = load.ok.load(Ordering::Relaxed);
+    wait_until(
+        "requests flow after the reloads",
+        Duration::from_secs(10),
+        || load.ok.load(Ordering::Relaxed) > settled + 20,
+    );
+    let (ok, failed, errors) = load.finish();
+    println!("requests during 10 reloads: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(ok > 100, "only {ok} requests went through");
+    let slow = slow_request
+        .join()
+        .expect("slow thread")
+        .expect("the slow request got its answer");
+    assert_eq!(slow.body(), b"slow done");
+    assert_eq!(fpm.pid(), master);
+    assert!(alive(master), "the master pid is unchanged and alive");
+    assert_eq!(count(&fpm, "Reloading in progress"), 10);
+    // Every worker of an earlier image is gone; three workers of the last one remain.
+    wait_until(
+        "only the new workers remain",
+        Duration::from_secs(10),
+        || fpm.worker_pids().len() == 3,
+    );
+}
+
+#[test]
+fn signals_that_arrive_during_the_exec_are_not_lost() {
+    let fpm = Fpm::start(1, "");
+    let master = fpm.pid();
+    // The second SIGUSR2 arrives while the first is re-executing: the old image has
+    // blocked its signals and the new one has no handler yet. It must be kept for the
+    // new image (and start another reload), not kill it (SIGUSR2's default action).
+    fpm.signal(Signal::SIGUSR2);
+    fpm.wait_for_log("re-executing", Duration::from_secs(10));
+    fpm.signal(Signal::SIGUSR2);
+    wait_until("both reloads happened", Duration::from_secs(15), || {
+        count(&fpm, "ready to handle connections") >= 3
+    });
+    assert!(alive(master));
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200);
+}
+
+#[test]
+fn a_broken_config_is_logged_and_changes_nothing() {
+    let fpm = Fpm::start(2, "");
+    let workers = fpm.worker_pids();
+    let good = std::fs::read_to_string(&fpm.config).expect("config");
+    std::fs::write(&fpm.config, format!("{good}\nno.such.directive = 1\n")).expect("write");
+    fpm.signal(Signal::SIGUSR2);
+    fpm.wait_for_log("reload aborted", Duration::from_secs(10));
+    assert!(
+        fpm.log_text()
+            .contains("'no.such.directive': unknown entry")
+    );
+    // A socket that cannot be opened aborts it as well, before anything changes.
+    std::fs::write(
+        &fpm.config,
+        good.replace(&fpm.address, "/nonexistent-directory/www.sock"),
+    )
+    .expect("write");
+    fpm.signal(Signal::SIGUSR2);
+    wait_until(
+        "the second reload is aborted",
+        Duration::from_secs(10),
+        || count(&fpm, "reload aborted") == 2,
+    );
+    assert_eq!(fpm.worker_pids(), workers, "the same workers serve on");
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200);
+}
+
+#[test]
+fn a_changed_listen_and_max_children_take_effect() {
+    let fpm = Fpm::start(2, "");
+    let old_socket = fpm.address.clone();
+    let new_socket = fpm.path("moved.sock").display().to_string();
+    let config = std::fs::read_to_string(&fpm.config)
+        .expect("config")
+        .replace(&old_socket, &new_socket)
+        .replace("pm.max_children = 2", "pm.max_children = 4");
+    std::fs::write(&fpm.config, config).expect("write");
+    reload(&fpm);
+    wait_until("four workers", Duration::from_secs(10), || {
+        fpm.worker_pids().len() == 4
+    });
+    assert!(
+        !std::path::Path::new(&old_socket).exists(),
+        "the dropped socket's file is removed"
+    );
+    let hello = examples_dir().join("hello.sh").display().to_string();
+    let r = common::Client::connect(&new_socket, Duration::from_secs(10))
+        .expect("the new socket answers")
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", false)
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let mut client =
+        common::Client::connect(&new_socket, Duration::from_secs(10)).expect("connect");
+    let values = client.get_values(&["FCGI_MAX_CONNS"]).expect("GET_VALUES");
+    assert_eq!(values.get_str("FCGI_MAX_CONNS"), Some("4"));
+}
+
+#[test]
+fn sigquit_lets_a_request_in_flight_finish() {
+    let mut fpm = Fpm::start(1, "");
+    let slow = fpm.script(
+        "slow.sh",
+        "#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfinished'\n",
+    );
+    let address = fpm.address.clone();
+    let path = slow.display().to_string();
+    let request = std::thread::spawn(move || {
+        common::Client::connect(&address, Duration::from_secs(30))
+            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
+    });
+    let worker = fpm.worker_pids()[0];
+    wait_until("the script runs", Duration::from_secs(5), || {
+        !common::children_of(worker).is_empty()
+    });
+    fpm.signal(Signal::SIGQUIT);
+    let r = request
+        .join()
+        .expect("thread")
+        .expect("the request completes");
+    assert_eq!(r.body(), b"finished");
+    assert_eq!(fpm.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn sigterm_stops_within_process_control_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nprocess_control_timeout = 3s\n\n{}",
+        common::pool_section("www", dir.path(), 1, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let mut fpm = Fpm::start_with(dir, &config, &address);
+    // A script that ignores TERM: only KILL stops it.
+    let stubborn = fpm.script("stubborn.sh", "#!/bin/sh\ntrap '' TERM\nsleep 100\n");
+    let path = stubborn.display().to_string();
+    let address = fpm.address.clone();
+    let _request = std::thread::spawn(move || {
+        common::Client::connect(&address, Duration::from_secs(30))
+            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
+    });
+    let worker = fpm.worker_pids()[0];
+    wait_until("the script runs", Duration::from_secs(5), || {
+        !common::children_of(worker).is_empty()
+    });
+    let script_pids = common::children_of(worker);
+    let started = Instant::now();
+    fpm.signal(Signal::SIGTERM);
+    let code = fpm.wait_exit(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took <= Duration::from_secs(3) + Duration::from_millis(500),
+        "stopped after {took:?}"
+    );
+    for pid in script_pids {
+        assert!(!alive(pid), "script {pid} survived");
+    }
+}
+
+#[test]
+fn crashing_workers_trigger_an_emergency_restart_and_a_crash_loop_backs_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nemergency_restart_threshold = 3\nemergency_restart_interval = 30s\n\n{}",
+        common::pool_section("www", dir.path(), 2, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    fpm.wait_workers(2);
+    // The script kills the worker running it with SIGSEGV, as a crash would.
+    let crash = fpm.script("crash.sh", "#!/bin/sh\nkill -SEGV $PPID\nsleep 5\n");
+    let crash_once = |n: usize| {
+        let before = count(&fpm, "exited on signal 11 (SIGSEGV");
+        let _ = common::Client::connect(&fpm.address, Duration::from_secs(10)).and_then(|mut c| {
+            c.request(
+                &[("SCRIPT_FILENAME", crash.to_str().unwrap_or(""))],
+                b"",
+                false,
+            )
+        });
+        wait_until(
+            &format!("crash {n} is reaped"),
+            Duration::from_secs(10),
+            || count(&fpm, "exited on signal 11 (SIGSEGV") > before,
+        );
+    };
+    for n in 1..=3 {
+        crash_once(n);
+    }
+    fpm.wait_for_log(
+        "failed processes threshold (3 in 30 sec) is reached, initiating reload",
+        Duration::from_secs(10),
+    );
+    wait_until(
+        "the emergency reload completes",
+        Duration::from_secs(15),
+        || count(&fpm, "ready to handle connections") >= 2,
+    );
+    // The same fault again at once: the next emergency reload is held back.
+    for n in 4..=6 {
+        crash_once(n);
+    }
+    fpm.wait_for_log("holding the next one back", Duration::from_secs(10));
+    assert_eq!(
+        count(&fpm, "Reloading in progress"),
+        1,
+        "no second reload yet"
+    );
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200, "still serving");
+}
+
+#[test]
+fn process_max_caps_workers_across_pools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nprocess.max = 3\n\n{}\n{}",
+        common::pool_section("a", dir.path(), 2, ""),
+        common::pool_section("b", dir.path(), 2, "")
+    );
+    let address = dir.path().join("a.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    fpm.wait_for_log(
+        "the maximum number of processes has been reached (process.max = 3)",
+        Duration::from_secs(5),
+    );
+    wait_until("three workers in all", Duration::from_secs(5), || {
+        fpm.worker_pids().len() == 3
+    });
+    // It stays at three: the tick does not add a fourth.
+    fpm.wait_for_log("ready to handle connections", Duration::from_secs(1));
+    let ticks_later = Instant::now() + Duration::from_millis(1500);
+    wait_until(
+        "a couple of maintenance ticks pass",
+        Duration::from_secs(3),
+        || Instant::now() >= ticks_later,
+    );
+    assert_eq!(fpm.worker_pids().len(), 3);
+}
