@@ -249,3 +249,74 @@ fn cgi_fcgi(
     let out = child.wait_with_output().expect("cgi-fcgi output");
     out.stdout
 }
+
+/// Reloads behind nginx with kept upstream connections: old workers close their idle kept
+/// connections as they retire, and nginx must retry those requests on new connections, so
+/// no client sees an error.
+#[test]
+fn reloads_behind_nginx_with_kept_connections_lose_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let site = site(4, false);
+    let Some(nginx) = Nginx::start(&site.upstream(Some(4)), &site.docroot()) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
+            let socket = nginx.socket.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    match http::get(&socket, &format!("/cgi-bin/hello.sh?t={t}&i={i}")) {
+                        Ok(r) if r.status == 200 && r.text().contains(&format!("i={i}")) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} {}", r.status, r.text())),
+                        Err(e) => errors.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let fpm = &site.fpm;
+    for round in 1..=5 {
+        let before = fpm
+            .log_text()
+            .matches("ready to handle connections")
+            .count();
+        let served = ok.load(Ordering::Relaxed);
+        common::wait_until("requests flow", Duration::from_secs(10), || {
+            ok.load(Ordering::Relaxed) > served + 10
+        });
+        fpm.signal(nix::sys::signal::Signal::SIGUSR2);
+        common::wait_until(
+            &format!("reload {round} completes"),
+            Duration::from_secs(15),
+            || {
+                fpm.log_text()
+                    .matches("ready to handle connections")
+                    .count()
+                    > before
+            },
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| {
+        let _ = t.join();
+    });
+    let errors = errors.lock().unwrap();
+    println!(
+        "through nginx during 5 reloads: {} answered, {} failed",
+        ok.load(Ordering::Relaxed),
+        errors.len()
+    );
+    assert!(errors.is_empty(), "{errors:?}\n{}", nginx.error_log());
+}
