@@ -90,6 +90,18 @@ impl Response {
     }
 }
 
+/// BEGIN_REQUEST (a responder) and the params stream, ended.
+fn encode_head(out: &mut Vec<u8>, id: u16, params: &[(&str, &str)], keep_conn: bool) {
+    let flags = if keep_conn { FCGI_KEEP_CONN } else { 0 };
+    write_begin_request(out, id, Role::Responder, flags);
+    let mut p = Vec::new();
+    for (n, v) in params {
+        write_pair(&mut p, n.as_bytes(), v.as_bytes());
+    }
+    write_stream(out, RecordType::Params, id, &p);
+    write_stream_end(out, RecordType::Params, id);
+}
+
 /// A FastCGI connection that can carry several requests when kept.
 pub struct Client {
     stream: Box<dyn Stream>,
@@ -125,14 +137,7 @@ impl Client {
         keep_conn: bool,
     ) -> io::Result<()> {
         let mut out = Vec::with_capacity(1024 + body.len() + body.len() / 8);
-        let flags = if keep_conn { FCGI_KEEP_CONN } else { 0 };
-        write_begin_request(&mut out, id, Role::Responder, flags);
-        let mut p = Vec::new();
-        for (n, v) in params {
-            write_pair(&mut p, n.as_bytes(), v.as_bytes());
-        }
-        write_stream(&mut out, RecordType::Params, id, &p);
-        write_stream_end(&mut out, RecordType::Params, id);
+        encode_head(&mut out, id, params, keep_conn);
         write_stream(&mut out, RecordType::Stdin, id, body);
         write_stream_end(&mut out, RecordType::Stdin, id);
         self.stream.write_all(&out)
@@ -147,14 +152,7 @@ impl Client {
         keep_conn: bool,
     ) -> io::Result<()> {
         let mut out = Vec::new();
-        let flags = if keep_conn { FCGI_KEEP_CONN } else { 0 };
-        write_begin_request(&mut out, id, Role::Responder, flags);
-        let mut p = Vec::new();
-        for (n, v) in params {
-            write_pair(&mut p, n.as_bytes(), v.as_bytes());
-        }
-        write_stream(&mut out, RecordType::Params, id, &p);
-        write_stream_end(&mut out, RecordType::Params, id);
+        encode_head(&mut out, id, params, keep_conn);
         self.stream.write_all(&out)
     }
 

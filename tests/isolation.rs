@@ -166,8 +166,24 @@ fn process_dumpable_keeps_a_switched_worker_traceable() {
             .expect("proc entry")
             .uid()
     };
-    assert_eq!(owner(&plain), 0);
-    assert_eq!(owner(&dumpable), nobody().uid.as_raw());
+    // Right after fork a worker is still root: wait until it has switched user.
+    let nobody_uid = nobody().uid.as_raw();
+    common::wait_until(
+        "the dumpable worker's /proc files belong to nobody",
+        Duration::from_secs(5),
+        || owner(&dumpable) == nobody_uid,
+    );
+    let plain_worker = plain.worker_pids()[0];
+    common::wait_until(
+        "the plain worker runs as nobody",
+        Duration::from_secs(5),
+        || fs::metadata(format!("/proc/{plain_worker}")).is_ok_and(|m| m.uid() == nobody_uid),
+    );
+    assert_eq!(
+        owner(&plain),
+        0,
+        "not dumpable: its /proc files stay root's"
+    );
 }
 
 #[test]

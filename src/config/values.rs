@@ -496,31 +496,11 @@ mod tests {
     }
 
     #[test]
-    fn access_formats() {
-        for good in [
-            r#"%R - %u %t "%m %r" %s"#,
-            r#"%R - %u %t "%m %r%Q%q" %s %f %{milli}d %{kilo}M %C%%"#,
-            "%{REMOTE_ADDR}e %{Content-Type}o %{%Y-%m-%dT%H:%M:%S%z}t %T %n %p %P %l",
-            "%{user}C %{SYSTEM}C %{micro}d %{mega}M %{bytes}M",
-            "no specifiers at all",
-        ] {
-            assert_eq!(access_format(good).as_deref(), Ok(good), "{good}");
-        }
-        let cases = [
-            ("%x", "unknown format letter %x"),
-            ("%e", "%e needs a name"),
-            ("%{}o", "%o needs a name"),
-            ("%{kilo}s", "%s takes no {modifier}"),
-            ("%{hours}d", "modifier must be one of"),
-            ("%{kilo", "missing '}'"),
-            ("%{kilo}", "missing '}'"),
-            ("100%", "a lone '%'"),
-            ("", "must not be empty"),
-        ];
-        for (format, expected) in cases {
-            let error = access_format(format).expect_err(format);
-            assert!(error.contains(expected), "{format}: {error}");
-        }
+    fn access_formats_are_checked_by_the_access_log_parser() {
+        let good = r#"%R - %u %t "%m %r%Q%q" %s %f %{milli}d %{kilo}M %C%%"#;
+        assert_eq!(access_format(good).as_deref(), Ok(good));
+        let error = access_format("%x").expect_err("bad letter");
+        assert!(error.contains("unknown format letter %x"), "{error}");
     }
 
     proptest! {

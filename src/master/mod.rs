@@ -36,6 +36,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
+
+/// The signals the master acts on. Workers reset them (they must not run the master's
+/// handlers), and a reload blocks them across its exec.
+pub const MASTER_SIGNALS: [Signal; 7] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGHUP,
+];
 /// Token of an ondemand pool's listening socket: this plus the pool's index.
 const LISTENER_BASE: usize = 1;
 /// The maintenance tick, as php-fpm's.
@@ -281,15 +293,14 @@ impl Master {
     }
 
     fn event_loop(&mut self, report: &mut StartupReport) -> i32 {
-        let mut signals =
-            match Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP]) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("failed to install signal handlers: {e}");
-                    report.failed(&format!("failed to install signal handlers: {e}"));
-                    return 71;
-                }
-            };
+        let mut signals = match Signals::new(MASTER_SIGNALS.map(|s| s as i32)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("failed to install signal handlers: {e}");
+                report.failed(&format!("failed to install signal handlers: {e}"));
+                return 71;
+            }
+        };
         if let Err(e) = self
             .poll
             .registry()

@@ -30,15 +30,7 @@ const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
 /// image has its handlers is kept pending instead of killing it (SIGUSR2's default).
 pub fn master_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGHUP,
-    ] {
+    for s in super::MASTER_SIGNALS {
         set.add(s);
     }
     set

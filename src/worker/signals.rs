@@ -14,17 +14,6 @@ pub enum Request {
     Quit,
 }
 
-/// Signals the master hooks; a forked worker must not run the master's handlers.
-const MASTER_SIGNALS: [Signal; 7] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGHUP,
-];
-
 pub struct WorkerSignals {
     fd: SignalFd,
 }
@@ -33,7 +22,7 @@ impl WorkerSignals {
     /// Undo the master's signal set-up and route the worker's signals to a signalfd.
     /// Called first thing after fork, while every signal is still blocked.
     pub fn install() -> io::Result<WorkerSignals> {
-        for sig in MASTER_SIGNALS {
+        for sig in crate::master::MASTER_SIGNALS {
             // SAFETY: SIG_DFL installs no Rust code as a handler. signal-hook's handlers
             // would otherwise write into the master's self-pipe from this process.
             unsafe { signal(sig, SigHandler::SigDfl) }?;
