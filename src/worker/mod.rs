@@ -13,7 +13,7 @@ use crate::config::PoolConfig;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
-use conn::{Conn, Fill};
+use conn::{Conn, ConnBuffers, Fill};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{SockFlag, accept4};
@@ -52,6 +52,8 @@ pub struct WorkerCtx<'a> {
     values: ServerValues,
     /// The master asked us to exit once the request in hand is done.
     quit: bool,
+    /// Connection buffers kept between connections.
+    buffers: ConnBuffers,
 }
 
 impl WorkerCtx<'_> {
@@ -117,6 +119,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
             max_reqs: max,
         },
         quit: false,
+        buffers: ConnBuffers::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -253,16 +256,22 @@ enum ConnEnd {
 
 /// Serve requests on one connection until it closes or is not kept.
 fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
-    let mut conn = Conn::new(fd);
+    let mut conn = Conn::new(fd, std::mem::take(&mut ctx.buffers));
+    let end = serve_requests(&mut conn, ctx);
+    ctx.buffers = conn.into_buffers();
+    end
+}
+
+fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
     let mut session = Session::new(ctx.values, Limits::default());
     loop {
-        let request = match read_request(&mut conn, &mut session, ctx) {
+        let request = match read_request(conn, &mut session, ctx) {
             Head::Request(r) => r,
             Head::Closed => return ConnEnd::Continue,
             Head::Terminate => return ConnEnd::Exit,
         };
         let keep_conn = request.keep_conn;
-        let outcome = request::serve(&mut conn, &mut session, request, ctx);
+        let outcome = request::serve(conn, &mut session, request, ctx);
         session.finish();
         ctx.slot().set_state(WorkerState::Idle);
         match outcome {
