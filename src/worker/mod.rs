@@ -25,9 +25,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How long a web server may take to send a request's head (BEGIN_REQUEST and params)
-/// once it has started: a client that trickles bytes cannot hold a worker forever.
-const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long we try to deliver a refusal before giving up on a misbehaving peer.
 const REFUSAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -264,8 +261,11 @@ fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
 
 fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
     let mut session = Session::new(ctx.values, Limits::default());
+    let mut fresh = true;
     loop {
-        let request = match read_request(conn, &mut session, ctx) {
+        let head = read_request(conn, &mut session, ctx, fresh);
+        fresh = false;
+        let request = match head {
             Head::Request(r) => r,
             Head::Closed => return ConnEnd::Continue,
             Head::Terminate => return ConnEnd::Exit,
@@ -292,7 +292,19 @@ enum Head {
 
 /// Read until a request's params are complete, answering management records and
 /// refusing what we do not serve along the way.
-fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>) -> Head {
+///
+/// The head must arrive within `cgi.request_header_timeout`, counted from the accept on
+/// a `fresh` connection (a client that connects and sends nothing is cut off too), and
+/// from the first byte of the next request on a kept one: an idle kept connection is the
+/// web server's to hold.
+fn read_request(
+    conn: &mut Conn,
+    session: &mut Session,
+    ctx: &mut WorkerCtx<'_>,
+    fresh: bool,
+) -> Head {
+    let limit = ctx.pool.cgi.request_header_timeout;
+    let mut started = false;
     let mut deadline: Option<Instant> = None;
     loop {
         match conn.next_event(session) {
@@ -322,10 +334,10 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
         if conn.has_output() && conn.flush().is_err() {
             return Head::Closed;
         }
-        // The head deadline runs from its first byte; an idle kept connection has none.
-        if deadline.is_none() && (conn.buffered_input() > 0 || !session.is_idle()) {
-            deadline = Some(Instant::now() + REQUEST_HEAD_TIMEOUT);
+        if !started && (fresh || conn.buffered_input() > 0 || !session.is_idle()) {
+            started = true;
             ctx.slot().set_state(WorkerState::Reading);
+            deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
         }
         let timeout = match deadline {
             None => None,
@@ -333,10 +345,10 @@ fn read_request(conn: &mut Conn, session: &mut Session, ctx: &mut WorkerCtx<'_>)
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     log::warn!(
-                        "[pool {}] child {}, the web server did not send a complete request within {}s; closing the connection",
+                        "[pool {}] child {}, the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
                         ctx.pool.name,
                         std::process::id(),
-                        REQUEST_HEAD_TIMEOUT.as_secs()
+                        limit.as_secs()
                     );
                     return Head::Closed;
                 }
