@@ -18,7 +18,8 @@ pub const OUTPUT_CHUNK: usize = 65528;
 /// Room for one full output record: what the output queue starts with.
 const OUTPUT_CAPACITY: usize = HEADER_LEN + OUTPUT_CHUNK + 64;
 
-/// A kept output buffer larger than this (it grew holding a response) is let go.
+/// An output buffer larger than this at the end of a connection (it grew holding a
+/// response) is let go rather than kept.
 const OUTPUT_KEEP_MAX: usize = 4 * OUTPUT_CAPACITY;
 
 const PADDING: [u8; 8] = [0; 8];
@@ -61,9 +62,6 @@ impl Conn {
             vec![0; INPUT_CAPACITY].into_boxed_slice()
         };
         let mut output = buffers.output;
-        if output.capacity() > OUTPUT_KEEP_MAX {
-            output = Vec::new();
-        }
         output.reserve(OUTPUT_CAPACITY);
         Conn {
             fd,
@@ -77,9 +75,14 @@ impl Conn {
 
     /// Close the connection and hand its buffers back for the next one.
     pub fn into_buffers(self) -> ConnBuffers {
+        let mut output = self.output.into_buffer();
+        if output.capacity() > OUTPUT_KEEP_MAX {
+            output = Vec::new();
+            release_free_memory();
+        }
         ConnBuffers {
             input: self.input,
-            output: self.output.into_buffer(),
+            output,
         }
     }
 
@@ -229,6 +232,17 @@ impl Conn {
     }
 }
 
+/// Hand freed heap memory back to the kernel before the worker idles: glibc keeps what a
+/// large response left free, and an idle worker would carry it in its RSS.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
+    // preconditions, and this process is single-threaded.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Read up to `max` bytes from `fd` onto the end of `buf`, into its spare capacity: a
 /// small response then costs a small read, not the zeroing of a whole record's room.
 fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> Result<usize, Errno> {
@@ -279,5 +293,15 @@ mod tests {
             !conn.has_output(),
             "no output carries over to the next connection"
         );
+    }
+
+    #[test]
+    fn a_grown_output_buffer_is_let_go() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(OwnedFd::from(a), ConnBuffers::default());
+        conn.hold_output();
+        conn.queue_stream(RecordType::Stdout, 1, &vec![0; 2 * OUTPUT_KEEP_MAX]);
+        let buffers = conn.into_buffers();
+        assert_eq!(buffers.output.capacity(), 0);
     }
 }
