@@ -177,13 +177,14 @@ start_fcgiwrap() {
     setsid env -i PATH="$CGI_PATH" "$FCGIWRAP_BIN" -f -c "$WORKERS" -s "unix:$TMP/fcgiwrap.sock" \
         </dev/null >>"$TMP/fcgiwrap.log" 2>&1 &
     FCGIWRAP_PID=$!
+    # Out of the job table: its deliberate KILL after the echo case is not news.
+    disown "$FCGIWRAP_PID" 2>/dev/null || true
     PIDS+=("-$FCGIWRAP_PID")
     wait_for "fcgiwrap listening" test -S "$TMP/fcgiwrap.sock"
 }
 restart_fcgiwrap() {
     local i
     stop_pid "-$FCGIWRAP_PID" KILL
-    { wait "$FCGIWRAP_PID"; } 2>/dev/null || true
     for i in "${!PIDS[@]}"; do
         [ "${PIDS[i]}" = "-$FCGIWRAP_PID" ] && unset 'PIDS[i]'
     done
