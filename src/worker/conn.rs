@@ -31,6 +31,28 @@ const PADDING: [u8; 8] = [0; 8];
 pub struct ConnBuffers {
     input: Box<[u8]>,
     output: Vec<u8>,
+    /// A grown output buffer was let go: its memory is free in the heap, not returned.
+    trim_pending: bool,
+}
+
+impl ConnBuffers {
+    /// Whether memory is waiting to be handed back (see `trim`).
+    pub fn trim_pending(&self) -> bool {
+        self.trim_pending
+    }
+
+    /// Hand freed heap memory back to the kernel: glibc keeps what a large response
+    /// left free, and an idle worker would carry it in its RSS. The worker calls this
+    /// when it has nothing else to do, so a run of large responses does not pay for it.
+    pub fn trim(&mut self) {
+        self.trim_pending = false;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
+        // preconditions, and this process is single-threaded.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
 }
 
 pub struct Conn {
@@ -41,6 +63,8 @@ pub struct Conn {
     /// The peer will send nothing more.
     pub eof: bool,
     output: Output,
+    /// Carried over from the buffers: memory still to be handed back.
+    trim_pending: bool,
 }
 
 /// Outcome of a non-blocking read.
@@ -70,19 +94,18 @@ impl Conn {
             end: 0,
             eof: false,
             output: Output::with_buffer(output),
+            trim_pending: buffers.trim_pending,
         }
     }
 
     /// Close the connection and hand its buffers back for the next one.
     pub fn into_buffers(self) -> ConnBuffers {
-        let mut output = self.output.into_buffer();
-        if output.capacity() > OUTPUT_KEEP_MAX {
-            output = Vec::new();
-            release_free_memory();
-        }
+        let output = self.output.into_buffer();
+        let grown = output.capacity() > OUTPUT_KEEP_MAX;
         ConnBuffers {
             input: self.input,
-            output,
+            output: if grown { Vec::new() } else { output },
+            trim_pending: self.trim_pending || grown,
         }
     }
 
@@ -232,17 +255,6 @@ impl Conn {
     }
 }
 
-/// Hand freed heap memory back to the kernel before the worker idles: glibc keeps what a
-/// large response left free, and an idle worker would carry it in its RSS.
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
-    // preconditions, and this process is single-threaded.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
 /// Read up to `max` bytes from `fd` onto the end of `buf`, into its spare capacity: a
 /// small response then costs a small read, not the zeroing of a whole record's room.
 fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> Result<usize, Errno> {
@@ -303,5 +315,12 @@ mod tests {
         conn.queue_stream(RecordType::Stdout, 1, &vec![0; 2 * OUTPUT_KEEP_MAX]);
         let buffers = conn.into_buffers();
         assert_eq!(buffers.output.capacity(), 0);
+        assert!(buffers.trim_pending());
+        // A pending trim outlives the next connection, however small its output.
+        let (c, _d) = UnixStream::pair().unwrap();
+        let mut buffers = Conn::new(OwnedFd::from(c), buffers).into_buffers();
+        assert!(buffers.trim_pending());
+        buffers.trim();
+        assert!(!buffers.trim_pending());
     }
 }

@@ -197,7 +197,18 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         if ctx.quit {
             return 0;
         }
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        // After a large response, look before sleeping: memory is handed back only once
+        // there is nothing else to do.
+        let timeout = if ctx.buffers.trim_pending() {
+            EpollTimeout::ZERO
+        } else {
+            EpollTimeout::NONE
+        };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(0) if timeout == EpollTimeout::ZERO => {
+                ctx.buffers.trim();
+                continue;
+            }
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
