@@ -58,7 +58,8 @@ pub fn spawn(
     if !dir.push(&[script.directory().as_os_str().as_bytes()]) {
         return Err(nul_error());
     }
-    let mut envp = StringBlock::default();
+    let size = env.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut envp = StringBlock::with_capacity(size, env.len());
     for (name, value) in env {
         let name = name.as_bytes();
         // What exec cannot carry is left out: an empty name, `=` in it, a NUL anywhere.
@@ -139,6 +140,14 @@ struct StringBlock {
 }
 
 impl StringBlock {
+    /// Room for `count` strings of `bytes` in all, terminators included.
+    fn with_capacity(bytes: usize, count: usize) -> StringBlock {
+        StringBlock {
+            bytes: Vec::with_capacity(bytes),
+            starts: Vec::with_capacity(count),
+        }
+    }
+
     /// Append the concatenation of `parts` as one string; false, adding nothing, if a
     /// part holds a NUL.
     fn push(&mut self, parts: &[&[u8]]) -> bool {
