@@ -412,6 +412,10 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.cgi.stderr = stderr_mode(v)?;
         Ok(())
     }),
+    pool("cgi.request_header_timeout", Implemented, |p, v, _| {
+        p.cgi.request_header_timeout = duration(v)?;
+        Ok(())
+    }),
 ];
 
 /// What a key means in a scope.
@@ -628,7 +632,12 @@ mod tests {
         for name in php_fpm_global.iter().chain(&php_fpm_pool) {
             assert!(names.contains(name), "{name} is missing");
         }
-        for ours in ["cgi.interpreter[]", "cgi.allowed_roots", "cgi.stderr"] {
+        for ours in [
+            "cgi.interpreter[]",
+            "cgi.allowed_roots",
+            "cgi.stderr",
+            "cgi.request_header_timeout",
+        ] {
             assert!(names.contains(ours), "{ours} is missing");
         }
     }
@@ -731,6 +740,7 @@ mod tests {
             (Scope::Pool, "php_flag[]"),
             (Scope::Pool, "php_admin_value[]"),
             (Scope::Pool, "php_admin_flag[]"),
+            (Scope::Pool, "cgi.request_header_timeout"),
         ]
         .into_iter()
         .collect();
@@ -931,6 +941,7 @@ mod tests {
             ("listen.mode", "0999"),
             ("security.limit_extensions", "php"),
             ("cgi.stderr", "stdout"),
+            ("cgi.request_header_timeout", "soon"),
             ("clear_env", "maybe"),
             ("access.format", "%x"),
             ("request_terminate_timeout", "1h30m"),

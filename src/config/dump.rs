@@ -229,6 +229,10 @@ impl Dump {
         let roots = (!roots.is_empty()).then(|| roots.join(" "));
         self.line("cgi.allowed_roots", or_undefined(roots));
         self.line("cgi.stderr", pool.cgi.stderr.as_str());
+        self.line(
+            "cgi.request_header_timeout",
+            seconds(pool.cgi.request_header_timeout),
+        );
     }
 }
 
@@ -279,6 +283,7 @@ mod tests {
         assert!(text.contains("php_admin_value[memory_limit] = 32M\n"));
         assert!(text.contains("cgi.interpreter[.x] = \"/opt/my app/run\" -q\n"));
         assert!(text.contains("cgi.stderr = fastcgi\n"));
+        assert!(text.contains("cgi.request_header_timeout = 30s\n"));
         assert!(text.contains("clear_env = yes\n"));
         let www = text.find("[www]").unwrap_or(0);
         let listen = text[www..].find("\nlisten = ").unwrap_or(0);

@@ -240,6 +240,10 @@ pub struct CgiConfig {
     /// Canonical directories scripts must lie under; empty means anywhere.
     pub allowed_roots: Vec<PathBuf>,
     pub stderr: StderrMode,
+    /// `cgi.request_header_timeout`: how long the web server may take to send a request's
+    /// head (BEGIN_REQUEST and the params) on a new connection, or once a kept connection
+    /// has started one. Zero: no limit.
+    pub request_header_timeout: Duration,
 }
 
 /// `php_value[]`, `php_flag[]`, `php_admin_value[]`, `php_admin_flag[]`.
@@ -384,6 +388,7 @@ impl PoolConfig {
                 interpreters: Vec::new(),
                 allowed_roots: Vec::new(),
                 stderr: StderrMode::Fastcgi,
+                request_header_timeout: Duration::from_secs(30),
             },
         }
     }

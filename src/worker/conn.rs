@@ -5,7 +5,7 @@ use super::output::Output;
 use crate::fastcgi::record::{HEADER_LEN, RecordType, header, parse_record};
 use crate::fastcgi::{Event, ProtocolError, Session};
 use nix::errno::Errno;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Room for one maximal record (header, 65535 content bytes, 255 padding) and then some,
 /// so a full record always fits once the buffer is compacted.
@@ -15,7 +15,45 @@ const INPUT_CAPACITY: usize = 128 * 1024;
 /// full records need no padding.
 pub const OUTPUT_CHUNK: usize = 65528;
 
+/// Room for one full output record: what the output queue starts with.
+const OUTPUT_CAPACITY: usize = HEADER_LEN + OUTPUT_CHUNK + 64;
+
+/// An output buffer larger than this at the end of a connection (it grew holding a
+/// response) is let go rather than kept.
+const OUTPUT_KEEP_MAX: usize = 4 * OUTPUT_CAPACITY;
+
 const PADDING: [u8; 8] = [0; 8];
+
+/// A connection's buffers, which the worker keeps from one connection to the next:
+/// allocating and zeroing them per connection was a measurable part of a small
+/// request's cost (see BENCHMARKS.md).
+#[derive(Default)]
+pub struct ConnBuffers {
+    input: Box<[u8]>,
+    output: Vec<u8>,
+    /// A grown output buffer was let go: its memory is free in the heap, not returned.
+    trim_pending: bool,
+}
+
+impl ConnBuffers {
+    /// Whether memory is waiting to be handed back (see `trim`).
+    pub fn trim_pending(&self) -> bool {
+        self.trim_pending
+    }
+
+    /// Hand freed heap memory back to the kernel: glibc keeps what a large response
+    /// left free, and an idle worker would carry it in its RSS. The worker calls this
+    /// when it has nothing else to do, so a run of large responses does not pay for it.
+    pub fn trim(&mut self) {
+        self.trim_pending = false;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
+        // preconditions, and this process is single-threaded.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
+}
 
 pub struct Conn {
     fd: OwnedFd,
@@ -25,6 +63,8 @@ pub struct Conn {
     /// The peer will send nothing more.
     pub eof: bool,
     output: Output,
+    /// Carried over from the buffers: memory still to be handed back.
+    trim_pending: bool,
 }
 
 /// Outcome of a non-blocking read.
@@ -38,14 +78,34 @@ pub enum Fill {
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd) -> Conn {
+    /// A connection on `fd` using `buffers` (empty ones are allocated here).
+    pub fn new(fd: OwnedFd, buffers: ConnBuffers) -> Conn {
+        let input = if buffers.input.len() == INPUT_CAPACITY {
+            buffers.input
+        } else {
+            vec![0; INPUT_CAPACITY].into_boxed_slice()
+        };
+        let mut output = buffers.output;
+        output.reserve(OUTPUT_CAPACITY);
         Conn {
             fd,
-            input: vec![0; INPUT_CAPACITY].into_boxed_slice(),
+            input,
             start: 0,
             end: 0,
             eof: false,
-            output: Output::with_capacity(HEADER_LEN + OUTPUT_CHUNK + 64),
+            output: Output::with_buffer(output),
+            trim_pending: buffers.trim_pending,
+        }
+    }
+
+    /// Close the connection and hand its buffers back for the next one.
+    pub fn into_buffers(self) -> ConnBuffers {
+        let output = self.output.into_buffer();
+        let grown = output.capacity() > OUTPUT_KEEP_MAX;
+        ConnBuffers {
+            input: self.input,
+            output: if grown { Vec::new() } else { output },
+            trim_pending: self.trim_pending || grown,
         }
     }
 
@@ -188,9 +248,10 @@ impl Conn {
     ) -> Result<usize, Errno> {
         let output = self.output.buffer();
         let at = output.len();
-        output.resize(at + HEADER_LEN + OUTPUT_CHUNK, 0);
+        // The header's place; it is written once the content length is known.
+        output.extend_from_slice(&[0; HEADER_LEN]);
         let result = loop {
-            match nix::unistd::read(source, &mut output[at + HEADER_LEN..]) {
+            match read_append(source, output, OUTPUT_CHUNK) {
                 Err(Errno::EINTR) => continue,
                 other => break other,
             }
@@ -200,7 +261,6 @@ impl Conn {
                 observe(&output[at + HEADER_LEN..at + HEADER_LEN + n]);
                 let (head, padding) = header(record_type, request_id, n);
                 output[at..at + HEADER_LEN].copy_from_slice(&head);
-                output.truncate(at + HEADER_LEN + n);
                 output.extend_from_slice(&PADDING[..padding]);
                 Ok(n)
             }
@@ -214,5 +274,75 @@ impl Conn {
     /// Write as much queued output as the socket takes. `Ok(true)` once all is written.
     pub fn flush(&mut self) -> Result<bool, Errno> {
         self.output.flush(self.fd.as_fd())
+    }
+}
+
+/// Read up to `max` bytes from `fd` onto the end of `buf`, into its spare capacity: a
+/// small response then costs a small read, not the zeroing of a whole record's room.
+fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> Result<usize, Errno> {
+    buf.reserve(max);
+    let spare = &mut buf.spare_capacity_mut()[..max];
+    // SAFETY: `spare` is `max` bytes of memory this Vec owns (reserved above); read(2)
+    // writes at most `max` bytes into it and touches nothing else.
+    let n = unsafe { nix::libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), max) };
+    let n = Errno::result(n)? as usize;
+    // SAFETY: read(2) initialised the first `n` (≤ `max`) bytes after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn read_append_appends_what_was_read_and_nothing_more() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"hello").unwrap();
+        let mut buf = b"ab".to_vec();
+        assert_eq!(read_append(b.as_fd(), &mut buf, 100), Ok(5));
+        assert_eq!(buf, b"abhello");
+        a.write_all(b"0123456789").unwrap();
+        assert_eq!(read_append(b.as_fd(), &mut buf, 4), Ok(4));
+        assert_eq!(buf, b"abhello0123");
+        drop(a);
+        assert_eq!(read_append(b.as_fd(), &mut buf, 100), Ok(6));
+        assert_eq!(read_append(b.as_fd(), &mut buf, 100), Ok(0));
+        assert_eq!(buf, b"abhello0123456789");
+    }
+
+    #[test]
+    fn buffers_come_back_empty_and_are_reused() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(OwnedFd::from(a), ConnBuffers::default());
+        conn.queue_record(RecordType::Stdout, 1, b"data");
+        let input_ptr = conn.input.as_ptr();
+        let buffers = conn.into_buffers();
+        let (c, _d) = UnixStream::pair().unwrap();
+        let conn = Conn::new(OwnedFd::from(c), buffers);
+        assert_eq!(conn.input.as_ptr(), input_ptr, "the input buffer is reused");
+        assert!(
+            !conn.has_output(),
+            "no output carries over to the next connection"
+        );
+    }
+
+    #[test]
+    fn a_grown_output_buffer_is_let_go() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(OwnedFd::from(a), ConnBuffers::default());
+        conn.hold_output();
+        conn.queue_stream(RecordType::Stdout, 1, &vec![0; 2 * OUTPUT_KEEP_MAX]);
+        let buffers = conn.into_buffers();
+        assert_eq!(buffers.output.capacity(), 0);
+        assert!(buffers.trim_pending());
+        // A pending trim outlives the next connection, however small its output.
+        let (c, _d) = UnixStream::pair().unwrap();
+        let mut buffers = Conn::new(OwnedFd::from(c), buffers).into_buffers();
+        assert!(buffers.trim_pending());
+        buffers.trim();
+        assert!(!buffers.trim_pending());
     }
 }

@@ -18,7 +18,7 @@ use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
 use crate::isolation::{self, Privileges};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
-use conn::{Conn, Fill};
+use conn::{Conn, ConnBuffers, Fill};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{SockFlag, accept4};
@@ -30,9 +30,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How long a web server may take to send a request's head (BEGIN_REQUEST and params)
-/// once it has started: a client that trickles bytes cannot hold a worker forever.
-const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long we try to deliver a refusal before giving up on a misbehaving peer.
 const REFUSAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,6 +90,8 @@ pub struct WorkerCtx<'a> {
     status_only: bool,
     /// The request being read has been published in the slot.
     request_begun: bool,
+    /// Connection buffers kept between connections.
+    buffers: ConnBuffers,
 }
 
 impl WorkerCtx<'_> {
@@ -196,6 +195,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         status_source: spec.status_source,
         status_only: spec.status_only,
         request_begun: false,
+        buffers: ConnBuffers::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -296,7 +296,18 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         if ctx.quit {
             return 0;
         }
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        // After a large response, look before sleeping: memory is handed back only once
+        // there is nothing else to do.
+        let timeout = if ctx.buffers.trim_pending() {
+            EpollTimeout::ZERO
+        } else {
+            EpollTimeout::NONE
+        };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(0) if timeout == EpollTimeout::ZERO => {
+                ctx.buffers.trim();
+                continue;
+            }
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -357,11 +368,19 @@ enum ConnEnd {
 
 /// Serve requests on one connection until it closes or is not kept.
 fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
-    let mut conn = Conn::new(fd);
+    let mut conn = Conn::new(fd, std::mem::take(&mut ctx.buffers));
+    let end = serve_requests(&mut conn, ctx);
+    ctx.buffers = conn.into_buffers();
+    end
+}
+
+fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
     let mut session = Session::new(ctx.values, Limits::default());
     let mut fresh = true;
     loop {
-        let request = match read_request(&mut conn, &mut session, ctx, fresh) {
+        let head = read_request(conn, &mut session, ctx, fresh);
+        fresh = false;
+        let request = match head {
             Head::Request(r) => r,
             Head::Closed => {
                 ctx.request_begun = false;
@@ -370,15 +389,14 @@ fn serve_connection(fd: OwnedFd, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
             Head::Terminate => return ConnEnd::Exit,
         };
         let keep_conn = request.keep_conn;
-        fresh = false;
         ctx.begin_request();
         ctx.slot()
             .set_request_info(&account::request_info(&request.params));
         let before = account::Usage::now();
         let page = status::page_for(&request, ctx);
         let outcome = match page {
-            Some(page) => status::answer(&mut conn, &mut session, &request, page, ctx),
-            None => request::serve(&mut conn, &mut session, request, ctx),
+            Some(page) => status::answer(conn, &mut session, &request, page, ctx),
+            None => request::serve(conn, &mut session, request, ctx),
         };
         session.finish();
         let (cpu_us, memory) = before.since(&account::Usage::now());
@@ -420,17 +438,20 @@ enum Head {
 /// Read until a request's params are complete, answering management records and
 /// refusing what we do not serve along the way.
 ///
-/// On a `fresh` connection the web server is about to send a request: the head deadline
-/// runs from the accept, and a QUIT does not close it (that would fail a request that is
-/// already on its way). A kept connection between requests may be idle for long; there the
-/// deadline runs from the first byte, and a QUIT closes it.
+/// The head must arrive within `cgi.request_header_timeout`, counted from the accept on
+/// a `fresh` connection (a client that connects and sends nothing is cut off too), and
+/// from the first byte of the next request on a kept one: an idle kept connection is the
+/// web server's to hold. A QUIT does not close a fresh connection (that would fail a
+/// request already on its way); it closes a kept one between requests.
 fn read_request(
     conn: &mut Conn,
     session: &mut Session,
     ctx: &mut WorkerCtx<'_>,
     fresh: bool,
 ) -> Head {
-    let mut deadline: Option<Instant> = fresh.then(|| Instant::now() + REQUEST_HEAD_TIMEOUT);
+    let limit = ctx.pool.cgi.request_header_timeout;
+    let mut started = false;
+    let mut deadline: Option<Instant> = None;
     loop {
         match conn.next_event(session) {
             Ok(Some(Event::Request(request))) => return Head::Request(request),
@@ -459,9 +480,11 @@ fn read_request(
         if conn.has_output() && conn.flush().is_err() {
             return Head::Closed;
         }
+        if !started && (fresh || conn.buffered_input() > 0 || !session.is_idle()) {
+            started = true;
+            deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
+        }
         if conn.buffered_input() > 0 || !session.is_idle() {
-            // On a kept connection the head deadline starts with its first byte.
-            deadline.get_or_insert_with(|| Instant::now() + REQUEST_HEAD_TIMEOUT);
             ctx.begin_request();
         }
         let timeout = match deadline {
@@ -470,10 +493,10 @@ fn read_request(
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     log::warn!(
-                        "[pool {}] child {}, the web server did not send a complete request within {}s; closing the connection",
+                        "[pool {}] child {}, the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
                         ctx.pool.name,
                         std::process::id(),
-                        REQUEST_HEAD_TIMEOUT.as_secs()
+                        limit.as_secs()
                     );
                     return Head::Closed;
                 }

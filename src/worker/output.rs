@@ -39,11 +39,19 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn with_capacity(n: usize) -> Output {
+    /// An output queue appending to `mem` (emptied first), so a worker can reuse one
+    /// allocation for all its connections.
+    pub fn with_buffer(mut mem: Vec<u8>) -> Output {
+        mem.clear();
         Output {
-            mem: Vec::with_capacity(n),
+            mem,
             ..Output::default()
         }
+    }
+
+    /// The in-memory buffer back, for the next connection. Any spool is dropped.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.mem
     }
 
     /// The in-memory tail, for encoders that append to it.
