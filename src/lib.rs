@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod listen_queue;
 pub mod logging;
 pub mod master;
+pub mod parking;
 pub mod scoreboard;
 pub mod status;
 pub mod systemd;

@@ -70,6 +70,8 @@ pub struct PoolCounters {
     pub max_listen_queue: AtomicU32,
     /// When the pool started, in microseconds since the Unix epoch.
     pub start_time_us: AtomicU64,
+    /// Parked kept connections workers took from the master (see `parking`).
+    pub handoffs_taken: AtomicU64,
 }
 
 /// Bytes kept of a request's method.

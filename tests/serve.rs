@@ -585,3 +585,61 @@ fn a_second_instance_refuses_a_socket_in_use() {
         200
     );
 }
+
+/// An idle kept connection waits with the master, not in a worker: with a single worker,
+/// a client that keeps its connection open does not stop another from being served, and
+/// its own next request is still answered.
+#[test]
+fn an_idle_kept_connection_does_not_hold_the_only_worker() {
+    let fpm = Fpm::start(1, "");
+    let hello = examples_dir().join("hello.sh").display().to_string();
+    let params = |q: &'static str| {
+        vec![
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_FILENAME", hello.as_str()),
+            ("QUERY_STRING", q),
+        ]
+    };
+    let mut kept = fpm.client();
+    let r = kept
+        .request(&params("first"), b"", true)
+        .expect("first request");
+    assert!(String::from_utf8_lossy(r.body()).contains("query=first"));
+    // The kept connection now idles. Another client, on its own connection, is served
+    // by the only worker meanwhile (without parking it would wait for ever).
+    for i in 0..3 {
+        let mut other =
+            common::Client::connect(&fpm.address, Duration::from_secs(5)).expect("connect");
+        let r = other
+            .request(&params("other"), b"", false)
+            .unwrap_or_else(|e| panic!("request {i} while a connection idles: {e}"));
+        assert!(String::from_utf8_lossy(r.body()).contains("query=other"));
+    }
+    // The parked connection's next requests are handed to a worker and answered.
+    for q in ["second", "third"] {
+        let r = kept.request(&params(q), b"", true).expect("kept request");
+        assert!(String::from_utf8_lossy(r.body()).contains(&format!("query={q}")));
+    }
+    // And one that ends the connection closes it.
+    kept.request(&params("last"), b"", false).expect("last");
+    assert!(kept.is_closed());
+}
+
+/// A web server that closes an idle kept connection leaves nothing behind in the master.
+#[test]
+fn closed_parked_connections_are_released() {
+    let fpm = Fpm::start(2, "");
+    let hello = examples_dir().join("hello.sh").display().to_string();
+    let baseline = common::open_fds(fpm.pid());
+    for _ in 0..50 {
+        let mut c = fpm.client();
+        c.request(&[("SCRIPT_FILENAME", &hello)], b"", true)
+            .expect("request");
+        drop(c);
+    }
+    wait_until(
+        "the master holds no parked connection",
+        Duration::from_secs(5),
+        || common::open_fds(fpm.pid()) == baseline,
+    );
+}

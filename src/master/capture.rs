@@ -8,8 +8,7 @@ use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-/// Tokens for capture pipes start here, clear of the master's other event sources.
-const FIRST_TOKEN: usize = 1 << 20;
+use super::CAPTURE_TOKENS;
 
 struct Pipe {
     fd: OwnedFd,
@@ -74,7 +73,7 @@ pub fn pipes() -> Result<(MasterEnds, WorkerEnds), Errno> {
 
 impl Capture {
     pub fn is_capture(token: Token) -> bool {
-        token.0 >= FIRST_TOKEN
+        CAPTURE_TOKENS.contains(&token.0)
     }
 
     pub fn add(
@@ -86,8 +85,8 @@ impl Capture {
         decorate: bool,
     ) {
         for (fd, stream) in [(ends.stdout, "stdout"), (ends.stderr, "stderr")] {
-            let token = Token(FIRST_TOKEN + self.next);
-            self.next = self.next.wrapping_add(1) % (usize::MAX - FIRST_TOKEN);
+            let token = Token(CAPTURE_TOKENS.start + self.next);
+            self.next = (self.next + 1) % CAPTURE_TOKENS.len();
             if let Err(e) =
                 registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
             {

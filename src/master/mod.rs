@@ -7,6 +7,7 @@ mod emergency;
 mod inherit;
 mod listener;
 mod logs;
+mod lot;
 mod pm;
 mod reload;
 
@@ -19,6 +20,7 @@ use capture::Capture;
 use emergency::{EMERGENCY_ENV, Emergency, Verdict};
 use listener::Listener;
 use logs::PoolLogs;
+use lot::{Channels, Lot, LotEvent};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
@@ -35,7 +37,13 @@ use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// The master's event tokens, one range per kind of source so that none can be taken
+/// for another: signals; pool listening sockets (by pool index); catch_workers_output
+/// pipes; parking channels (by pool index); parked connections.
 const SIGNALS: Token = Token(0);
+const CAPTURE_TOKENS: std::ops::Range<usize> = 1 << 20..1 << 30;
+const CHANNEL_TOKENS: std::ops::Range<usize> = 1 << 30..1 << 31;
+const PARKED_TOKENS: std::ops::Range<usize> = 1 << 31..1 << 62;
 
 /// The signals the master acts on. Workers reset them (they must not run the master's
 /// handlers), and a reload blocks them across its exec.
@@ -143,6 +151,9 @@ pub struct Master {
     reload_requested: bool,
     /// process.max was in the way of a spawn; logged once until it no longer is.
     process_max_reached: bool,
+    /// Each pool's channels for idle kept connections (none for status pools), by index.
+    channels: Vec<Option<Channels>>,
+    lot: Lot,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -253,6 +264,20 @@ impl Master {
         };
         let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
             .map_or(TICK, |(every, _)| every);
+        let channels = pools
+            .iter()
+            .map(|p| match p.kind {
+                PoolKind::Status { .. } => None,
+                PoolKind::Workers => Channels::new()
+                    .map_err(|e| {
+                        log::warn!(
+                            "[pool {}] cannot make the channels for idle kept connections ({e}); they will hold workers",
+                            p.name
+                        )
+                    })
+                    .ok(),
+            })
+            .collect();
         let config_emergency = (
             config.global.emergency_restart_threshold,
             config.global.emergency_restart_interval,
@@ -275,6 +300,8 @@ impl Master {
             emergency: Emergency::from_environment(config_emergency.0, config_emergency.1),
             reload_requested: false,
             process_max_reached: false,
+            channels,
+            lot: Lot::new(lot_capacity()),
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -317,6 +344,13 @@ impl Master {
             Some(&reload::master_signals()),
             None,
         );
+        for (index, channels) in self.channels.iter().enumerate() {
+            if let Some(ch) = channels
+                && let Err(e) = ch.register(self.poll.registry(), index)
+            {
+                log::warn!("cannot watch the channel for idle kept connections: {e}");
+            }
+        }
         // ondemand pools start workers when connections arrive.
         for (index, pool) in self.pools.iter().enumerate() {
             if pool.settings.pm != ProcessManager::Ondemand {
@@ -369,8 +403,22 @@ impl Master {
                 let token = event.token();
                 if Capture::is_capture(token) {
                     self.capture.on_readable(self.poll.registry(), token);
-                } else if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
-                    readable.insert(index);
+                    continue;
+                }
+                match self
+                    .lot
+                    .on_event(self.poll.registry(), token, &mut self.channels)
+                {
+                    LotEvent::HandedOut { pool } => {
+                        // A worker may need starting for it (ondemand).
+                        readable.insert(pool);
+                    }
+                    LotEvent::Parked => {}
+                    LotEvent::None => {
+                        if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
+                            readable.insert(index);
+                        }
+                    }
                 }
             }
             for signal in signals.pending() {
@@ -688,10 +736,19 @@ impl Master {
                 });
             }
         }
+        // Kept connections handed out but not taken yet wait like queued ones.
+        let handoffs = self.channels[index].as_ref().map_or(0, |ch| {
+            let taken = pool
+                .scoreboard
+                .counters()
+                .handoffs_taken
+                .load(Ordering::Relaxed);
+            ch.handed_out.saturating_sub(taken) as u32
+        });
         let queued = match pool.settings.pm {
             ProcessManager::Static => None,
             ProcessManager::Dynamic | ProcessManager::Ondemand => {
-                pool.queue_figures().map(|f| f.queued)
+                Some(pool.queue_figures().map_or(0, |f| f.queued) + handoffs)
             }
         };
         let figures = Figures {
@@ -871,6 +928,7 @@ impl Master {
                 privileges,
                 status_source,
                 status_only: matches!(pool.kind, PoolKind::Status { .. }),
+                parking: self.channels[index].as_ref().map(Channels::for_worker),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
@@ -1056,6 +1114,14 @@ impl SystemdReport {
         crate::systemd::status(&line, self.watchdog);
         self.next = now + self.every;
     }
+}
+
+/// How many idle kept connections the master holds at most: each costs it a descriptor.
+fn lot_capacity() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    (soft / 2).clamp(64, 8192) as usize
 }
 
 fn describe_status(status: WaitStatus) -> String {

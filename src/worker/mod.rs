@@ -55,6 +55,17 @@ pub struct WorkerSpec<'a> {
     pub status_source: StatusSource<'a>,
     /// A `pm.status_listen` worker: it answers status and ping only.
     pub status_only: bool,
+    /// The pool's channels for idle kept connections (see `parking`).
+    pub parking: Option<Parking>,
+}
+
+/// A worker's ends of its pool's parking channels.
+#[derive(Debug, Clone, Copy)]
+pub struct Parking {
+    /// Where the worker sends an idle kept connection.
+    pub park: RawFd,
+    /// Where the master hands out parked connections that have a request waiting.
+    pub handoff: RawFd,
 }
 
 /// Where a status page's figures come from.
@@ -90,6 +101,7 @@ pub struct WorkerCtx<'a> {
     status_only: bool,
     /// The request being read has been published in the slot.
     request_begun: bool,
+    parking: Option<Parking>,
     /// Connection buffers kept between connections.
     buffers: ConnBuffers,
 }
@@ -155,6 +167,9 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     if let Some((out, err)) = spec.output_pipes {
         keep.extend([out, err]);
     }
+    if let Some(parking) = spec.parking {
+        keep.extend([parking.park, parking.handoff]);
+    }
     close_inherited_fds(&keep);
     set_up_stdio(spec.output_pipes);
     set_process_name(&spec.pool.name);
@@ -195,6 +210,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         status_source: spec.status_source,
         status_only: spec.status_only,
         request_begun: false,
+        parking: spec.parking,
         buffers: ConnBuffers::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
@@ -267,6 +283,7 @@ fn set_process_name(pool: &str) {
 fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
     const LISTENER: u64 = 1;
     const SIGNALS: u64 = 2;
+    const HANDOFF: u64 = 3;
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(e) => e,
         Err(e) => {
@@ -286,11 +303,21 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
             )
         });
+    // Like the listener: one idle worker is woken per handed-out connection.
+    let registered = registered.and_then(|()| match ctx.parking {
+        // SAFETY: the master keeps the channel open for the worker's lifetime.
+        Some(p) => epoll.add(
+            unsafe { BorrowedFd::borrow_raw(p.handoff) },
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, HANDOFF),
+        ),
+        None => Ok(()),
+    });
     if let Err(e) = registered {
         log::error!("[pool {}] epoll_ctl failed: {e}", ctx.pool.name);
         return 71;
     }
-    let mut events = [EpollEvent::empty(); 2];
+    let mut events = [EpollEvent::empty(); 3];
+    let mut handoff_turn = true;
     loop {
         ctx.slot().set_state(WorkerState::Idle);
         if ctx.quit {
@@ -325,6 +352,21 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
             }
         }
         let listener_ready = events[..n].iter().any(|e| e.data() == LISTENER);
+        let handoff_ready = events[..n].iter().any(|e| e.data() == HANDOFF);
+        // With both a kept connection handed out and a new one waiting, take turns:
+        // either kind always first would starve the other under steady load.
+        let take_handoff_now = handoff_ready && (!listener_ready || handoff_turn);
+        if listener_ready && handoff_ready {
+            handoff_turn = !handoff_turn;
+        }
+        if take_handoff_now && let Some(fd) = take_handoff(ctx, &epoll) {
+            // A request is already waiting on it: serve it as a new connection's.
+            ctx.slot().set_state(WorkerState::Reading);
+            if serve_connection(fd, ctx) == ConnEnd::Exit {
+                return 0;
+            }
+            continue;
+        }
         // A quitting worker still takes the connection it was woken for: with
         // EPOLLEXCLUSIVE no other worker was woken for it.
         if ctx.quit && !listener_ready {
@@ -356,6 +398,51 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         ctx.slot().set_state(WorkerState::Reading);
         if serve_connection(fd, ctx) == ConnEnd::Exit {
             return 0;
+        }
+    }
+}
+
+/// A parked connection the master handed out, if this worker got it.
+fn take_handoff(ctx: &mut WorkerCtx<'_>, epoll: &Epoll) -> Option<OwnedFd> {
+    let parking = ctx.parking?;
+    // SAFETY: the master keeps the channel open for the worker's lifetime.
+    let channel = unsafe { BorrowedFd::borrow_raw(parking.handoff) };
+    match crate::parking::receive(channel) {
+        Ok(crate::parking::Received::Fd(fd)) => {
+            ctx.scoreboard
+                .counters()
+                .handoffs_taken
+                .fetch_add(1, Ordering::Relaxed);
+            Some(fd)
+        }
+        Ok(crate::parking::Received::Empty) => None,
+        // The master that made the channel is gone (a reload re-executed it): this
+        // worker is finishing, and parks nothing more.
+        Ok(crate::parking::Received::Closed) | Err(_) => {
+            let _ = epoll.delete(channel);
+            ctx.parking = None;
+            None
+        }
+    }
+}
+
+/// Hand an idle kept connection to the master; false if that is not possible (the
+/// caller keeps it).
+fn park(ctx: &WorkerCtx<'_>, conn: &Conn) -> bool {
+    let Some(parking) = ctx.parking else {
+        return false;
+    };
+    // SAFETY: the master keeps the channel open for the worker's lifetime.
+    let channel = unsafe { BorrowedFd::borrow_raw(parking.park) };
+    match crate::parking::send(channel, conn.fd()) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!(
+                "[pool {}] child {}, cannot park a kept connection: {e}",
+                ctx.pool.name,
+                std::process::id()
+            );
+            false
         }
     }
 }
@@ -410,20 +497,35 @@ fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
         ctx.slot()
             .end_request(crate::scoreboard::now_us(), cpu_us, memory);
         ctx.request_begun = false;
-        if ctx.served_enough() {
+        let leaving = ctx.served_enough();
+        if leaving {
             log::debug!(
                 "[pool {}] child {} has served pm.max_requests ({}); exiting",
                 ctx.pool.name,
                 std::process::id(),
                 ctx.pool.pm_max_requests
             );
-            return ConnEnd::Exit;
         }
+        let end = if leaving {
+            ConnEnd::Exit
+        } else {
+            ConnEnd::Continue
+        };
         match outcome {
             Outcome::Terminate => return ConnEnd::Exit,
-            Outcome::Close => return ConnEnd::Continue,
-            Outcome::Answered { keep_conn: true } if keep_conn && !ctx.quit => continue,
-            Outcome::Answered { .. } => return ConnEnd::Continue,
+            Outcome::Close => return end,
+            Outcome::Answered { keep_conn: true } if keep_conn => {
+                // Idle kept connections wait with the master, not here, so they never
+                // pin a worker; one that is leaving hands its connection on as well.
+                if conn.buffered_input() == 0 && park(ctx, conn) {
+                    return end;
+                }
+                if leaving || ctx.quit {
+                    return end;
+                }
+                continue;
+            }
+            Outcome::Answered { .. } => return end,
         }
     }
 }

@@ -1,0 +1,193 @@
+//! The master's side of parking idle kept connections (see `crate::parking`): it receives
+//! them from workers, watches them in its event loop without ever reading them, and hands
+//! each to the pool's idle workers once the web server sends the next request on it.
+
+use crate::parking::{self, Received};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::sys::socket::{MsgFlags, recv};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use super::{CHANNEL_TOKENS, PARKED_TOKENS};
+
+/// One pool's two channels: the master's ends and the ends its workers inherit.
+pub struct Channels {
+    park_rx: OwnedFd,
+    handoff_tx: OwnedFd,
+    worker_park: OwnedFd,
+    worker_handoff: OwnedFd,
+    /// Connections handed out; workers count those they took (pending = the difference).
+    pub handed_out: u64,
+}
+
+impl Channels {
+    pub fn new() -> nix::Result<Channels> {
+        let (park_rx, worker_park) = parking::channel()?;
+        let (handoff_tx, worker_handoff) = parking::channel()?;
+        Ok(Channels {
+            park_rx,
+            handoff_tx,
+            worker_park,
+            worker_handoff,
+            handed_out: 0,
+        })
+    }
+
+    pub fn for_worker(&self) -> crate::worker::Parking {
+        crate::worker::Parking {
+            park: self.worker_park.as_raw_fd(),
+            handoff: self.worker_handoff.as_raw_fd(),
+        }
+    }
+
+    pub fn register(&self, registry: &Registry, pool: usize) -> std::io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.park_rx.as_raw_fd()),
+            Token(CHANNEL_TOKENS.start + pool),
+            Interest::READABLE,
+        )
+    }
+}
+
+struct Parked {
+    fd: OwnedFd,
+    pool: usize,
+}
+
+/// What an event on a parking token asks of the master.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LotEvent {
+    /// Not a parking token.
+    None,
+    /// Workers parked connections: nothing more to do.
+    Parked,
+    /// A connection was handed to the pool's workers (it may need a worker started).
+    HandedOut { pool: usize },
+}
+
+pub struct Lot {
+    parked: HashMap<Token, Parked>,
+    /// Oldest first, to make room when full; may hold tokens already gone.
+    order: VecDeque<Token>,
+    next: usize,
+    capacity: usize,
+}
+
+impl Lot {
+    /// At most `capacity` parked connections (they cost the master a descriptor each);
+    /// beyond that the oldest is closed, which nginx takes as a closed idle connection.
+    pub fn new(capacity: usize) -> Lot {
+        Lot {
+            parked: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Handle an event on `token`, if it is a parking one.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        channels: &mut [Option<Channels>],
+    ) -> LotEvent {
+        if PARKED_TOKENS.contains(&token.0) {
+            return self.on_parked_ready(registry, token, channels);
+        }
+        if CHANNEL_TOKENS.contains(&token.0)
+            && let pool = token.0 - CHANNEL_TOKENS.start
+            && pool < channels.len()
+        {
+            self.receive(registry, pool, channels);
+            return LotEvent::Parked;
+        }
+        LotEvent::None
+    }
+
+    /// Take every connection workers have sent, and watch each.
+    fn receive(&mut self, registry: &Registry, pool: usize, channels: &[Option<Channels>]) {
+        let Some(ch) = channels.get(pool).and_then(Option::as_ref) else {
+            return;
+        };
+        loop {
+            let fd = match parking::receive(ch.park_rx.as_fd()) {
+                Ok(Received::Fd(fd)) => fd,
+                Ok(Received::Empty) | Ok(Received::Closed) => return,
+                Err(e) => {
+                    log::debug!("receiving a parked connection failed: {e}");
+                    return;
+                }
+            };
+            if self.parked.len() >= self.capacity {
+                self.evict_oldest(registry);
+            }
+            let token = Token(PARKED_TOKENS.start + self.next);
+            self.next = (self.next + 1) % PARKED_TOKENS.len();
+            // Registering a descriptor that is readable already reports it at once, so a
+            // request that arrived on the way here is not missed.
+            if registry
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.parked.insert(token, Parked { fd, pool });
+            self.order.push_back(token);
+            // `order` keeps tokens of connections gone since; drop them now and then.
+            if self.order.len() > 2 * self.capacity {
+                let parked = &self.parked;
+                self.order.retain(|t| parked.contains_key(t));
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, registry: &Registry) {
+        while let Some(oldest) = self.order.pop_front() {
+            if let Some(old) = self.parked.remove(&oldest) {
+                let _ = registry.deregister(&mut SourceFd(&old.fd.as_raw_fd()));
+                return;
+            }
+        }
+    }
+
+    /// A parked connection woke: closed by the web server (forget it), or a request
+    /// arrived (hand it out).
+    fn on_parked_ready(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        channels: &mut [Option<Channels>],
+    ) -> LotEvent {
+        let Some(parked) = self.parked.remove(&token) else {
+            return LotEvent::None;
+        };
+        let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
+        let mut probe = [0u8; 1];
+        match recv(
+            parked.fd.as_raw_fd(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) if n > 0 => {}
+            // Closed (0) or broken: it is done with.
+            Ok(_) | Err(_) => return LotEvent::Parked,
+        }
+        let Some(ch) = channels.get_mut(parked.pool).and_then(Option::as_mut) else {
+            return LotEvent::Parked;
+        };
+        match parking::send(ch.handoff_tx.as_fd(), parked.fd.as_fd()) {
+            Ok(()) => {
+                ch.handed_out += 1;
+                LotEvent::HandedOut { pool: parked.pool }
+            }
+            Err(e) => {
+                // Closing it is what nginx expects of an upstream that cannot go on: it
+                // retries the request on a new connection.
+                log::warn!("cannot hand a kept connection to a worker: {e}; closing it");
+                LotEvent::Parked
+            }
+        }
+    }
+}
