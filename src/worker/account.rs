@@ -1,10 +1,8 @@
 //! What a worker publishes about each request in its scoreboard slot: the request's
-//! identity (from its params) and what it cost.
+//! identity, from its params (what it cost comes from the CGI child's wait4).
 
 use crate::fastcgi::Params;
 use crate::scoreboard::RequestInfo;
-use nix::sys::resource::{UsageWho, getrusage};
-use nix::sys::time::TimeVal;
 
 /// The status page's view of a request.
 pub fn request_info(params: &Params) -> RequestInfo {
@@ -81,42 +79,6 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// CPU time and peak memory, read before and after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    cpu_us: u64,
-    children_max_rss: u64,
-}
-
-fn micros(t: TimeVal) -> u64 {
-    (t.tv_sec().max(0) as u64) * 1_000_000 + t.tv_usec().max(0) as u64
-}
-
-impl Usage {
-    /// The worker's own CPU time plus its reaped CGI children's.
-    pub fn now() -> Usage {
-        let mut usage = Usage::default();
-        if let Ok(me) = getrusage(UsageWho::RUSAGE_SELF) {
-            usage.cpu_us += micros(me.user_time()) + micros(me.system_time());
-        }
-        if let Ok(children) = getrusage(UsageWho::RUSAGE_CHILDREN) {
-            usage.cpu_us += micros(children.user_time()) + micros(children.system_time());
-            usage.children_max_rss = children.max_rss().max(0) as u64 * 1024;
-        }
-        usage
-    }
-
-    /// CPU microseconds since `self`, and the CGI child's peak resident memory in bytes.
-    /// The kernel keeps only the largest child's peak, so when the last child used less
-    /// than an earlier one, the figure is that earlier peak: an upper bound.
-    pub fn since(&self, later: &Usage) -> (u64, u64) {
-        (
-            later.cpu_us.saturating_sub(self.cpu_us),
-            later.children_max_rss.max(self.children_max_rss),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,17 +132,5 @@ mod tests {
         assert_eq!(base64_decode(b"").unwrap(), b"");
         assert!(base64_decode(b"Y").is_none());
         assert!(base64_decode(b"Y*==").is_none());
-    }
-
-    #[test]
-    fn usage_grows() {
-        let before = Usage::now();
-        let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        std::hint::black_box(x);
-        let (cpu, _) = before.since(&Usage::now());
-        assert!(cpu < 60_000_000);
     }
 }

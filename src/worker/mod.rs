@@ -479,21 +479,17 @@ fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
         ctx.begin_request();
         ctx.slot()
             .set_request_info(&account::request_info(&request.params));
-        let before = account::Usage::now();
         let page = status::page_for(&request, ctx);
         let outcome = match page {
             Some(page) => status::answer(conn, &mut session, &request, page, ctx),
             None => request::serve(conn, &mut session, request, ctx),
         };
         session.finish();
-        let (cpu_us, memory) = before.since(&account::Usage::now());
-        // The child's own peak from wait4 when there was one; the running peak of all
-        // children otherwise.
-        let memory = match (page.is_some(), ctx.last_usage.take()) {
-            (true, _) => 0,
-            (false, Some(usage)) => usage.max_rss_bytes,
-            (false, None) => memory,
-        };
+        // What the CGI child used, from wait4: the same figures as the access log's %C
+        // and %M. Requests without a child (status, ping, refusals) used none.
+        let (cpu_us, memory) = ctx.last_usage.take().map_or((0, 0), |u| {
+            ((u.user + u.system).as_micros() as u64, u.max_rss_bytes)
+        });
         ctx.slot()
             .end_request(crate::scoreboard::now_us(), cpu_us, memory);
         ctx.request_begun = false;
