@@ -228,17 +228,22 @@ impl Slot {
             self.last_duration_us.store(0, Ordering::Relaxed);
             self.last_cpu_us.store(0, Ordering::Relaxed);
             self.last_memory.store(0, Ordering::Relaxed);
-            for text in [
-                &self.method.len,
-                &self.uri.len,
-                &self.script.len,
-                &self.user.len,
-            ] {
-                text.store(0, Ordering::Relaxed);
-            }
+            self.clear_request_texts();
             self.set_state(WorkerState::Idle);
             self.pid.store(pid, Ordering::Release);
         });
+    }
+
+    /// Empty the method, URI, script and user (inside a `write`).
+    fn clear_request_texts(&self) {
+        for text in [
+            &self.method.len,
+            &self.uri.len,
+            &self.script.len,
+            &self.user.len,
+        ] {
+            text.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn release(&self) {
@@ -255,14 +260,7 @@ impl Slot {
             self.requests.fetch_add(1, Ordering::Relaxed);
             self.request_started_at_us.store(now_us, Ordering::Relaxed);
             self.content_length.store(0, Ordering::Relaxed);
-            for text in [
-                &self.method.len,
-                &self.uri.len,
-                &self.script.len,
-                &self.user.len,
-            ] {
-                text.store(0, Ordering::Relaxed);
-            }
+            self.clear_request_texts();
             self.set_state(WorkerState::Reading);
         });
     }
