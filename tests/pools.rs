@@ -32,6 +32,40 @@ fn sock(dir: &Path, name: &str) -> String {
     dir.join(format!("{name}.sock")).display().to_string()
 }
 
+/// How a test waits for its server to start.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Until a worker answers.
+    Answering,
+    /// Only for the master's "ready" line: a probe would make an ondemand pool fork.
+    Untouched,
+}
+
+/// A started pool `name` (on `tcp`, else on `<dir>/<name>.sock`) whose status worker also
+/// listens on `<dir>/<name>-status.sock`, so the page answers while every worker is busy.
+/// Returns the server, the pool's address and the status address.
+fn start_with_status_listener(
+    name: &str,
+    tcp: Option<String>,
+    lines: &str,
+    wait: Wait,
+) -> (Fpm, String, String) {
+    let dir = new_dir();
+    let status_address = sock(dir.path(), &format!("{name}-status"));
+    let address = tcp.clone().unwrap_or_else(|| sock(dir.path(), name));
+    let config = pool(
+        name,
+        dir.path(),
+        tcp.as_deref(),
+        &format!("{lines}\npm.status_listen = {status_address}"),
+    );
+    let fpm = match wait {
+        Wait::Answering => Fpm::start_with(dir, &config, &address),
+        Wait::Untouched => Fpm::start_untouched(dir, &config, &address),
+    };
+    (fpm, address, status_address)
+}
+
 fn request(address: &str, params: &[(&str, &str)]) -> std::io::Result<Response> {
     Client::connect(address, Duration::from_secs(30))?.request(params, b"", false)
 }
@@ -180,18 +214,12 @@ fn static_holds_max_children() {
 
 #[test]
 fn dynamic_grows_under_load_and_shrinks_back_to_max_spare_servers() {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "www-status");
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "www",
-        dir.path(),
         None,
-        &format!(
-            "pm = dynamic\npm.max_children = 5\npm.start_servers = 1\npm.min_spare_servers = 1\npm.max_spare_servers = 2\npm.status_path = /status\npm.status_listen = {status_address}"
-        ),
+        "pm = dynamic\npm.max_children = 5\npm.start_servers = 1\npm.min_spare_servers = 1\npm.max_spare_servers = 2\npm.status_path = /status",
+        Wait::Answering,
     );
-    let address = sock(dir.path(), "www");
-    let fpm = Fpm::start_with(dir, &config, &address);
     let gate = Gate::new(&fpm);
     let status = wait_for_status(&status_address, "the pool has its start server", |s| {
         figure(s, "total processes") == 1
@@ -221,18 +249,12 @@ fn dynamic_grows_under_load_and_shrinks_back_to_max_spare_servers() {
 
 #[test]
 fn ondemand_starts_with_none_serves_and_returns_to_none() {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "od-status");
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "od",
-        dir.path(),
         None,
-        &format!(
-            "pm = ondemand\npm.max_children = 3\npm.process_idle_timeout = 1s\npm.status_path = /status\npm.status_listen = {status_address}"
-        ),
+        "pm = ondemand\npm.max_children = 3\npm.process_idle_timeout = 1s\npm.status_path = /status",
+        Wait::Untouched,
     );
-    let address = sock(dir.path(), "od");
-    let fpm = Fpm::start_untouched(dir, &config, &address);
     let script = hello(&fpm);
     let status = status_json(&status_address);
     assert_eq!(status["process manager"], "ondemand");
@@ -269,18 +291,12 @@ fn ondemand_starts_with_none_serves_and_returns_to_none() {
 
 #[test]
 fn ondemand_reports_reaching_max_children_once_per_episode() {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "od-status");
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "od",
-        dir.path(),
         None,
-        &format!(
-            "pm = ondemand\npm.max_children = 1\npm.process_idle_timeout = 10s\npm.status_path = /status\npm.status_listen = {status_address}"
-        ),
+        "pm = ondemand\npm.max_children = 1\npm.process_idle_timeout = 10s\npm.status_path = /status",
+        Wait::Untouched,
     );
-    let address = sock(dir.path(), "od");
-    let fpm = Fpm::start_untouched(dir, &config, &address);
     let gate = Gate::new(&fpm);
     let load = gate.send(&address, 3);
     let line = "WARNING: [pool od] server reached pm.max_children setting (1), consider raising it";
@@ -301,18 +317,12 @@ fn ondemand_reports_reaching_max_children_once_per_episode() {
 
 #[test]
 fn json_accepted_conn_counts_the_requests_sent() {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "www-status");
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "www",
-        dir.path(),
         None,
-        &format!(
-            "pm = static\npm.max_children = 2\npm.status_path = /status\npm.status_listen = {status_address}"
-        ),
+        "pm = static\npm.max_children = 2\npm.status_path = /status",
+        Wait::Answering,
     );
-    let address = sock(dir.path(), "www");
-    let fpm = Fpm::start_with(dir, &config, &address);
     let script = hello(&fpm);
     const SENT: u64 = 7;
     for _ in 0..SENT {
@@ -547,18 +557,12 @@ fn python_cross_check(text: &str) {
 /// One busy worker, three connections waiting behind it: the status page (served by the
 /// status worker) shows them. `tcp` is a loopback address, else the pool uses a unix socket.
 fn listen_queue_under_load(tcp: Option<String>) {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "q-status");
-    let address = tcp.clone().unwrap_or_else(|| sock(dir.path(), "q"));
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "q",
-        dir.path(),
-        tcp.as_deref(),
-        &format!(
-            "pm = static\npm.max_children = 1\nlisten.backlog = 50\npm.status_path = /status\npm.status_listen = {status_address}"
-        ),
+        tcp,
+        "pm = static\npm.max_children = 1\nlisten.backlog = 50\npm.status_path = /status",
+        Wait::Answering,
     );
-    let fpm = Fpm::start_with(dir, &config, &address);
     let gate = Gate::new(&fpm);
     let mut load = gate.send(&address, 1);
     wait_for_status(&status_address, "the only worker is busy", |s| {
@@ -649,18 +653,12 @@ fn max_requests_recycles_workers_under_load_without_failures() {
 
 #[test]
 fn the_status_listener_answers_while_every_worker_is_busy() {
-    let dir = new_dir();
-    let status_address = sock(dir.path(), "www-status");
-    let config = pool(
+    let (fpm, address, status_address) = start_with_status_listener(
         "www",
-        dir.path(),
         None,
-        &format!(
-            "pm = static\npm.max_children = 2\npm.status_listen = {status_address}\nping.path = /ping"
-        ),
+        "pm = static\npm.max_children = 2\nping.path = /ping",
+        Wait::Answering,
     );
-    let address = sock(dir.path(), "www");
-    let fpm = Fpm::start_with(dir, &config, &address);
     let gate = Gate::new(&fpm);
     let load = gate.send(&address, 2);
     // Without pm.status_path the status listener answers status on its own paths.
