@@ -154,6 +154,67 @@ fn ten_reloads_under_load_lose_no_request() {
     );
 }
 
+/// Idle kept connections are parked with the master, and a reload carries them over: a
+/// request sent on one after the reload, or while the master is re-executing (a POST,
+/// which nginx would not retry on another connection), is answered.
+#[test]
+fn kept_connections_parked_across_reloads_are_still_served() {
+    let fpm = Fpm::start(2, "");
+    let echo = examples_dir().join("echo.sh").display().to_string();
+    let post = |client: &mut common::Client, body: &str| {
+        let length = body.len().to_string();
+        let params = [
+            ("REQUEST_METHOD", "POST"),
+            ("SCRIPT_FILENAME", echo.as_str()),
+            ("CONTENT_LENGTH", length.as_str()),
+        ];
+        let r = client
+            .request(&params, body.as_bytes(), true)
+            .unwrap_or_else(|e| panic!("POST {body:?} on the kept connection: {e}"));
+        assert_eq!(r.body(), body.as_bytes());
+    };
+    let mut kept = fpm.client();
+    post(&mut kept, "before");
+    // Idle for the whole reload: carried over while parked.
+    reload(&fpm);
+    assert_eq!(
+        count(&fpm, "worker(s) and 1 idle kept connection(s) handed over"),
+        1,
+        "{}",
+        fpm.log_text()
+    );
+    post(&mut kept, "after the reload");
+    // Sent at once: it arrives while the master checks the configuration or execs.
+    for round in 0..3 {
+        let before = count(&fpm, "ready to handle connections");
+        fpm.signal(Signal::SIGUSR2);
+        post(&mut kept, &format!("during reload {round}"));
+        wait_until("the reload completes", Duration::from_secs(15), || {
+            count(&fpm, "ready to handle connections") > before
+        });
+    }
+    post(&mut kept, "last");
+}
+
+/// What one image tells the next through the environment is not passed on to scripts,
+/// even with `clear_env = no`.
+#[test]
+fn scripts_never_see_the_reload_handover_variables() {
+    let fpm = Fpm::start(1, "clear_env = no");
+    let env = examples_dir().join("env.sh");
+    let mut kept = fpm.client();
+    let script = env.display().to_string();
+    kept.request(&[("SCRIPT_FILENAME", script.as_str())], b"", true)
+        .expect("a request to have a connection parked");
+    reload(&fpm);
+    let body = String::from_utf8_lossy(fpm.get(&env, &[]).body()).into_owned();
+    assert!(
+        body.contains("PATH="),
+        "clear_env = no passes the environment: {body}"
+    );
+    assert!(!body.contains("CGI_FPM_"), "{body}");
+}
+
 #[test]
 fn signals_that_arrive_during_the_exec_are_not_lost() {
     let fpm = Fpm::start(1, "");

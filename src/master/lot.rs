@@ -7,7 +7,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{MsgFlags, recv};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use super::{CHANNEL_TOKENS, PARKED_TOKENS};
 
@@ -32,6 +32,47 @@ impl Channels {
             worker_handoff,
             handed_out: 0,
         })
+    }
+
+    /// The channels a previous image handed over (see `carry`), in the order of
+    /// `raw_fds`.
+    pub fn from_fds([park_rx, handoff_tx, worker_park, worker_handoff]: [OwnedFd; 4]) -> Channels {
+        Channels {
+            park_rx,
+            handoff_tx,
+            worker_park,
+            worker_handoff,
+            handed_out: 0,
+        }
+    }
+
+    pub fn raw_fds(&self) -> [RawFd; 4] {
+        [
+            self.park_rx.as_raw_fd(),
+            self.handoff_tx.as_raw_fd(),
+            self.worker_park.as_raw_fd(),
+            self.worker_handoff.as_raw_fd(),
+        ]
+    }
+
+    /// Connections handed out that no worker has taken yet, given how many the pool's
+    /// workers say they took. Counting alone drifts: across a reload, workers of the old
+    /// image take some on their own scoreboard. So whenever the channel is seen empty the
+    /// count starts again from there.
+    pub fn pending(&mut self, taken: u64) -> u32 {
+        let mut byte = [0u8; 1];
+        // Peeking without room for control data takes no descriptor.
+        let queued = recv(
+            self.worker_handoff.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok_and(|n| n > 0);
+        if !queued {
+            self.handed_out = taken;
+            return 0;
+        }
+        self.handed_out.saturating_sub(taken).max(1) as u32
     }
 
     pub fn for_worker(&self) -> crate::worker::Parking {
@@ -120,27 +161,44 @@ impl Lot {
                     return;
                 }
             };
-            if self.parked.len() >= self.capacity {
-                self.evict_oldest(registry);
-            }
-            let token = Token(PARKED_TOKENS.start + self.next);
-            self.next = (self.next + 1) % PARKED_TOKENS.len();
-            // Registering a descriptor that is readable already reports it at once, so a
-            // request that arrived on the way here is not missed.
-            if registry
-                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
-                .is_err()
-            {
-                continue;
-            }
-            self.parked.insert(token, Parked { fd, pool });
-            self.order.push_back(token);
-            // `order` keeps tokens of connections gone since; drop them now and then.
-            if self.order.len() > 2 * self.capacity {
-                let parked = &self.parked;
-                self.order.retain(|t| parked.contains_key(t));
-            }
+            self.adopt(registry, fd, pool);
         }
+    }
+
+    /// Watch `fd`, an idle kept connection of pool `pool`, until a request arrives on it.
+    pub fn adopt(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
+        if self.parked.len() >= self.capacity {
+            self.evict_oldest(registry);
+        }
+        let token = Token(PARKED_TOKENS.start + self.next);
+        self.next = (self.next + 1) % PARKED_TOKENS.len();
+        // Registering a descriptor that is readable already reports it at once, so a
+        // request that arrived on the way here is not missed.
+        if registry
+            .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.parked.insert(token, Parked { fd, pool });
+        self.order.push_back(token);
+        // `order` keeps tokens of connections gone since; drop them now and then.
+        if self.order.len() > 2 * self.capacity {
+            let parked = &self.parked;
+            self.order.retain(|t| parked.contains_key(t));
+        }
+    }
+
+    /// Take what workers have sent on every channel (before a reload counts them).
+    pub fn receive_all(&mut self, registry: &Registry, channels: &[Option<Channels>]) {
+        for pool in 0..channels.len() {
+            self.receive(registry, pool, channels);
+        }
+    }
+
+    /// Every parked connection, with its pool's index.
+    pub fn parked_fds(&self) -> impl Iterator<Item = (usize, RawFd)> + '_ {
+        self.parked.values().map(|p| (p.pool, p.fd.as_raw_fd()))
     }
 
     fn evict_oldest(&mut self, registry: &Registry) {
@@ -189,5 +247,28 @@ impl Lot {
                 LotEvent::Parked
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn pending_handoffs_follow_the_channel_not_only_the_counts() {
+        let mut ch = Channels::new().unwrap();
+        let (conn, _peer) = UnixStream::pair().unwrap();
+        parking::send(ch.handoff_tx.as_fd(), conn.as_fd()).unwrap();
+        ch.handed_out = 3;
+        assert_eq!(ch.pending(0), 3);
+        // Counts that say none while one waits (old workers took some): still one.
+        assert_eq!(ch.pending(5), 1);
+        // Peeking took nothing: a worker still receives it.
+        let received = parking::receive(ch.worker_handoff.as_fd()).unwrap();
+        assert!(matches!(received, Received::Fd(_)));
+        // Empty: nothing pending, and counting starts again from the workers' count.
+        assert_eq!(ch.pending(7), 0);
+        assert_eq!(ch.handed_out, 7);
     }
 }

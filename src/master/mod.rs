@@ -3,6 +3,7 @@
 //! accepts a pool connection itself.
 
 mod capture;
+mod carry;
 mod emergency;
 mod inherit;
 mod listener;
@@ -154,6 +155,8 @@ pub struct Master {
     /// Each pool's channels for idle kept connections (none for status pools), by index.
     channels: Vec<Option<Channels>>,
     lot: Lot,
+    /// Connections parked with the previous image, watched once the loop starts.
+    adopted: Vec<(usize, std::os::fd::OwnedFd)>,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -264,11 +267,22 @@ impl Master {
         };
         let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
             .map_or(TICK, |(every, _)| every);
+        // Read (and removed) before the environment is copied for workers: CGI children
+        // must not see them.
+        let old_workers = OldWorkers::from_environment();
+        let emergency = Emergency::from_environment(
+            config.global.emergency_restart_threshold,
+            config.global.emergency_restart_interval,
+        );
+        let mut taken_over = carry::take_from_environment();
+        let inherited_env = std::env::vars_os().collect();
         let channels = pools
             .iter()
             .map(|p| match p.kind {
                 PoolKind::Status { .. } => None,
-                PoolKind::Workers => Channels::new()
+                PoolKind::Workers => match taken_over.channels.iter().position(|(name, _)| *name == p.name) {
+                    Some(i) => Some(Channels::from_fds(taken_over.channels.swap_remove(i).1)),
+                    None => Channels::new()
                     .map_err(|e| {
                         log::warn!(
                             "[pool {}] cannot make the channels for idle kept connections ({e}); they will hold workers",
@@ -276,18 +290,27 @@ impl Master {
                         )
                     })
                     .ok(),
+                },
             })
             .collect();
-        let config_emergency = (
-            config.global.emergency_restart_threshold,
-            config.global.emergency_restart_interval,
-        );
+        // Connections parked with the previous image, for pools that are still here; the
+        // rest are closed, as the channels of pools that are gone.
+        let adopted = taken_over
+            .parked
+            .into_iter()
+            .filter_map(|(name, fd)| {
+                let index = pools
+                    .iter()
+                    .position(|p| p.kind == PoolKind::Workers && p.name == name)?;
+                Some((index, fd))
+            })
+            .collect();
         let master = Master {
             config,
             pools,
             children: HashMap::new(),
             state: State::Running,
-            inherited_env: std::env::vars_os().collect(),
+            inherited_env,
             pid_file,
             next_tick: Instant::now() + TICK,
             force_stderr: options.force_stderr,
@@ -296,12 +319,13 @@ impl Master {
             systemd_every,
             privileges: options.privileges,
             reexec: options.reexec,
-            old_workers: OldWorkers::from_environment(),
-            emergency: Emergency::from_environment(config_emergency.0, config_emergency.1),
+            old_workers,
+            emergency,
             reload_requested: false,
             process_max_reached: false,
             channels,
             lot: Lot::new(lot_capacity()),
+            adopted,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -350,6 +374,9 @@ impl Master {
             {
                 log::warn!("cannot watch the channel for idle kept connections: {e}");
             }
+        }
+        for (index, fd) in std::mem::take(&mut self.adopted) {
+            self.lot.adopt(self.poll.registry(), fd, index);
         }
         // ondemand pools start workers when connections arrive.
         for (index, pool) in self.pools.iter().enumerate() {
@@ -737,14 +764,14 @@ impl Master {
             }
         }
         // Kept connections handed out but not taken yet wait like queued ones.
-        let handoffs = self.channels[index].as_ref().map_or(0, |ch| {
-            let taken = pool
-                .scoreboard
-                .counters()
-                .handoffs_taken
-                .load(Ordering::Relaxed);
-            ch.handed_out.saturating_sub(taken) as u32
-        });
+        let taken = pool
+            .scoreboard
+            .counters()
+            .handoffs_taken
+            .load(Ordering::Relaxed);
+        let handoffs = self.channels[index]
+            .as_mut()
+            .map_or(0, |ch| ch.pending(taken));
         let queued = match pool.settings.pm {
             ProcessManager::Static => None,
             ProcessManager::Dynamic | ProcessManager::Ondemand => {

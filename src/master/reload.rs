@@ -4,10 +4,11 @@
 //! requests block new ones, and with process_control_timeout = 0 requests in flight fail
 //! ("502 during reload"). Here the old image checks the new configuration and opens any new
 //! socket first (a bad one aborts the reload and changes nothing), then re-executes itself
-//! at once, handing over its listening sockets (CGI_FPM_SOCKETS) and its workers' pids
-//! (CGI_FPM_OLD_WORKERS). Old workers keep serving meanwhile; the new image starts its own
+//! at once, handing over its listening sockets (CGI_FPM_SOCKETS), its workers' pids
+//! (CGI_FPM_OLD_WORKERS) and its parked kept connections (see `carry`). Old workers keep serving meanwhile; the new image starts its own
 //! workers, then tells the old ones to finish the request in hand and exit.
 
+use super::carry::{Carried, PARKING_ENV};
 use super::inherit::{self, Inherited, SOCKETS_ENV};
 use super::{Master, PoolKind, State, listener};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -224,8 +225,12 @@ impl Master {
             std::env::set_var(RELOAD_ENV, "1");
             std::env::set_var(super::EMERGENCY_ENV, self.emergency.to_env());
         }
-        for h in &handover {
-            set_cloexec(h.fd, false);
+        self.lot.receive_all(self.poll.registry(), &self.channels);
+        let carried = self.carried_parking();
+        // SAFETY: as above.
+        unsafe { std::env::set_var(PARKING_ENV, carried.encode()) };
+        for fd in handover.iter().map(|h| h.fd).chain(carried.fds()) {
+            set_cloexec(fd, false);
         }
         let mut saved = SigSet::empty();
         let _ = sigprocmask(
@@ -245,10 +250,11 @@ impl Master {
             }
         }
         log::info!(
-            "re-executing {} with {} socket(s) and {} worker(s) handed over",
+            "re-executing {} with {} socket(s), {} worker(s) and {} idle kept connection(s) handed over",
             reexec.exe.display(),
             handover.len(),
-            old.len()
+            old.len(),
+            carried.parked.len()
         );
         let error = exec(&reexec);
 
@@ -258,12 +264,13 @@ impl Master {
             reexec.exe.display()
         );
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-        for h in &handover {
-            set_cloexec(h.fd, true);
+        for fd in handover.iter().map(|h| h.fd).chain(carried.fds()) {
+            set_cloexec(fd, true);
         }
         // SAFETY: as above.
         unsafe {
             for var in [
+                PARKING_ENV,
                 SOCKETS_ENV,
                 OLD_WORKERS_ENV,
                 RELOAD_ENV,
@@ -274,6 +281,26 @@ impl Master {
         }
         opened.into_iter().for_each(listener::Listener::close);
         crate::systemd::ready("Ready to handle connections");
+    }
+}
+
+impl Master {
+    /// Each pool's parking channels and every parked connection, by pool name.
+    fn carried_parking(&self) -> Carried {
+        let name = |index: usize| self.pools[index].name.clone();
+        Carried {
+            channels: self
+                .channels
+                .iter()
+                .enumerate()
+                .filter_map(|(index, ch)| Some((name(index), ch.as_ref()?.raw_fds())))
+                .collect(),
+            parked: self
+                .lot
+                .parked_fds()
+                .map(|(index, fd)| (name(index), fd))
+                .collect(),
+        }
     }
 }
 
