@@ -318,6 +318,57 @@ fn sigquit_lets_a_request_in_flight_finish() {
     assert_eq!(fpm.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// An old worker that cannot finish after a reload (here: stopped, so it handles neither
+/// QUIT nor TERM) is killed after process_control_timeout, and its CGI child's process
+/// group with it, though the new image has no scoreboard that names that child.
+#[test]
+fn a_stuck_old_worker_is_killed_with_its_script_after_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\nprocess_control_timeout = 1s\n\n{}",
+        common::pool_section("www", dir.path(), 1, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    // The shell and its sleep share the script's process group.
+    let slow = fpm.script("slow.sh", "#!/bin/sh\nsleep 100\necho never\n");
+    let path = slow.display().to_string();
+    let address = fpm.address.clone();
+    let _request = std::thread::spawn(move || {
+        common::Client::connect(&address, Duration::from_secs(30))
+            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
+    });
+    let worker = fpm.worker_pids()[0];
+    wait_until(
+        "the script and its sleep run",
+        Duration::from_secs(5),
+        || {
+            common::children_of(worker)
+                .first()
+                .is_some_and(|&script| !common::children_of(script).is_empty())
+        },
+    );
+    let script = common::children_of(worker)[0];
+    let sleep = common::children_of(script)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGSTOP).expect("stop");
+    reload(&fpm);
+    // QUIT at once, TERM after 1 s, KILL 3 s later.
+    wait_until("the old worker is killed", Duration::from_secs(10), || {
+        !alive(worker)
+    });
+    wait_until("its script is killed too", Duration::from_secs(2), || {
+        !alive(script) && !alive(sleep)
+    });
+    assert_eq!(
+        count(
+            &fpm,
+            "still busy after process_control_timeout; sending SIGKILL"
+        ),
+        1
+    );
+}
+
 #[test]
 fn sigterm_stops_within_process_control_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");

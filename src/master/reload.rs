@@ -119,12 +119,38 @@ impl OldWorkers {
             self.pids.len(),
             signal.as_str()
         );
+        // A killed worker cannot stop its CGI child, and this image has no scoreboard
+        // that names it (the old one did not cross the exec): find it through /proc first.
+        let groups: Vec<Pid> = match signal {
+            Signal::SIGKILL => self.pids.iter().flat_map(|&p| children_of(p)).collect(),
+            _ => Vec::new(),
+        };
         self.signal(signal);
+        for group in groups {
+            // Each CGI child leads its own process group, which holds what it started.
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        }
         self.escalate = match signal {
             Signal::SIGTERM => Some((Instant::now() + KILL_AFTER_TERM, Signal::SIGKILL)),
             _ => None,
         };
     }
+}
+
+/// Direct children of `pid`, across its threads (empty if /proc cannot tell).
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A socket to hand to the new image, under the key it will look for.
@@ -320,5 +346,24 @@ fn exec(reexec: &Reexec) -> nix::Error {
     match nix::unistd::execv(&path, &argv) {
         Err(e) => e,
         Ok(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_found_through_proc() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let found = children_of(nix::unistd::getpid()).contains(&pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found);
+        assert!(children_of(Pid::from_raw(i32::MAX)).is_empty());
     }
 }
