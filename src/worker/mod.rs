@@ -150,6 +150,11 @@ fn exit(code: i32) -> ! {
 
 /// Run the worker. Called in the child right after fork, with all signals blocked.
 pub fn run(spec: WorkerSpec<'_>) -> ! {
+    // The master stores the pid too, once fork returns there; doing it here as well means
+    // anyone who can see this process also finds it on the status page.
+    if let Some(slot) = spec.scoreboard.slot(spec.slot_index) {
+        slot.pid.store(std::process::id() as i32, Ordering::Release);
+    }
     let signals = match WorkerSignals::install() {
         Ok(s) => s,
         Err(e) => {
