@@ -23,6 +23,18 @@ fn reload(fpm: &Fpm) {
     );
 }
 
+/// A pool `www` of `workers` under a `[global]` section holding `global` (lines).
+fn start_with_global(global: &str, workers: u32) -> Fpm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\n{global}\n\n{}",
+        common::pool_section("www", dir.path(), workers, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    Fpm::start_with(dir, &config, &address)
+}
+
 /// Requests from several threads, each on a new connection, until told to stop.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -173,8 +185,15 @@ fn kept_connections_parked_across_reloads_are_still_served() {
             .unwrap_or_else(|e| panic!("POST {body:?} on the kept connection: {e}"));
         assert_eq!(r.body(), body.as_bytes());
     };
+    let baseline = common::open_fds(fpm.pid());
     let mut kept = fpm.client();
     post(&mut kept, "before");
+    // The worker parks the connection just after answering: wait until the master has it.
+    wait_until(
+        "the master holds the parked connection",
+        Duration::from_secs(5),
+        || common::open_fds(fpm.pid()) == baseline + 1,
+    );
     // Idle for the whole reload: carried over while parked.
     reload(&fpm);
     assert_eq!(
@@ -323,14 +342,7 @@ fn sigquit_lets_a_request_in_flight_finish() {
 /// group with it, though the new image has no scoreboard that names that child.
 #[test]
 fn a_stuck_old_worker_is_killed_with_its_script_after_a_reload() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
-    let config = format!(
-        "[global]\nprocess_control_timeout = 1s\n\n{}",
-        common::pool_section("www", dir.path(), 1, "")
-    );
-    let address = dir.path().join("www.sock").display().to_string();
-    let fpm = Fpm::start_with(dir, &config, &address);
+    let fpm = start_with_global("process_control_timeout = 1s", 1);
     // The shell and its sleep share the script's process group.
     let slow = fpm.script("slow.sh", "#!/bin/sh\nsleep 100\necho never\n");
     let path = slow.display().to_string();
@@ -371,14 +383,7 @@ fn a_stuck_old_worker_is_killed_with_its_script_after_a_reload() {
 
 #[test]
 fn sigterm_stops_within_process_control_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
-    let config = format!(
-        "[global]\nprocess_control_timeout = 3s\n\n{}",
-        common::pool_section("www", dir.path(), 1, "")
-    );
-    let address = dir.path().join("www.sock").display().to_string();
-    let mut fpm = Fpm::start_with(dir, &config, &address);
+    let mut fpm = start_with_global("process_control_timeout = 3s", 1);
     // A script that ignores TERM: only KILL stops it.
     let stubborn = fpm.script("stubborn.sh", "#!/bin/sh\ntrap '' TERM\nsleep 100\n");
     let path = stubborn.display().to_string();
@@ -408,14 +413,10 @@ fn sigterm_stops_within_process_control_timeout() {
 
 #[test]
 fn crashing_workers_trigger_an_emergency_restart_and_a_crash_loop_backs_off() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
-    let config = format!(
-        "[global]\nemergency_restart_threshold = 3\nemergency_restart_interval = 30s\n\n{}",
-        common::pool_section("www", dir.path(), 2, "")
+    let fpm = start_with_global(
+        "emergency_restart_threshold = 3\nemergency_restart_interval = 30s",
+        2,
     );
-    let address = dir.path().join("www.sock").display().to_string();
-    let fpm = Fpm::start_with(dir, &config, &address);
     fpm.wait_workers(2);
     // The script kills the worker running it with SIGSEGV, as a crash would.
     let crash = fpm.script("crash.sh", "#!/bin/sh\nkill -SEGV $PPID\nsleep 5\n");
