@@ -219,9 +219,7 @@ impl Fpm {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if cgi_fpm::client::connect(&self.address, Duration::from_secs(1)).is_ok()
-                && !self.worker_pids().is_empty()
-            {
+            if self.probe_answered() && !self.worker_pids().is_empty() {
                 return;
             }
             if let Some(status) = self.exit_status_now() {
@@ -237,6 +235,22 @@ impl Fpm {
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A worker took a probe connection off the listen queue: it answered GET_VALUES, or
+    /// closed a connection it refuses. A probe that only connected would stay queued and
+    /// show up in the test's own figures (listen queue, active workers).
+    fn probe_answered(&self) -> bool {
+        let Ok(mut client) = Client::connect(&self.address, Duration::from_secs(1)) else {
+            return false;
+        };
+        match client.get_values(&["FCGI_MAX_CONNS"]) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     }
 
