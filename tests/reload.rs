@@ -35,6 +35,19 @@ fn start_with_global(global: &str, workers: u32) -> Fpm {
     Fpm::start_with(dir, &config, &address)
 }
 
+/// A request for `script` on its own thread; its answer is not waited for.
+fn request_in_background(
+    fpm: &Fpm,
+    script: &std::path::Path,
+) -> std::thread::JoinHandle<std::io::Result<common::Response>> {
+    let path = script.display().to_string();
+    let address = fpm.address.clone();
+    std::thread::spawn(move || {
+        common::Client::connect(&address, Duration::from_secs(30))
+            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
+    })
+}
+
 /// Requests from several threads, each on a new connection, until told to stop.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -345,12 +358,7 @@ fn a_stuck_old_worker_is_killed_with_its_script_after_a_reload() {
     let fpm = start_with_global("process_control_timeout = 1s", 1);
     // The shell and its sleep share the script's process group.
     let slow = fpm.script("slow.sh", "#!/bin/sh\nsleep 100\necho never\n");
-    let path = slow.display().to_string();
-    let address = fpm.address.clone();
-    let _request = std::thread::spawn(move || {
-        common::Client::connect(&address, Duration::from_secs(30))
-            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
-    });
+    let _request = request_in_background(&fpm, &slow);
     let worker = fpm.worker_pids()[0];
     wait_until(
         "the script and its sleep run",
@@ -386,12 +394,7 @@ fn sigterm_stops_within_process_control_timeout() {
     let mut fpm = start_with_global("process_control_timeout = 3s", 1);
     // A script that ignores TERM: only KILL stops it.
     let stubborn = fpm.script("stubborn.sh", "#!/bin/sh\ntrap '' TERM\nsleep 100\n");
-    let path = stubborn.display().to_string();
-    let address = fpm.address.clone();
-    let _request = std::thread::spawn(move || {
-        common::Client::connect(&address, Duration::from_secs(30))
-            .and_then(|mut c| c.request(&[("SCRIPT_FILENAME", &path)], b"", false))
-    });
+    let _request = request_in_background(&fpm, &stubborn);
     let worker = fpm.worker_pids()[0];
     wait_until("the script runs", Duration::from_secs(5), || {
         !common::children_of(worker).is_empty()
