@@ -12,8 +12,9 @@
 //! `channels <park_rx> <handoff_tx> <worker_park> <worker_handoff> <pool>` and
 //! `parked <fd> <pool>`.
 
+use super::reload::set_cloexec;
 use nix::sys::socket::{getsockopt, sockopt};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const PARKING_ENV: &str = "CGI_FPM_PARKING";
 
@@ -104,7 +105,9 @@ pub fn take_from_environment() -> TakenOver {
             // SAFETY: the previous image left these open for us (checked above to be
             // sockets of the right type, each named once) and nothing here owns them yet.
             let owned = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-            owned.iter().for_each(set_cloexec);
+            owned
+                .iter()
+                .for_each(|fd| set_cloexec(fd.as_raw_fd(), true));
             taken.channels.push((pool, owned));
         }
     }
@@ -112,7 +115,7 @@ pub fn take_from_environment() -> TakenOver {
         if is_socket_of(fd, SocketKind::Connection) {
             // SAFETY: as above.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            set_cloexec(&owned);
+            set_cloexec(owned.as_raw_fd(), true);
             taken.parked.push((pool, owned));
         }
     }
@@ -138,11 +141,6 @@ fn is_socket_of(fd: RawFd, kind: SocketKind) -> bool {
                 && getsockopt(&fd, sockopt::AcceptConn) == Ok(false)
         }
     }
-}
-
-pub fn set_cloexec(fd: &impl AsFd) {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
 #[cfg(test)]

@@ -55,14 +55,14 @@ pub fn socket_key(fd: RawFd) -> Option<String> {
 
 fn prepare(fd: &OwnedFd) {
     // Workers accept after a readiness wake-up and must never block in accept().
-    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
     if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
         let _ = fcntl(
             fd,
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         );
     }
-    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    super::reload::set_cloexec(fd.as_raw_fd(), true);
 }
 
 impl Inherited {

@@ -159,7 +159,7 @@ struct Handover {
     fd: RawFd,
 }
 
-fn set_cloexec(fd: RawFd, on: bool) {
+pub(super) fn set_cloexec(fd: RawFd, on: bool) {
     // SAFETY: fcntl on a descriptor we hold open; it changes only its close-on-exec flag.
     unsafe {
         nix::libc::fcntl(
