@@ -46,6 +46,22 @@ fn assert_gone(pid: i32, what: &str) {
     );
 }
 
+/// Send request 1 for a script that records its pid and sleeps 300 s; returns the
+/// connection (not waiting for an answer) and the script's pid once it runs.
+fn start_long_script(fpm: &Fpm, pids: &PidDir, keep_conn: bool) -> (common::Client, i32) {
+    let script = fpm.script(
+        "long.sh",
+        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
+    );
+    let script = script.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", keep_conn)
+        .expect("send");
+    let leader = pids.pid("leader");
+    (client, leader)
+}
+
 #[test]
 fn a_script_past_the_terminate_timeout_gets_504_and_leaves_nothing() {
     let pids = PidDir::new();
@@ -120,16 +136,7 @@ fn a_background_process_holding_stdout_does_not_hold_the_worker() {
 fn a_web_server_that_disconnects_gets_its_script_killed() {
     let pids = PidDir::new();
     let fpm = Fpm::start(1, &pids.env_line());
-    let script = fpm.script(
-        "long.sh",
-        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
-    );
-    let script = script.display().to_string();
-    let mut client = fpm.client();
-    client
-        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", false)
-        .expect("send");
-    let leader = pids.pid("leader");
+    let (client, leader) = start_long_script(&fpm, &pids, false);
     assert!(alive(leader));
     drop(client);
     assert_gone(leader, "the script of the abandoned request");
@@ -150,16 +157,7 @@ fn abort_request_stops_the_script_and_is_acknowledged() {
     use cgi_fpm::fastcgi::record::{RecordType, write_record};
     let pids = PidDir::new();
     let fpm = Fpm::start(1, &pids.env_line());
-    let script = fpm.script(
-        "long.sh",
-        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\nsleep 300\n",
-    );
-    let script = script.display().to_string();
-    let mut client = fpm.client();
-    client
-        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", true)
-        .expect("send");
-    let leader = pids.pid("leader");
+    let (mut client, leader) = start_long_script(&fpm, &pids, true);
     let mut abort = Vec::new();
     write_record(&mut abort, RecordType::AbortRequest, 1, &[]);
     client.send_raw(&abort).expect("abort");
