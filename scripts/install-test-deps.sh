@@ -45,7 +45,11 @@ if [ ! -e "$policy" ]; then
     $SUDO chmod 755 "$policy"
     created_policy=yes
 fi
-cleanup() { [ -n "$created_policy" ] && $SUDO rm -f "$policy"; }
+# An EXIT trap's last status becomes the script's: it must end in 0 when there is
+# nothing to remove, or a first run that installed everything still "fails".
+cleanup() {
+    if [ -n "$created_policy" ]; then $SUDO rm -f "$policy"; fi
+}
 trap cleanup EXIT
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
