@@ -82,6 +82,37 @@ fn errors_name_the_file_line_pool_and_key() {
 }
 
 #[test]
+fn a_typo_gets_the_same_hint_under_t_and_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("typo.conf");
+    std::fs::write(
+        &config,
+        "[www]\nlisten = 9000\npm = dynamc\npm.max_chidren = 4\n",
+    )
+    .expect("write");
+    let path = config.display().to_string();
+    let expected = [
+        format!(
+            "ERROR: [{path}:3] [pool www] 'pm': invalid value 'dynamc': expected static, dynamic or ondemand; did you mean 'dynamic'?"
+        ),
+        format!(
+            "ERROR: [{path}:4] [pool www] 'pm.max_chidren': unknown entry; did you mean 'pm.max_children'?"
+        ),
+    ];
+    // A configuration that does not load never starts, so `-F` returns like `-t` does.
+    for args in [["-t", "-y", &path], ["-F", "-y", &path]] {
+        let (code, text) = run(&args);
+        assert_eq!(code, 78, "{args:?}: {text}");
+        for line in &expected {
+            assert!(
+                text.contains(line.as_str()),
+                "{args:?}: no {line:?} in:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_pool_without_allowed_roots_warns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("open.conf");

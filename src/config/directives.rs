@@ -443,6 +443,15 @@ pub(super) fn lookup(key: &str, as_array: bool, scope: Scope) -> Lookup {
     }
 }
 
+/// The known key of this shape and scope nearest to a mistyped `key`, for a hint.
+pub(super) fn nearest(key: &str, as_array: bool, scope: Scope) -> Option<&'static str> {
+    let keys = DIRECTIVES
+        .iter()
+        .filter(|directive| directive.scope == scope && directive.is_array() == as_array)
+        .map(Directive::key);
+    super::suggest::closest(key, keys)
+}
+
 /// `env[NAME] = value`. As in php-fpm the value must not be empty, and a value `$VAR` takes
 /// VAR from the master's environment (read now, at load time).
 fn set_env(pool: &mut PoolConfig, name: &str, value: &str, context: &mut ValueContext) -> Outcome {

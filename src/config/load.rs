@@ -187,7 +187,16 @@ impl Reader<'_> {
             Lookup::Found(directive) => {
                 return self.apply_directive(directive, entry, &shown_key, location);
             }
-            Lookup::Unknown => "unknown entry".to_string(),
+            Lookup::Unknown => {
+                let hint = match directives::nearest(&entry.key, entry.index.is_some(), scope) {
+                    Some(key) => match &entry.index {
+                        Some(index) => format!("; did you mean '{key}[{index}]'?"),
+                        None => format!("; did you mean '{key}'?"),
+                    },
+                    None => String::new(),
+                };
+                format!("unknown entry{hint}")
+            }
             Lookup::OtherScope(Scope::Pool) => {
                 "unknown entry in [global]: it belongs in a pool section".to_string()
             }

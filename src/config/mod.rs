@@ -6,6 +6,7 @@ mod dump;
 mod ini;
 mod load;
 mod model;
+mod suggest;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -557,6 +557,35 @@ fn unknown_and_misplaced_keys_name_file_line_section_and_key() {
 }
 
 #[test]
+fn typos_in_keys_and_enumerated_values_get_a_hint() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        &format!(
+            "log_levl = notice\nlog_level = notcie\nsyslog.facility = deamon\nrlimit_core = unlimted\n{}pm.max_chidren = 5\nlisen.owner = www-data\nenn[PATH] = /bin\npm = dynamc\ncgi.stderr = dicard\ncatch_workers_output = yse\nno.such.key = 1\npm = adaptive\n",
+            pool_with("www", "9000", "")
+        ),
+    );
+    assert_eq!(
+        files.errors("main.conf"),
+        [
+            "[DIR/main.conf:1] [global] 'log_levl': unknown entry; did you mean 'log_level'?",
+            "[DIR/main.conf:2] [global] 'log_level': invalid value 'notcie': expected alert, error, warning, notice or debug; did you mean 'notice'?",
+            "[DIR/main.conf:3] [global] 'syslog.facility': invalid value 'deamon': expected a syslog facility: auth, authpriv, cron, daemon, ftp, kern, lpr, mail, news, syslog, user, uucp, local0, local1, local2, local3, local4, local5, local6, local7; did you mean 'daemon'?",
+            "[DIR/main.conf:4] [global] 'rlimit_core': invalid value 'unlimted': expected 'unlimited' or a number of bytes; did you mean 'unlimited'?",
+            "[DIR/main.conf:10] [pool www] 'pm.max_chidren': unknown entry; did you mean 'pm.max_children'?",
+            "[DIR/main.conf:11] [pool www] 'lisen.owner': unknown entry; did you mean 'listen.owner'?",
+            "[DIR/main.conf:12] [pool www] 'enn[PATH]': unknown entry; did you mean 'env[PATH]'?",
+            "[DIR/main.conf:13] [pool www] 'pm': invalid value 'dynamc': expected static, dynamic or ondemand; did you mean 'dynamic'?",
+            "[DIR/main.conf:14] [pool www] 'cgi.stderr': invalid value 'dicard': expected fastcgi, log, both or discard; did you mean 'discard'?",
+            "[DIR/main.conf:15] [pool www] 'catch_workers_output': invalid value 'yse': expected yes or no (also on/off, true/false, 1/0); did you mean 'yes'?",
+            "[DIR/main.conf:16] [pool www] 'no.such.key': unknown entry",
+            "[DIR/main.conf:17] [pool www] 'pm': invalid value 'adaptive': expected static, dynamic or ondemand",
+        ]
+    );
+}
+
+#[test]
 fn syntax_errors_name_file_line_and_section() {
     let files = Files::new();
     files.write(

@@ -3,6 +3,7 @@
 //! line, section and key.
 
 use super::model::{ListenAddress, LogLevel, ProcessManager, RlimitCore, StderrMode};
+use super::suggest::hint;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +14,10 @@ pub(super) fn boolean(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "yes" | "on" | "true" => Ok(true),
         "0" | "no" | "off" | "false" | "none" | "" => Ok(false),
-        _ => Err("expected yes or no (also on/off, true/false, 1/0)".to_string()),
+        _ => Err(format!(
+            "expected yes or no (also on/off, true/false, 1/0){}",
+            hint(value, ["yes", "no", "on", "off", "true", "false"])
+        )),
     }
 }
 
@@ -136,34 +140,54 @@ pub(super) fn octal_mode(value: &str) -> Result<u32, String> {
     }
 }
 
-pub(super) fn log_level(value: &str) -> Result<LogLevel, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "alert" => Ok(LogLevel::Alert),
-        "error" => Ok(LogLevel::Error),
-        "warning" | "warn" => Ok(LogLevel::Warning),
-        "notice" => Ok(LogLevel::Notice),
-        "debug" => Ok(LogLevel::Debug),
-        _ => Err("expected alert, error, warning, notice or debug".to_string()),
+/// The entry of `table` named `value` (any case); otherwise `expected`, with a hint when
+/// a name is a likely typo away.
+fn one_of<T: Copy>(value: &str, table: &[(&str, T)], expected: &str) -> Result<T, String> {
+    match table
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+    {
+        Some(&(_, found)) => Ok(found),
+        None => Err(format!(
+            "{expected}{}",
+            hint(value, table.iter().map(|&(name, _)| name))
+        )),
     }
+}
+
+pub(super) fn log_level(value: &str) -> Result<LogLevel, String> {
+    let levels = [
+        ("alert", LogLevel::Alert),
+        ("error", LogLevel::Error),
+        ("warning", LogLevel::Warning),
+        ("warn", LogLevel::Warning),
+        ("notice", LogLevel::Notice),
+        ("debug", LogLevel::Debug),
+    ];
+    one_of(
+        value,
+        &levels,
+        "expected alert, error, warning, notice or debug",
+    )
 }
 
 pub(super) fn process_manager(value: &str) -> Result<ProcessManager, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "static" => Ok(ProcessManager::Static),
-        "dynamic" => Ok(ProcessManager::Dynamic),
-        "ondemand" => Ok(ProcessManager::Ondemand),
-        _ => Err("expected static, dynamic or ondemand".to_string()),
-    }
+    let managers = [
+        ("static", ProcessManager::Static),
+        ("dynamic", ProcessManager::Dynamic),
+        ("ondemand", ProcessManager::Ondemand),
+    ];
+    one_of(value, &managers, "expected static, dynamic or ondemand")
 }
 
 pub(super) fn stderr_mode(value: &str) -> Result<StderrMode, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "fastcgi" => Ok(StderrMode::Fastcgi),
-        "log" => Ok(StderrMode::Log),
-        "both" => Ok(StderrMode::Both),
-        "discard" => Ok(StderrMode::Discard),
-        _ => Err("expected fastcgi, log, both or discard".to_string()),
-    }
+    let modes = [
+        ("fastcgi", StderrMode::Fastcgi),
+        ("log", StderrMode::Log),
+        ("both", StderrMode::Both),
+        ("discard", StderrMode::Discard),
+    ];
+    one_of(value, &modes, "expected fastcgi, log, both or discard")
 }
 
 pub(super) fn rlimit_core(value: &str) -> Result<RlimitCore, String> {
@@ -172,7 +196,12 @@ pub(super) fn rlimit_core(value: &str) -> Result<RlimitCore, String> {
     }
     integer(value, 0, u64::MAX)
         .map(RlimitCore::Bytes)
-        .map_err(|_| "expected 'unlimited' or a number of bytes".to_string())
+        .map_err(|_| {
+            format!(
+                "expected 'unlimited' or a number of bytes{}",
+                hint(value, ["unlimited"])
+            )
+        })
 }
 
 const SYSLOG_FACILITIES: &[&str] = &[
@@ -187,8 +216,9 @@ pub(super) fn syslog_facility(value: &str) -> Result<String, String> {
         Ok(name)
     } else {
         Err(format!(
-            "expected a syslog facility: {}",
-            SYSLOG_FACILITIES.join(", ")
+            "expected a syslog facility: {}{}",
+            SYSLOG_FACILITIES.join(", "),
+            hint(value, SYSLOG_FACILITIES.iter().copied())
         ))
     }
 }
@@ -200,7 +230,11 @@ pub(super) fn events_mechanism(value: &str) -> Result<String, String> {
     if EVENT_MECHANISMS.contains(&name.as_str()) {
         Ok(name)
     } else {
-        Err(format!("expected one of {}", EVENT_MECHANISMS.join(", ")))
+        Err(format!(
+            "expected one of {}{}",
+            EVENT_MECHANISMS.join(", "),
+            hint(value, EVENT_MECHANISMS.iter().copied())
+        ))
     }
 }
 
