@@ -109,7 +109,17 @@ impl log::Log for Logger {
         let level = level_of(record.level(), record.target());
         let mut message = String::with_capacity(128);
         let _ = write!(message, "{}", record.args());
-        cut_to_limit(&mut message, self.limit.load(Ordering::Relaxed));
+        self.write_entry(level, message, 0);
+    }
+
+    fn flush(&self) {}
+}
+
+impl Logger {
+    /// One entry, cut to `log_limit`; `hidden` bytes of it were already left out upstream
+    /// (by a [`LineSplitter`]) and count in the note.
+    fn write_entry(&self, level: LogLevel, mut message: String, hidden: usize) {
+        cut_to_limit(&mut message, self.limit.load(Ordering::Relaxed), hidden);
         if self.syslog.load(Ordering::Relaxed) {
             send_to_syslog(self.facility.load(Ordering::Relaxed), level, &message);
             return;
@@ -117,21 +127,28 @@ impl log::Log for Logger {
         let line = format!("[{}] {}: {message}\n", timestamp(), label(level));
         write_all_fd(self.fd.load(Ordering::Relaxed), line.as_bytes());
     }
+}
 
-    fn flush(&self) {}
+/// A WARNING entry for a line a [`LineSplitter`] cut: `hidden` bytes of the line were
+/// dropped before `message` was built, so the note counts them too.
+pub fn warn_cut(message: String, hidden: usize) {
+    if LogLevel::Warning as u8 >= LOGGER.level.load(Ordering::Relaxed) {
+        LOGGER.write_entry(LogLevel::Warning, message, hidden);
+    }
 }
 
 /// Keep an entry on one line and within `limit` bytes: a longer one is cut (at a character
 /// boundary) with a note of how much was left out, never split into several entries.
-fn cut_to_limit(message: &mut String, limit: usize) {
-    if message.len() <= limit {
+/// `hidden` bytes were cut before the message reached here and count in the note.
+fn cut_to_limit(message: &mut String, limit: usize, hidden: usize) {
+    if message.len() <= limit && hidden == 0 {
         return;
     }
-    let mut end = limit;
+    let mut end = limit.min(message.len());
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    let dropped = message.len() - end;
+    let dropped = message.len() - end + hidden;
     message.truncate(end);
     let _ = write!(message, "... [{dropped} more bytes cut at log_limit]");
 }
@@ -210,66 +227,79 @@ pub fn open_error_log(target: &ErrorLog, ident: &str, facility: &str) -> Result<
 }
 
 /// A line exactly as given, with no timestamp or level (php-fpm's undecorated worker
-/// output), to wherever the error log goes.
-pub fn write_raw(line: &str) {
+/// output), to wherever the error log goes. `log_limit` holds here too: a longer line is
+/// cut like any entry, `hidden` counting what a [`LineSplitter`] already left out.
+pub fn write_raw(line: &str, hidden: usize) {
+    let mut line = line.to_string();
+    cut_to_limit(&mut line, limit(), hidden);
     if LOGGER.syslog.load(Ordering::Relaxed) {
         send_to_syslog(
             LOGGER.facility.load(Ordering::Relaxed),
             LogLevel::Notice,
-            line,
+            &line,
         );
     } else {
-        write_all_fd(
-            LOGGER.fd.load(Ordering::Relaxed),
-            format!("{line}\n").as_bytes(),
-        );
+        line.push('\n');
+        write_all_fd(LOGGER.fd.load(Ordering::Relaxed), line.as_bytes());
     }
 }
 
 /// Splits a byte stream (a script's stderr, a worker's output) into log entries, one per
-/// line. A line longer than `log_limit` becomes a single entry, which the logger cuts, and
-/// the rest of that line is dropped: never several entries for one line.
-#[derive(Debug, Default)]
+/// line. Of a line longer than `log_limit` only the first `log_limit` bytes are kept (the
+/// logger cuts the entry there anyway) and the rest is counted, so the entry's note says
+/// how much of the *line* was left out: never several entries for one line, never more
+/// than `log_limit` bytes held.
+#[derive(Debug)]
 pub struct LineSplitter {
     pending: Vec<u8>,
-    /// Inside a line that was already logged (cut); drop bytes until its end.
-    skipping: bool,
+    /// Bytes of the current line dropped past the limit.
+    hidden: usize,
+    limit: usize,
+}
+
+impl Default for LineSplitter {
+    /// Split at the logger's current `log_limit`.
+    fn default() -> Self {
+        LineSplitter::with_limit(limit())
+    }
 }
 
 impl LineSplitter {
-    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&[u8])) {
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
-            if self.skipping {
-                self.skipping = false;
-            } else {
-                self.pending.extend_from_slice(&bytes[..pos]);
-                emit(&self.pending);
-                self.pending.clear();
-            }
-            bytes = &bytes[pos + 1..];
+    pub fn with_limit(limit: usize) -> Self {
+        LineSplitter {
+            pending: Vec::new(),
+            hidden: 0,
+            limit,
         }
-        if self.skipping {
-            return;
-        }
-        let room = limit().saturating_sub(self.pending.len());
-        if bytes.len() >= room {
-            // Enough for a full entry: log it now rather than hold an unbounded line.
-            self.pending.extend_from_slice(bytes);
-            emit(&self.pending);
+    }
+
+    /// Feed bytes; `emit(line, hidden)` gets each complete line (without its newline) and
+    /// how many bytes of it were dropped.
+    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&[u8], usize)) {
+        loop {
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let part = &bytes[..newline.unwrap_or(bytes.len())];
+            let room = self.limit.saturating_sub(self.pending.len());
+            let kept = part.len().min(room);
+            self.pending.extend_from_slice(&part[..kept]);
+            self.hidden += part.len() - kept;
+            let Some(pos) = newline else {
+                return;
+            };
+            emit(&self.pending, self.hidden);
             self.pending.clear();
-            self.skipping = true;
-        } else {
-            self.pending.extend_from_slice(bytes);
+            self.hidden = 0;
+            bytes = &bytes[pos + 1..];
         }
     }
 
     /// The stream ended: log an unterminated last line.
-    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
-        if !self.pending.is_empty() && !self.skipping {
-            emit(&self.pending);
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8], usize)) {
+        if !self.pending.is_empty() || self.hidden > 0 {
+            emit(&self.pending, self.hidden);
         }
         self.pending.clear();
-        self.skipping = false;
+        self.hidden = 0;
     }
 }
 
@@ -346,24 +376,56 @@ mod tests {
     #[test]
     fn long_entries_are_cut_on_one_line() {
         let mut m = "é".repeat(10);
-        cut_to_limit(&mut m, 5);
+        cut_to_limit(&mut m, 5, 0);
         assert_eq!(m, "éé... [16 more bytes cut at log_limit]");
         let mut short = "short".to_string();
-        cut_to_limit(&mut short, 5);
+        cut_to_limit(&mut short, 5, 0);
         assert_eq!(short, "short");
     }
 
     #[test]
+    fn bytes_cut_upstream_count_in_the_note() {
+        let mut m = "0123456789".to_string();
+        cut_to_limit(&mut m, 4, 1000);
+        assert_eq!(m, "0123... [1006 more bytes cut at log_limit]");
+        // Within the limit, but the splitter already dropped some: still noted.
+        let mut m = "0123".to_string();
+        cut_to_limit(&mut m, 8, 7);
+        assert_eq!(m, "0123... [7 more bytes cut at log_limit]");
+    }
+
+    #[test]
     fn lines_split_once_each_and_long_ones_only_once() {
-        set_limit(8);
-        let mut s = LineSplitter::default();
-        let mut got: Vec<String> = Vec::new();
+        let mut got: Vec<(String, usize)> = Vec::new();
+        let mut s = LineSplitter::with_limit(8);
         for chunk in [&b"ab"[..], b"c\nde", b"f\n0123456789abcdef", b"ghij\nlast"] {
-            s.push(chunk, |l| got.push(String::from_utf8_lossy(l).into_owned()));
+            s.push(chunk, |l, h| {
+                got.push((String::from_utf8_lossy(l).into_owned(), h))
+            });
         }
-        s.finish(|l| got.push(String::from_utf8_lossy(l).into_owned()));
-        set_limit(DEFAULT_LOG_LIMIT);
-        assert_eq!(got, vec!["abc", "def", "0123456789abcdef", "last"]);
+        s.finish(|l, h| got.push((String::from_utf8_lossy(l).into_owned(), h)));
+        let want = [("abc", 0), ("def", 0), ("01234567", 12), ("last", 0)];
+        let want: Vec<(String, usize)> = want.iter().map(|(l, h)| (l.to_string(), *h)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_line_far_past_the_limit_counts_every_byte_it_dropped() {
+        // The figures the issue reported wrong: 2 MiB and 10 MiB lines, read in pipe-sized
+        // chunks, against the default 1 MiB limit.
+        for total in [2 << 20, 10 << 20] {
+            let mut s = LineSplitter::with_limit(DEFAULT_LOG_LIMIT);
+            let mut got = Vec::new();
+            let chunk = vec![b'x'; 65536];
+            let mut left: usize = total;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.push(&chunk[..n], |l, h| got.push((l.len(), h)));
+                left -= n;
+            }
+            s.push(b"\n", |l, h| got.push((l.len(), h)));
+            assert_eq!(got, vec![(DEFAULT_LOG_LIMIT, total - DEFAULT_LOG_LIMIT)]);
+        }
     }
 
     #[test]

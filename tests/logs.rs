@@ -169,29 +169,101 @@ fn stderr_both_goes_to_the_web_server_and_the_log() {
     fpm.wait_for_log("said into stderr: \"careful\"", Duration::from_secs(5));
 }
 
-#[test]
-fn log_limit_cuts_an_entry_without_splitting_it() {
-    let fpm = Fpm::start(1, "cgi.stderr = log");
-    // log_limit is global: restart with it set.
-    drop(fpm);
+/// One static worker with `pool_extra`, under a `[global]` section holding `global_extra`.
+fn start_with_global(global_extra: &str, pool_extra: &str) -> Fpm {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("www")).expect("mkdir");
     let config = format!(
-        "[global]\nlog_limit = 600\n\n{}",
-        common::pool_section("www", dir.path(), 1, "cgi.stderr = log")
+        "[global]\n{global_extra}\n\n{}",
+        common::pool_section("www", dir.path(), 1, pool_extra)
     );
     let address = dir.path().join("www.sock").display().to_string();
-    let fpm = Fpm::start_with(dir, &config, &address);
-    let script = fpm.script(
+    Fpm::start_with(dir, &config, &address)
+}
+
+/// A script that writes one stderr line of `len` copies of `byte`, then answers "ok".
+fn long_line_script(fpm: &Fpm, len: usize, byte: char) -> std::path::PathBuf {
+    fpm.script(
         "noisy.sh",
-        "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' 'y' >&2\necho >&2\n\
-         printf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
-    );
+        &format!(
+            "#!/bin/sh\nhead -c {len} /dev/zero | tr '\\0' '{byte}' >&2\necho >&2\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nok'\n"
+        ),
+    )
+}
+
+/// The one log line holding `needle`, split into what was kept of the entry's message
+/// (after the level label, or the whole line when undecorated) and the note's figure.
+fn cut_entry(log: &str, needle: &str, label: &str) -> (String, usize) {
+    let entries: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(entries.len(), 1, "one entry for the line, not several");
+    let message = match entries[0].split_once(label) {
+        Some((_, rest)) => rest,
+        None => entries[0],
+    };
+    let (kept, note) = message
+        .rsplit_once("... [")
+        .unwrap_or_else(|| panic!("no cut note in {:.200}", message));
+    let figure = note
+        .strip_suffix(" more bytes cut at log_limit]")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad note [{note}"));
+    (kept.to_string(), figure)
+}
+
+#[test]
+fn log_limit_cuts_an_entry_without_splitting_it() {
+    let fpm = start_with_global("log_limit = 600", "cgi.stderr = log");
+    let script = long_line_script(&fpm, 5000, 'y');
     fpm.get(&script, &[]);
     fpm.wait_for_log("cut at log_limit]", Duration::from_secs(5));
-    let log = fpm.log_text();
-    let entries: Vec<&str> = log.lines().filter(|l| l.contains("yyy")).collect();
-    assert_eq!(entries.len(), 1, "{log}");
+    let (kept, figure) = cut_entry(&fpm.log_text(), "yyyyyyyy", "WARNING: ");
+    assert_eq!(kept.len(), 600, "the message is cut at log_limit");
+    // The whole message would be its prefix, the 5000 bytes and the closing quote.
+    let prefix = kept
+        .find("stderr: \"")
+        .expect("the line starts in the entry")
+        + 9;
+    assert_eq!(
+        figure,
+        prefix + 5000 + 1 - 600,
+        "the note counts what was cut"
+    );
+}
+
+#[test]
+fn the_cut_note_counts_a_line_longer_than_the_read_buffer() {
+    // Default log_limit (1 MiB), a 2 MiB line: it arrives in many pipe reads, and the note
+    // must count every byte past the limit, not the last read's.
+    let fpm = Fpm::start(1, "cgi.stderr = log");
+    let script = long_line_script(&fpm, 2 << 20, 'q');
+    assert_eq!(fpm.get(&script, &[]).body(), b"ok");
+    fpm.wait_for_log("cut at log_limit]", Duration::from_secs(10));
+    let (kept, figure) = cut_entry(&fpm.log_text(), "qqqqqqqq", "WARNING: ");
+    assert_eq!(kept.len(), 1 << 20);
+    let prefix = kept
+        .find("stderr: \"")
+        .expect("the line starts in the entry")
+        + 9;
+    assert_eq!(figure, prefix + (2 << 20) + 1 - (1 << 20));
+}
+
+#[test]
+fn log_limit_cuts_undecorated_worker_output_too() {
+    let fpm = start_with_global(
+        "log_limit = 512",
+        "catch_workers_output = yes\ndecorate_workers_output = no",
+    );
+    let script = long_line_script(&fpm, 2000, 'z');
+    assert_eq!(fpm.get(&script, &[]).body(), b"ok");
+    fpm.wait_for_log("cut at log_limit]", Duration::from_secs(5));
+    let (kept, figure) = cut_entry(&fpm.log_text(), "zzzzzzzz", "\u{0}");
+    assert_eq!(
+        kept,
+        "z".repeat(512),
+        "the line as written, cut at log_limit"
+    );
+    assert_eq!(figure, 2000 - 512);
 }
 
 #[test]

@@ -119,7 +119,7 @@ impl Capture {
                 Ok(0) => break true,
                 Ok(n) => {
                     let (lines, meta) = pipe.split();
-                    lines.push(&buf[..n], |line| meta.log(line, false));
+                    lines.push(&buf[..n], |line, hidden| meta.log(line, hidden, false));
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => break false,
@@ -128,7 +128,7 @@ impl Capture {
         };
         if closed {
             let (lines, meta) = pipe.split();
-            lines.finish(|line| meta.log(line, true));
+            lines.finish(|line, hidden| meta.log(line, hidden, true));
             let _ = registry.deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
             self.pipes.remove(&token);
         }
@@ -158,20 +158,29 @@ impl Pipe {
 }
 
 impl PipeMeta<'_> {
-    fn log(&self, line: &[u8], closing: bool) {
-        let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+    fn log(&self, line: &[u8], hidden: usize, closing: bool) {
+        // A cut line's \r (if any) went with the cut.
+        let line = if hidden == 0 {
+            line.strip_suffix(b"\r").unwrap_or(line)
+        } else {
+            line
+        };
+        let text = String::from_utf8_lossy(line);
         if self.decorate {
-            log::warn!(
-                "[pool {}] child {} said into {}: \"{}\"{}",
-                self.pool,
-                self.pid,
-                self.stream,
-                text,
-                if closing { ", pipe is closed" } else { "" }
+            crate::logging::warn_cut(
+                format!(
+                    "[pool {}] child {} said into {}: \"{}\"{}",
+                    self.pool,
+                    self.pid,
+                    self.stream,
+                    text,
+                    if closing { ", pipe is closed" } else { "" }
+                ),
+                hidden,
             );
         } else {
             // Undecorated, as php-fpm's decorate_workers_output = no: the line as written.
-            crate::logging::write_raw(&text);
+            crate::logging::write_raw(&text, hidden);
         }
     }
 }

@@ -685,8 +685,9 @@ impl<'a> Pump<'a> {
                     }
                     if to_log {
                         let script = &self.script;
-                        self.stderr_lines
-                            .push(&buf[..n], |line| log_stderr(ctx, script, line));
+                        self.stderr_lines.push(&buf[..n], |line, hidden| {
+                            log_stderr(ctx, script, line, hidden)
+                        });
                     }
                     if to_fastcgi
                         && self.conn.pending_output() >= OUTPUT_CHUNK
@@ -708,7 +709,7 @@ impl<'a> Pump<'a> {
     fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
         let script = &self.script;
         self.stderr_lines
-            .finish(|line| log_stderr(ctx, script, line));
+            .finish(|line, hidden| log_stderr(ctx, script, line, hidden));
     }
 
     fn reap(&mut self) {
@@ -859,19 +860,28 @@ fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
     );
 }
 
-/// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit).
-fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+/// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit;
+/// we cut, noting how many bytes of the line were left out).
+fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
+    let line = if hidden == 0 {
+        line.strip_suffix(b"\r").unwrap_or(line)
+    } else {
+        line
+    };
     if ctx.pool.catch_workers_output && !ctx.pool.decorate_workers_output {
-        // php-fpm's decorate_workers_output = no: the line exactly as the script wrote it.
-        crate::logging::write_raw(&String::from_utf8_lossy(line));
+        // php-fpm's decorate_workers_output = no: the line exactly as the script wrote it,
+        // within log_limit like every entry.
+        crate::logging::write_raw(&String::from_utf8_lossy(line), hidden);
         return;
     }
-    log::warn!(
-        "[pool {}] child {}, script '{}' said into stderr: \"{}\"",
-        ctx.pool.name,
-        std::process::id(),
-        script,
-        String::from_utf8_lossy(line)
+    crate::logging::warn_cut(
+        format!(
+            "[pool {}] child {}, script '{}' said into stderr: \"{}\"",
+            ctx.pool.name,
+            std::process::id(),
+            script,
+            String::from_utf8_lossy(line)
+        ),
+        hidden,
     );
 }
