@@ -44,7 +44,12 @@ fn main() -> ExitCode {
     }
 
     let path = options.config_path();
-    let config = match config::load(&path, options.prefix.as_deref()) {
+    let (loaded, warnings) = config::load_reporting(&path, options.prefix.as_deref());
+    // Warnings first, errors or not: one may explain an error, and `-t` promises both.
+    for warning in &warnings {
+        log::warn!("{warning}");
+    }
+    let config = match loaded {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
@@ -55,9 +60,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    for warning in &config.warnings {
-        log::warn!("{warning}");
-    }
     // Users, groups and the root rule: checked under -t as well as at start.
     let prepared = match isolation::prepare(&config, options.allow_root) {
         Ok(prepared) => prepared,

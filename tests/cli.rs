@@ -130,6 +130,25 @@ fn a_pool_without_allowed_roots_warns() {
 }
 
 #[test]
+fn warnings_are_printed_next_to_errors() {
+    // cgi-fpm(8): "-t ... warnings are printed too" — also when the file has errors.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("both.conf");
+    std::fs::write(
+        &config,
+        "[www]\nlisten = 9000\npm = static\npm.max_children = 0\n",
+    )
+    .expect("write");
+    let (code, text) = run(&["-t", "-R", "-y", &config.display().to_string()]);
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("'pm.max_children'"), "the error: {text}");
+    assert!(
+        text.contains("WARNING:") && text.contains("cgi.allowed_roots is not set"),
+        "the warning too: {text}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_is_an_error() {
     let (code, text) = run(&["-t", "-y", "/nonexistent/cgi-fpm.conf"]);
     assert_eq!(code, 78, "{text}");

@@ -55,24 +55,51 @@ impl fmt::Display for ConfigError {
 /// the file that names them. On success, [`Config::warnings`] holds the findings that are not
 /// fatal; on failure, every error found is returned, not only the first.
 pub fn load(path: &Path, prefix: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
-    load_with_env(path, prefix, &|name| std::env::var(name).ok())
+    load_reporting(path, prefix).0
 }
 
-/// [`load`] with `${VAR}` and `env[X] = $VAR` looked up in `env` instead of the process
-/// environment, so tests need not change it.
+/// [`load`], and the warnings whether it failed or not (on success they are also in
+/// [`Config::warnings`]): `-t` prints them next to the errors.
+pub fn load_reporting(
+    path: &Path,
+    prefix: Option<&Path>,
+) -> (Result<Config, Vec<ConfigError>>, Vec<String>) {
+    match load_checked(path, prefix, &|name| std::env::var(name).ok()) {
+        Ok(config) => {
+            let warnings = config.warnings.clone();
+            (Ok(config), warnings)
+        }
+        Err((errors, warnings)) => (Err(errors), warnings),
+    }
+}
+
+#[cfg(test)]
 fn load_with_env(
     path: &Path,
     prefix: Option<&Path>,
     env: ini::EnvLookup,
 ) -> Result<Config, Vec<ConfigError>> {
+    load_checked(path, prefix, env).map_err(|(errors, _)| errors)
+}
+
+/// [`load`] with `${VAR}` and `env[X] = $VAR` looked up in `env` instead of the process
+/// environment, so tests need not change it; errors come with the warnings found.
+fn load_checked(
+    path: &Path,
+    prefix: Option<&Path>,
+    env: ini::EnvLookup,
+) -> Result<Config, (Vec<ConfigError>, Vec<String>)> {
     let fail = |message: String| {
-        Err(vec![ConfigError {
-            file: Some(path.to_path_buf()),
-            line: None,
-            section: None,
-            key: None,
-            message,
-        }])
+        Err((
+            vec![ConfigError {
+                file: Some(path.to_path_buf()),
+                line: None,
+                section: None,
+                key: None,
+                message,
+            }],
+            Vec::new(),
+        ))
     };
     let base = match prefix {
         Some(prefix) if !prefix.is_dir() => {

@@ -29,7 +29,12 @@ pub(super) struct Origin<'a> {
     pub base: &'a Path,
 }
 
-pub(super) fn finish(draft: Draft, origin: &Origin) -> Result<Config, Vec<ConfigError>> {
+/// The checked configuration, or the errors together with the warnings found on the way
+/// (`-t` shows both: a warning may explain an error).
+pub(super) fn finish(
+    draft: Draft,
+    origin: &Origin,
+) -> Result<Config, (Vec<ConfigError>, Vec<String>)> {
     let Draft {
         global,
         pools: pool_drafts,
@@ -61,7 +66,7 @@ pub(super) fn finish(draft: Draft, origin: &Origin) -> Result<Config, Vec<Config
     }
     check_listen_conflicts(&checked, &mut errors);
     if !errors.is_empty() {
-        return Err(errors);
+        return Err((errors, warnings));
     }
     Ok(Config {
         path: origin.main.to_path_buf(),

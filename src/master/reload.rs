@@ -182,9 +182,14 @@ impl Master {
             return;
         };
         log::info!("Reloading in progress ...");
-        let config = match crate::config::load(&reexec.config_path, reexec.prefix.as_deref()) {
+        let (loaded, warnings) =
+            crate::config::load_reporting(&reexec.config_path, reexec.prefix.as_deref());
+        let config = match loaded {
             Ok(c) => c,
             Err(errors) => {
+                // The new image would print the warnings of a good file; a bad one's may
+                // explain its errors.
+                warnings.iter().for_each(|w| log::warn!("{w}"));
                 errors.iter().for_each(|e| log::error!("{e}"));
                 log::error!(
                     "reload aborted: '{}' has errors; the running configuration stays in effect",
