@@ -1,5 +1,5 @@
 use cgi_fpm::config;
-use cgi_fpm::{cli, isolation, logging, master};
+use cgi_fpm::{cli, handover, isolation, logging, master};
 use std::process::ExitCode;
 
 /// How to start again for a reload: the same binary path (a replaced binary is picked up)
@@ -27,6 +27,9 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     logging::init(config::LogLevel::Notice);
+    // Read once, first: what a previous image of this master handed over across a
+    // reload's exec. Taken out of the environment before anything could pass it on.
+    let handover = handover::Handover::take_from_environment();
     let options = match cli::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
@@ -87,10 +90,7 @@ fn main() -> ExitCode {
     // Go to the background first, so the master (the child) is the one that logs and
     // reports readiness; the command returns once the master is ready, or with its error.
     // The new image of a reload is the daemon already: it must not fork again.
-    let reloaded = std::env::var_os(master::RELOAD_ENV).is_some();
-    // SAFETY: single-threaded at this point; nothing else reads the environment.
-    unsafe { std::env::remove_var(master::RELOAD_ENV) };
-    let daemonize = !reloaded && options.daemonize.unwrap_or(config.global.daemonize);
+    let daemonize = handover.is_none() && options.daemonize.unwrap_or(config.global.daemonize);
     let mut report = if daemonize {
         match cgi_fpm::daemon::daemonize() {
             Ok(r) => r,
@@ -133,6 +133,7 @@ fn main() -> ExitCode {
             force_stderr: options.force_stderr,
             privileges: prepared.pools,
             reexec: reexec(&options, &path),
+            handover,
         },
         &mut report,
     );

@@ -2,12 +2,12 @@
 //! SIGSEGV or SIGBUS within the interval, php-fpm reloads. A fault that survives a reload
 //! would reload again and again; here each emergency reload opens a cool-down, doubling
 //! up to ten minutes, during which further ones are held back and logged. The state
-//! crosses the reload's exec in CGI_FPM_EMERGENCY.
+//! crosses the reload's exec in the handover (`crate::handover`).
 
+use crate::handover::EmergencyState;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub const EMERGENCY_ENV: &str = "CGI_FPM_EMERGENCY";
 const MAX_COOLDOWN: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,32 +49,21 @@ impl Emergency {
         }
     }
 
-    /// Continue from the state a previous image left in the environment (and remove it).
-    pub fn from_environment(threshold: u32, interval: Duration) -> Emergency {
-        let state = std::env::var(EMERGENCY_ENV).ok();
-        // SAFETY: read once at start-up; the master is single-threaded.
-        unsafe { std::env::remove_var(EMERGENCY_ENV) };
-        Emergency::resume(threshold, interval, state.as_deref())
-    }
-
-    /// Continue from a state written by [`Emergency::to_env`].
-    fn resume(threshold: u32, interval: Duration, state: Option<&str>) -> Emergency {
+    /// Continue from the state the previous image handed over.
+    pub fn resume(threshold: u32, interval: Duration, state: EmergencyState) -> Emergency {
         let mut e = Emergency::new(threshold, interval);
-        if let Some((until, cooldown)) = state.and_then(|s| s.split_once(':'))
-            && let (Ok(until), Ok(cooldown)) = (until.parse::<u64>(), cooldown.parse::<u64>())
-        {
-            e.held_until = (until > 0).then(|| UNIX_EPOCH + Duration::from_secs(until));
-            e.cooldown = Duration::from_secs(cooldown);
-        }
+        e.held_until =
+            (state.held_until > 0).then(|| UNIX_EPOCH + Duration::from_secs(state.held_until));
+        e.cooldown = Duration::from_secs(state.cooldown_secs);
         e
     }
 
-    pub fn to_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.held_until.map(secs).unwrap_or(0),
-            self.cooldown.as_secs()
-        )
+    /// The state to hand over to the next image.
+    pub fn handover(&self) -> EmergencyState {
+        EmergencyState {
+            held_until: self.held_until.map(secs).unwrap_or(0),
+            cooldown_secs: self.cooldown.as_secs(),
+        }
     }
 
     /// A worker died of SIGSEGV or SIGBUS at `now`.
@@ -175,7 +164,7 @@ mod tests {
     fn held_back_while_cooling_down_and_the_state_survives_exec() {
         let mut e = Emergency::new(1, Duration::from_secs(30));
         assert_eq!(e.record_crash(at(0)), Verdict::Reload { crashes: 1 });
-        let mut next = Emergency::resume(1, Duration::from_secs(30), Some(&e.to_env()));
+        let mut next = Emergency::resume(1, Duration::from_secs(30), e.handover());
         assert_eq!(next.record_crash(at(5)), Verdict::HeldBack { for_secs: 25 });
         assert!(matches!(next.record_crash(at(31)), Verdict::Reload { .. }));
     }

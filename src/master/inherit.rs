@@ -1,18 +1,16 @@
 //! Listening sockets the master did not create: handed over by systemd (socket
-//! activation, `LISTEN_FDS`) or by the previous master image across a reload
-//! (`CGI_FPM_SOCKETS=key=fd,…`, the scheme of php-fpm's FPM_SOCKETS). Each is matched to
-//! a pool by its address; the rest are closed.
+//! activation, `LISTEN_FDS`) or by the previous master image in the reload handover
+//! (`crate::handover`, keyed by address as php-fpm's FPM_SOCKETS). Each is matched to a
+//! pool by its address; the rest are closed.
 
 use crate::config::ListenAddress;
 use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-pub const SOCKETS_ENV: &str = "CGI_FPM_SOCKETS";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Systemd,
-    Reload,
+    Handover,
 }
 
 #[derive(Debug)]
@@ -66,9 +64,10 @@ fn prepare(fd: &OwnedFd) {
 }
 
 impl Inherited {
-    /// Collect what the environment hands us, and remove those variables so that neither
-    /// CGI children nor a later image see stale descriptors.
-    pub fn from_environment() -> Inherited {
+    /// Collect what systemd's environment and the reload handover hand us, and remove
+    /// systemd's variables so that neither CGI children nor a later image see stale
+    /// descriptors.
+    pub fn collect(handed_over: Vec<crate::handover::Listener>) -> Inherited {
         let mut sockets = Vec::new();
         if let Ok(fds) = sd_notify::listen_fds() {
             for raw in fds {
@@ -87,30 +86,22 @@ impl Inherited {
                 }
             }
         }
-        if let Some(list) = std::env::var_os(SOCKETS_ENV) {
-            for item in list.to_string_lossy().split(',').filter(|s| !s.is_empty()) {
-                let Some((key, fd)) = item.rsplit_once('=') else {
-                    continue;
-                };
-                let Ok(raw) = fd.parse::<RawFd>() else {
-                    continue;
-                };
-                // Only take descriptors that really are open sockets with the said address.
-                if socket_key(raw).as_deref() != Some(key) {
-                    log::warn!("inherited socket \"{key}\" (fd {raw}) does not match; ignoring it");
-                    continue;
-                }
-                // SAFETY: the previous image of this process left this descriptor open for
-                // us under this key (checked just above) and nothing else owns it.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                sockets.push(InheritedSocket {
-                    key: key.to_string(),
-                    fd,
-                    origin: Origin::Reload,
-                });
+        for crate::handover::Listener { key, fd: raw } in handed_over {
+            // Only take descriptors that really are open sockets with the said address.
+            if raw <= 2 || socket_key(raw).as_deref() != Some(key.as_str()) {
+                log::warn!("handed-over socket \"{key}\" (fd {raw}) does not match; ignoring it");
+                continue;
             }
+            // SAFETY: the previous image of this process left this descriptor open for
+            // us under this key (checked just above) and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            sockets.push(InheritedSocket {
+                key,
+                fd,
+                origin: Origin::Handover,
+            });
         }
-        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", SOCKETS_ENV] {
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             // SAFETY: called once at start-up, before the master forks or starts anything
             // that could read the environment concurrently (it is single-threaded).
             unsafe { std::env::remove_var(var) };
@@ -134,15 +125,15 @@ impl Inherited {
         Some(socket)
     }
 
-    /// Close what no pool claimed. A unix socket file of ours (from a reload) is removed
-    /// with it; systemd's stay, they are systemd's to manage.
+    /// Close what no pool claimed. A unix socket file of ours (handed over by a reload) is
+    /// removed with it; systemd's stay, they are systemd's to manage.
     pub fn close_unused(self) {
         for s in self.sockets {
             log::info!(
                 "closing inherited socket \"{}\": no pool listens there any more",
                 s.key
             );
-            if s.origin == Origin::Reload && s.key.starts_with('/') {
+            if s.origin == Origin::Handover && s.key.starts_with('/') {
                 let _ = std::fs::remove_file(&s.key);
             }
         }

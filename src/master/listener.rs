@@ -57,7 +57,7 @@ pub fn open_at(
     if let Some(socket) = inherited.take(address) {
         // The socket file of a reload is ours to remove on exit; systemd's is not.
         let unix_path = match (address, socket.origin) {
-            (ListenAddress::Unix(path), Origin::Reload) => Some(path.clone()),
+            (ListenAddress::Unix(path), Origin::Handover) => Some(path.clone()),
             _ => None,
         };
         return Ok(Listener {

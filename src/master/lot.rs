@@ -34,7 +34,7 @@ impl Channels {
         })
     }
 
-    /// The channels a previous image handed over (see `carry`), in the order of
+    /// The channels a previous image handed over (see `handed_over`), in the order of
     /// `raw_fds`.
     pub fn from_fds([park_rx, handoff_tx, worker_park, worker_handoff]: [OwnedFd; 4]) -> Channels {
         Channels {
@@ -161,12 +161,12 @@ impl Lot {
                     return;
                 }
             };
-            self.adopt(registry, fd, pool);
+            self.park(registry, fd, pool);
         }
     }
 
     /// Watch `fd`, an idle kept connection of pool `pool`, until a request arrives on it.
-    pub fn adopt(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
+    pub fn park(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
         if self.parked.len() >= self.capacity {
             self.evict_oldest(registry);
         }

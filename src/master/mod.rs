@@ -3,8 +3,8 @@
 //! accepts a pool connection itself.
 
 mod capture;
-mod carry;
 mod emergency;
+mod handed_over;
 mod inherit;
 mod listener;
 mod logs;
@@ -18,7 +18,7 @@ use crate::isolation::Privileges;
 use crate::scoreboard::{Scoreboard, WorkerState, now_us};
 use crate::worker::{self, StatusSource, WorkerSpec};
 use capture::Capture;
-use emergency::{EMERGENCY_ENV, Emergency, Verdict};
+use emergency::{Emergency, Verdict};
 use listener::Listener;
 use logs::PoolLogs;
 use lot::{Channels, Lot, LotEvent};
@@ -30,7 +30,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use pm::{Decision, Figures, IdleWorker, PmState, Trigger};
 use reload::OldWorkers;
-pub use reload::{RELOAD_ENV, Reexec};
+pub use reload::Reexec;
 use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, HashSet};
@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub privileges: Vec<Privileges>,
     /// How to re-execute for a reload (SIGUSR2).
     pub reexec: Option<Reexec>,
+    /// What the previous image handed over, when this is the new image of a reload.
+    pub handover: Option<crate::handover::Handover>,
 }
 
 struct Pool {
@@ -155,8 +157,9 @@ pub struct Master {
     /// Each pool's channels for idle kept connections (none for status pools), by index.
     channels: Vec<Option<Channels>>,
     lot: Lot,
-    /// Connections parked with the previous image, watched once the loop starts.
-    adopted: Vec<(usize, std::os::fd::OwnedFd)>,
+    /// Connections parked with the previous image, handed over and watched once the
+    /// loop starts.
+    handed_over_parked: Vec<(usize, std::os::fd::OwnedFd)>,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -181,7 +184,8 @@ impl Master {
         if options.privileges.len() != config.pools.len() {
             return Err("worker privileges were not prepared for every pool".to_string());
         }
-        let mut inherited = inherit::Inherited::from_environment();
+        let handover = options.handover.unwrap_or_default();
+        let mut inherited = inherit::Inherited::collect(handover.listeners);
         let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
         for (config_index, pool) in config.pools.iter().enumerate() {
             let opened = listener::open(pool, &mut inherited).and_then(|listener| {
@@ -267,21 +271,22 @@ impl Master {
         };
         let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
             .map_or(TICK, |(every, _)| every);
-        // Read (and removed) before the environment is copied for workers: CGI children
-        // must not see them.
-        let old_workers = OldWorkers::from_environment();
-        let emergency = Emergency::from_environment(
+        let old_workers = OldWorkers::handed_over(&handover.old_workers);
+        let emergency = Emergency::resume(
             config.global.emergency_restart_threshold,
             config.global.emergency_restart_interval,
+            handover.emergency,
         );
-        let mut taken_over = carry::take_from_environment();
+        let mut handed_over = handed_over::take(handover.channels, handover.parked);
+        // `main` took the handover out of the environment before anything else ran:
+        // workers, and so CGI children, never see it.
         let inherited_env = std::env::vars_os().collect();
         let channels = pools
             .iter()
             .map(|p| match p.kind {
                 PoolKind::Status { .. } => None,
-                PoolKind::Workers => match taken_over.channels.iter().position(|(name, _)| *name == p.name) {
-                    Some(i) => Some(Channels::from_fds(taken_over.channels.swap_remove(i).1)),
+                PoolKind::Workers => match handed_over.channels.iter().position(|(name, _)| *name == p.name) {
+                    Some(i) => Some(Channels::from_fds(handed_over.channels.swap_remove(i).1)),
                     None => Channels::new()
                     .map_err(|e| {
                         log::warn!(
@@ -295,7 +300,7 @@ impl Master {
             .collect();
         // Connections parked with the previous image, for pools that are still here; the
         // rest are closed, as the channels of pools that are gone.
-        let adopted = taken_over
+        let handed_over_parked = handed_over
             .parked
             .into_iter()
             .filter_map(|(name, fd)| {
@@ -325,7 +330,7 @@ impl Master {
             process_max_reached: false,
             channels,
             lot: Lot::new(lot_capacity()),
-            adopted,
+            handed_over_parked,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -375,8 +380,8 @@ impl Master {
                 log::warn!("cannot watch the channel for idle kept connections: {e}");
             }
         }
-        for (index, fd) in std::mem::take(&mut self.adopted) {
-            self.lot.adopt(self.poll.registry(), fd, index);
+        for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
+            self.lot.park(self.poll.registry(), fd, index);
         }
         // ondemand pools start workers when connections arrive.
         for (index, pool) in self.pools.iter().enumerate() {

@@ -4,13 +4,14 @@
 //! requests block new ones, and with process_control_timeout = 0 requests in flight fail
 //! ("502 during reload"). Here the old image checks the new configuration and opens any new
 //! socket first (a bad one aborts the reload and changes nothing), then re-executes itself
-//! at once, handing over its listening sockets (CGI_FPM_SOCKETS), its workers' pids
-//! (CGI_FPM_OLD_WORKERS) and its parked kept connections (see `carry`). Old workers keep serving meanwhile; the new image starts its own
-//! workers, then tells the old ones to finish the request in hand and exit.
+//! at once, with one handover value (`crate::handover`): its listening sockets, its
+//! workers' pids, its parked kept connections and channels, and the emergency-restart
+//! state. Old workers keep serving meanwhile; the new image starts its own workers, then
+//! tells the old ones to finish the request in hand and exit.
 
-use super::carry::{Carried, PARKING_ENV};
-use super::inherit::{self, Inherited, SOCKETS_ENV};
+use super::inherit::{self, Inherited};
 use super::{Master, PoolKind, State, listener};
+use crate::handover::{self, Handover};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
 use std::collections::HashSet;
@@ -20,10 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub const OLD_WORKERS_ENV: &str = "CGI_FPM_OLD_WORKERS";
-/// Set for the new image of a reload: it is the running daemon already, so it must not
-/// daemonize again.
-pub const RELOAD_ENV: &str = "CGI_FPM_RELOAD";
 /// After TERM, how long old workers get before KILL (a worker gives its CGI child 2 s).
 const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
 
@@ -57,20 +54,14 @@ pub struct OldWorkers {
 }
 
 impl OldWorkers {
-    /// The pids the previous image handed over; the variable is removed.
-    pub fn from_environment() -> OldWorkers {
-        let pids = std::env::var(OLD_WORKERS_ENV)
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|p| p.parse::<i32>().ok())
-            .filter(|&p| p > 0)
-            .map(Pid::from_raw)
-            .collect();
-        // SAFETY: read once at start-up, before anything else runs that could read the
-        // environment concurrently (the master is single-threaded).
-        unsafe { std::env::remove_var(OLD_WORKERS_ENV) };
+    /// The pids the previous image handed over.
+    pub fn handed_over(pids: &[i32]) -> OldWorkers {
         OldWorkers {
-            pids,
+            pids: pids
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(|&p| Pid::from_raw(p))
+                .collect(),
             escalate: None,
         }
     }
@@ -153,12 +144,6 @@ fn children_of(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// A socket to hand to the new image, under the key it will look for.
-struct Handover {
-    key: String,
-    fd: RawFd,
-}
-
 pub(super) fn set_cloexec(fd: RawFd, on: bool) {
     // SAFETY: fcntl on a descriptor we hold open; it changes only its close-on-exec flag.
     unsafe {
@@ -206,7 +191,7 @@ impl Master {
 
         // Every socket the new configuration listens on: kept, or opened now so that an
         // address that cannot be bound aborts the reload here.
-        let mut handover: Vec<Handover> = Vec::new();
+        let mut listeners: Vec<handover::Listener> = Vec::new();
         let mut opened: Vec<listener::Listener> = Vec::new();
         let mut none_inherited = Inherited::default();
         for pool in &config.pools {
@@ -219,13 +204,13 @@ impl Master {
                         .map(|k| (k, p.listener.raw_fd()))
                 });
                 if let Some((key, fd)) = existing {
-                    handover.push(Handover { key, fd });
+                    listeners.push(handover::Listener { key, fd });
                     continue;
                 }
                 match listener::open_at(pool, address, &mut none_inherited) {
                     Ok(l) => {
                         if let Some(key) = inherit::socket_key(l.raw_fd()) {
-                            handover.push(Handover {
+                            listeners.push(handover::Listener {
                                 key,
                                 fd: l.raw_fd(),
                             });
@@ -243,24 +228,18 @@ impl Master {
         }
 
         crate::systemd::reloading();
-        let list: Vec<String> = handover
-            .iter()
-            .map(|h| format!("{}={}", h.key, h.fd))
-            .collect();
-        let mut old: Vec<String> = self.children.keys().map(|p| p.to_string()).collect();
-        old.extend(self.old_workers.pids.iter().map(|p| p.to_string()));
-        // SAFETY: the master is single-threaded; nothing reads the environment meanwhile.
-        unsafe {
-            std::env::set_var(SOCKETS_ENV, list.join(","));
-            std::env::set_var(OLD_WORKERS_ENV, old.join(","));
-            std::env::set_var(RELOAD_ENV, "1");
-            std::env::set_var(super::EMERGENCY_ENV, self.emergency.to_env());
-        }
         self.lot.receive_all(self.poll.registry(), &self.channels);
-        let carried = self.carried_parking();
-        // SAFETY: as above.
-        unsafe { std::env::set_var(PARKING_ENV, carried.encode()) };
-        for fd in handover.iter().map(|h| h.fd).chain(carried.fds()) {
+        let mut old_workers: Vec<i32> = self.children.keys().map(|p| p.as_raw()).collect();
+        old_workers.extend(self.old_workers.pids.iter().map(|p| p.as_raw()));
+        let handover = Handover {
+            listeners,
+            old_workers,
+            emergency: self.emergency.handover(),
+            channels: self.channels_to_hand_over(),
+            parked: self.parked_to_hand_over(),
+        };
+        handover.put_in_environment();
+        for fd in handover.fds() {
             set_cloexec(fd, false);
         }
         let mut saved = SigSet::empty();
@@ -273,7 +252,7 @@ impl Master {
         for pool in &self.pools {
             if pool.kind == PoolKind::Workers || matches!(pool.kind, PoolKind::Status { .. }) {
                 let fd = pool.listener.raw_fd();
-                if !handover.iter().any(|h| h.fd == fd)
+                if !handover.listeners.iter().any(|h| h.fd == fd)
                     && let Some(path) = pool.listener.owned_path()
                 {
                     let _ = std::fs::remove_file(path);
@@ -283,9 +262,9 @@ impl Master {
         log::info!(
             "re-executing {} with {} socket(s), {} worker(s) and {} idle kept connection(s) handed over",
             reexec.exe.display(),
-            handover.len(),
-            old.len(),
-            carried.parked.len()
+            handover.listeners.len(),
+            handover.old_workers.len(),
+            handover.parked.len()
         );
         let error = exec(&reexec);
 
@@ -295,43 +274,40 @@ impl Master {
             reexec.exe.display()
         );
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-        for fd in handover.iter().map(|h| h.fd).chain(carried.fds()) {
+        for fd in handover.fds() {
             set_cloexec(fd, true);
         }
-        // SAFETY: as above.
-        unsafe {
-            for var in [
-                PARKING_ENV,
-                SOCKETS_ENV,
-                OLD_WORKERS_ENV,
-                RELOAD_ENV,
-                super::EMERGENCY_ENV,
-            ] {
-                std::env::remove_var(var);
-            }
-        }
+        Handover::remove_from_environment();
         opened.into_iter().for_each(listener::Listener::close);
         crate::systemd::ready("Ready to handle connections");
     }
 }
 
 impl Master {
-    /// Each pool's parking channels and every parked connection, by pool name.
-    fn carried_parking(&self) -> Carried {
+    /// Each pool's parking channels, by pool name.
+    fn channels_to_hand_over(&self) -> Vec<handover::PoolChannels> {
         let name = |index: usize| self.pools[index].name.clone();
-        Carried {
-            channels: self
-                .channels
-                .iter()
-                .enumerate()
-                .filter_map(|(index, ch)| Some((name(index), ch.as_ref()?.raw_fds())))
-                .collect(),
-            parked: self
-                .lot
-                .parked_fds()
-                .map(|(index, fd)| (name(index), fd))
-                .collect(),
-        }
+        self.channels
+            .iter()
+            .enumerate()
+            .filter_map(|(index, ch)| {
+                Some(handover::PoolChannels {
+                    pool: name(index),
+                    fds: ch.as_ref()?.raw_fds(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every parked connection, by pool name.
+    fn parked_to_hand_over(&self) -> Vec<handover::Parked> {
+        self.lot
+            .parked_fds()
+            .map(|(index, fd)| handover::Parked {
+                pool: self.pools[index].name.clone(),
+                fd,
+            })
+            .collect()
     }
 }
 

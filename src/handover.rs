@@ -1,0 +1,174 @@
+//! The reload handover: what one master image hands the next across the exec of a
+//! graceful reload (SIGUSR2), as one typed value.
+//!
+//! The old image writes it as JSON into one environment variable just before it
+//! re-executes itself; `main` reads and removes it once, before anything else looks at
+//! the environment (so neither workers nor CGI children ever see it), and passes it to the
+//! master. Descriptors travel as numbers: the old image clears their close-on-exec flag,
+//! and the new one checks each is what it claims to be before it owns it (see
+//! `master::inherit` and `master::handed_over`).
+//!
+//! "Handover" is the one word for this in code and docs.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::RawFd;
+
+/// The environment variable that carries the handover across the exec.
+pub const VARIABLE: &str = "CGI_FPM_HANDOVER";
+
+/// Fields missing from the text take their defaults, and unknown ones are ignored: a
+/// reload may swap the binary, so the image that writes this may be older or newer.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Handover {
+    /// Every listening socket of the old image, under the key of its address. Those the
+    /// new configuration does not use are closed by the new image (and their socket files
+    /// removed): the old one removes nothing, so a failed exec leaves it whole.
+    pub listeners: Vec<Listener>,
+    /// The old image's workers, still finishing their requests.
+    pub old_workers: Vec<i32>,
+    /// The emergency-restart cool-down in progress.
+    pub emergency: EmergencyState,
+    /// Each pool's parking channels, so that old workers park into the new image.
+    pub channels: Vec<PoolChannels>,
+    /// Idle kept connections parked with the old image.
+    pub parked: Vec<Parked>,
+}
+
+/// A listening socket: `key` is its path or `ip:port` (see `master::inherit::socket_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub key: String,
+    pub fd: RawFd,
+}
+
+/// A pool's four channel ends, in the order of `master::lot::Channels::raw_fds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolChannels {
+    pub pool: String,
+    pub fds: [RawFd; 4],
+}
+
+/// One parked connection and the pool it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub pool: String,
+    pub fd: RawFd,
+}
+
+/// Seconds since the epoch, 0 for none.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyState {
+    pub held_until: u64,
+    pub cooldown_secs: u64,
+}
+
+impl Handover {
+    pub fn to_json(&self) -> String {
+        // A struct of strings and integers always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Handover, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Every descriptor named, in order.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        let listeners = self.listeners.iter().map(|l| l.fd);
+        let channels = self.channels.iter().flat_map(|c| c.fds.iter().copied());
+        listeners
+            .chain(channels)
+            .chain(self.parked.iter().map(|p| p.fd))
+    }
+
+    /// Read once, in `main`: `None` when this is not the new image of a reload. The
+    /// variable is removed. One that does not parse still means a reload (the process
+    /// must not daemonize again), but nothing in it is taken.
+    pub fn take_from_environment() -> Option<Handover> {
+        let text = std::env::var_os(VARIABLE)?;
+        // SAFETY: called once at the start of main, before any thread or child exists
+        // that could read the environment concurrently.
+        unsafe { std::env::remove_var(VARIABLE) };
+        match Handover::from_json(&text.to_string_lossy()) {
+            Ok(handover) => Some(handover),
+            Err(e) => {
+                log::error!("the reload handover ({VARIABLE}) does not parse ({e}); ignoring it");
+                Some(Handover::default())
+            }
+        }
+    }
+
+    /// Put the value where the next image's `take_from_environment` finds it.
+    pub fn put_in_environment(&self) {
+        // SAFETY: the master is single-threaded; nothing reads the environment meanwhile.
+        unsafe { std::env::set_var(VARIABLE, self.to_json()) };
+    }
+
+    /// Undo `put_in_environment` (the exec failed).
+    pub fn remove_from_environment() {
+        // SAFETY: as in `put_in_environment`.
+        unsafe { std::env::remove_var(VARIABLE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Handover {
+        Handover {
+            listeners: vec![
+                Listener {
+                    key: "/run/www.sock".into(),
+                    fd: 5,
+                },
+                Listener {
+                    key: "127.0.0.1:9000".into(),
+                    fd: 6,
+                },
+            ],
+            old_workers: vec![100, 101],
+            emergency: EmergencyState {
+                held_until: 1_700_000_000,
+                cooldown_secs: 120,
+            },
+            channels: vec![PoolChannels {
+                pool: "two words, \"quoted\"".into(),
+                fds: [7, 8, 9, 10],
+            }],
+            parked: vec![Parked {
+                pool: "www".into(),
+                fd: 11,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_value_round_trips_through_json() {
+        let handover = sample();
+        assert_eq!(Handover::from_json(&handover.to_json()), Ok(handover));
+    }
+
+    #[test]
+    fn every_descriptor_is_listed() {
+        let fds: Vec<RawFd> = sample().fds().collect();
+        assert_eq!(fds, vec![5, 6, 7, 8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn an_older_or_newer_image_is_understood() {
+        let older = Handover::from_json("{\"old_workers\":[7]}").unwrap();
+        assert_eq!(older.old_workers, vec![7]);
+        assert!(older.listeners.is_empty());
+        let newer = Handover::from_json("{\"old_workers\":[7],\"scoreboards\":[1]}").unwrap();
+        assert_eq!(newer, older);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Handover::from_json("").is_err());
+        assert!(Handover::from_json("{\"listeners\": 3}").is_err());
+        assert!(Handover::from_json("www.sock=5").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The parking part of the reload handover, taken by the new image.
+//!
+//! Without it, the exec closed every parked connection at once. nginx had maybe just
+//! written a request on one of them; it then got a reset, retried a GET on its next cached
+//! connection (closed too) and gave up, and it never retries a POST: requests were lost on
+//! every reload behind `keepalive`. So the new image takes each pool's channels (the
+//! old workers, still finishing requests, park into it as they did before) and the
+//! connections parked at that moment (a request sent on one meanwhile waits in its
+//! socket until the new image hands it out).
+
+use super::reload::set_cloexec;
+use crate::handover::{Parked, PoolChannels};
+use nix::sys::socket::{getsockopt, sockopt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The parking descriptors the new image took, owned now, by pool name.
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    pub channels: Vec<(String, [OwnedFd; 4])>,
+    pub parked: Vec<(String, OwnedFd)>,
+}
+
+/// Standard input, output and error are never ours to take.
+fn takeable(fd: RawFd) -> bool {
+    fd > 2
+}
+
+/// Take the parking descriptors of the handover. Only descriptors of the expected kind
+/// are taken: channel ends are sequenced-packet sockets, parked connections are connected
+/// stream sockets; a number named twice makes the whole lot suspect, so none is taken.
+pub fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOver {
+    let mut taken = HandedOver::default();
+    let mut seen = std::collections::HashSet::new();
+    let all = channels
+        .iter()
+        .flat_map(|c| c.fds.iter().copied())
+        .chain(parked.iter().map(|p| p.fd));
+    // A number named twice would be owned, and closed, twice.
+    let unique = all.into_iter().all(|fd| seen.insert(fd));
+    if !unique {
+        return taken;
+    }
+    for PoolChannels { pool, fds } in channels {
+        if fds
+            .iter()
+            .all(|&fd| takeable(fd) && is_socket_of(fd, SocketKind::Channel))
+        {
+            // SAFETY: the previous image left these open for us (checked above to be
+            // sockets of the right type, each named once) and nothing here owns them yet.
+            let owned = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            owned
+                .iter()
+                .for_each(|fd| set_cloexec(fd.as_raw_fd(), true));
+            taken.channels.push((pool, owned));
+        }
+    }
+    for Parked { pool, fd } in parked {
+        if takeable(fd) && is_socket_of(fd, SocketKind::Connection) {
+            // SAFETY: as above.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            set_cloexec(owned.as_raw_fd(), true);
+            taken.parked.push((pool, owned));
+        }
+    }
+    taken
+}
+
+#[derive(Clone, Copy)]
+enum SocketKind {
+    Channel,
+    Connection,
+}
+
+fn is_socket_of(fd: RawFd, kind: SocketKind) -> bool {
+    // SAFETY: only borrowed for two getsockopt calls; an fd that is not open fails them.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let Ok(ty) = getsockopt(&fd, sockopt::SockType) else {
+        return false;
+    };
+    match kind {
+        SocketKind::Channel => ty == nix::sys::socket::SockType::SeqPacket,
+        SocketKind::Connection => {
+            ty == nix::sys::socket::SockType::Stream
+                && getsockopt(&fd, sockopt::AcceptConn) == Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_descriptors_and_numbers_named_twice_are_not_taken() {
+        let channel = |fds| PoolChannels {
+            pool: "www".into(),
+            fds,
+        };
+        let parked = |fd| Parked {
+            pool: "www".into(),
+            fd,
+        };
+        // Not sockets at all here, so nothing could be taken anyway; what matters is that
+        // no descriptor gets owned (and closed) by mistake: stdin stays open.
+        let taken = take(vec![channel([0, 1, 2, 0])], vec![parked(1)]);
+        assert!(taken.channels.is_empty() && taken.parked.is_empty());
+        let (conn, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = conn.as_raw_fd();
+        let taken = take(Vec::new(), vec![parked(fd), parked(fd)]);
+        assert!(taken.parked.is_empty(), "named twice: not taken");
+        assert!(is_socket_of(fd, SocketKind::Connection), "still open");
+    }
+
+    #[test]
+    fn only_sockets_of_the_expected_kind_are_taken() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = crate::parking::channel().unwrap();
+        let (c, d) = crate::parking::channel().unwrap();
+        let (conn, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(
+            tempfile::tempdir().unwrap().path().join("l.sock"),
+        )
+        .unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(is_socket_of(a.as_raw_fd(), SocketKind::Channel));
+        assert!(is_socket_of(d.as_raw_fd(), SocketKind::Channel));
+        assert!(!is_socket_of(conn.as_raw_fd(), SocketKind::Channel));
+        assert!(is_socket_of(conn.as_raw_fd(), SocketKind::Connection));
+        assert!(!is_socket_of(listener.as_raw_fd(), SocketKind::Connection));
+        assert!(!is_socket_of(b.as_raw_fd(), SocketKind::Connection));
+        assert!(!is_socket_of(file.as_raw_fd(), SocketKind::Connection));
+        assert!(!is_socket_of(c.as_raw_fd() + 1000, SocketKind::Channel));
+    }
+}
