@@ -41,12 +41,6 @@ impl EnvBuilder {
         }
     }
 
-    fn set_if_absent(&mut self, name: &str, value: OsString) {
-        if !self.index.contains_key(OsStr::new(name)) {
-            self.set(name.into(), value);
-        }
-    }
-
     fn get(&self, name: &str) -> Option<&OsStr> {
         self.index
             .get(OsStr::new(name))
@@ -94,10 +88,12 @@ pub fn build_env(
     if let Some(info) = &script.path_info {
         apply_path_info(&mut env, info);
     }
-    env.set_if_absent("GATEWAY_INTERFACE", "CGI/1.1".into());
+    // Ours, not the request's: a script must be able to trust what the gateway says it is.
+    env.set("GATEWAY_INTERFACE".into(), "CGI/1.1".into());
     // php-cgi (cgi.force_redirect) refuses to run without it, guarding against being
-    // called directly as a CGI binary; here a web server always stands in front.
-    env.set_if_absent("REDIRECT_STATUS", "200".into());
+    // called directly as a CGI binary; here a web server always stands in front. A
+    // request's own value never replaces it (the man page promises cgi-fpm's wins).
+    env.set("REDIRECT_STATUS".into(), "200".into());
     env.entries
 }
 
@@ -199,16 +195,22 @@ mod tests {
             ],
             pool_env: vec![("B".into(), "pool".into()), ("C".into(), "pool".into())],
         };
-        let p = params(&[("C", "param"), ("REDIRECT_STATUS", "302")]);
+        let p = params(&[
+            ("C", "param"),
+            ("REDIRECT_STATUS", "999"),
+            ("GATEWAY_INTERFACE", "CGI/9"),
+        ]);
         let env = build_env(&p, &policy, &script("/a", None));
         assert_eq!(lookup(&env, "A"), Some("inherited"));
         assert_eq!(lookup(&env, "B"), Some("pool"));
         assert_eq!(lookup(&env, "C"), Some("param"));
         assert_eq!(
             lookup(&env, "REDIRECT_STATUS"),
-            Some("302"),
-            "kept when sent"
+            Some("200"),
+            "cgi-fpm's own value wins over a param"
         );
+        assert_eq!(lookup(&env, "GATEWAY_INTERFACE"), Some("CGI/1.1"));
+        assert_eq!(env.iter().filter(|(n, _)| n == "REDIRECT_STATUS").count(), 1);
         assert_eq!(env.iter().filter(|(n, _)| n == "B").count(), 1);
     }
 
