@@ -93,6 +93,21 @@ fn a_script_past_the_terminate_timeout_gets_504_and_leaves_nothing() {
 }
 
 #[test]
+fn a_script_that_wrote_only_to_stderr_still_gets_504() {
+    let fpm = Fpm::start(1, "request_terminate_timeout = 1s\ncgi.stderr = fastcgi");
+    let script = fpm.script("warns.sh", "#!/bin/sh\necho x >&2\nsleep 30\n");
+    let r = fpm.get(&script, &[]);
+    assert_eq!(r.status(), 504, "{}", String::from_utf8_lossy(&r.stdout));
+    assert_eq!(r.stderr, b"x\n", "the stderr already sent is kept");
+    fpm.wait_for_log("execution timed out", Duration::from_secs(2));
+    assert!(
+        !fpm.log_text().contains("answered 502"),
+        "{}",
+        fpm.log_text()
+    );
+}
+
+#[test]
 fn a_timeout_after_output_went_out_ends_the_response() {
     let fpm = Fpm::start(1, "request_terminate_timeout = 1s");
     let script = fpm.script(

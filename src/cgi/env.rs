@@ -210,7 +210,10 @@ mod tests {
             "cgi-fpm's own value wins over a param"
         );
         assert_eq!(lookup(&env, "GATEWAY_INTERFACE"), Some("CGI/1.1"));
-        assert_eq!(env.iter().filter(|(n, _)| n == "REDIRECT_STATUS").count(), 1);
+        assert_eq!(
+            env.iter().filter(|(n, _)| n == "REDIRECT_STATUS").count(),
+            1
+        );
         assert_eq!(env.iter().filter(|(n, _)| n == "B").count(), 1);
     }
 

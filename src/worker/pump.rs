@@ -347,9 +347,13 @@ impl<'a> Pump<'a> {
             elapsed.subsec_micros()
         );
         self.kill_child();
-        // Nothing has reached the web server yet: what the script produced so far goes,
-        // and the client gets a clear 504 instead of a truncated page.
-        if self.conn.bytes_written() == self.written_before {
+        // No response header has reached the web server yet: the client gets a clear 504
+        // instead of a truncated page or a 502. Stderr records may have gone out already;
+        // they carry no part of the response, so they do not count — and whatever of
+        // them is still queued stays, since a record cut in half would break the stream.
+        if self.stdout_bytes == 0 {
+            self.own_status = Some(504);
+        } else if self.conn.bytes_written() == self.written_before {
             self.conn.discard_output();
             self.stderr_records = false;
             self.own_status = Some(504);
@@ -367,6 +371,9 @@ impl<'a> Pump<'a> {
         }
         if let Some(status) = self.own_status {
             self.queue_own_response(status);
+            if self.stderr_records {
+                self.conn.queue_record(RecordType::Stderr, self.id, &[]);
+            }
             return;
         }
         if let (Some(child), Some(exit)) = (&self.child, self.exit) {
