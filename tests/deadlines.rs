@@ -184,6 +184,43 @@ fn abort_request_stops_the_script_and_is_acknowledged() {
         Some(cgi_fpm::fastcgi::ProtocolStatus::RequestComplete)
     );
     assert_gone(leader, "the aborted script");
+    // The connection was kept (FCGI_KEEP_CONN): it carries the next request.
+    let hello = common::examples_dir()
+        .join("hello.sh")
+        .display()
+        .to_string();
+    let r = client
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", true)
+        .expect("the kept connection serves the next request after an abort");
+    assert_eq!(r.status(), 200);
+    // An abort while the body is still arriving keeps the connection too (nginx reuses
+    // request id 1 on every request of a connection).
+    client
+        .send_head(
+            1,
+            &[("SCRIPT_FILENAME", &hello), ("CONTENT_LENGTH", "10")],
+            true,
+        )
+        .expect("head");
+    client.send_stdin(1, b"12345").expect("half the body");
+    client
+        .send_raw(&{
+            let mut abort = Vec::new();
+            write_record(&mut abort, RecordType::AbortRequest, 1, &[]);
+            abort
+        })
+        .expect("abort");
+    let r = client
+        .read_response(1)
+        .expect("END_REQUEST after the second abort");
+    assert_eq!(
+        r.protocol_status,
+        Some(cgi_fpm::fastcgi::ProtocolStatus::RequestComplete)
+    );
+    let r = client
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", true)
+        .expect("the kept connection serves a request after an abort mid-body");
+    assert_eq!(r.status(), 200);
 }
 
 fn slow_pool(fpm_dir_hint: &Path, trace: &str) -> String {

@@ -278,7 +278,10 @@ impl<'a> Pump<'a> {
                 s.on_readable();
             }
         }
-        let reusable = self.session.stdin_done() && !self.aborted && !self.timed_out;
+        // After an abort the web server sends nothing more for this request (it waits for
+        // END_REQUEST), so the connection is as good as after a complete body; after a
+        // timeout the rest of the body may still be on its way.
+        let reusable = (self.session.stdin_done() || self.aborted) && !self.timed_out;
         Outcome::Answered {
             keep_conn: keep_conn && reusable,
         }
@@ -554,7 +557,9 @@ impl<'a> Pump<'a> {
     /// something (body, its end, an abort, an error).
     fn decode_buffered(&mut self, ctx: &WorkerCtx<'_>) -> bool {
         let mut progressed = false;
-        while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.broken {
+        // Nothing after an abort belongs to this request: what follows stays buffered for
+        // the next request on a kept connection.
+        while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.broken && !self.aborted {
             let child_reads_stdin = self.child.as_ref().is_some_and(|c| c.stdin.is_some());
             let event = self.conn.next_event(self.session);
             progressed |= !matches!(event, Ok(None));
