@@ -167,3 +167,29 @@ fn usage_errors_and_version() {
     assert_eq!(code, 0);
     assert!(text.starts_with("cgi-fpm "), "{text}");
 }
+
+#[test]
+fn test_refuses_a_socket_in_a_missing_directory_as_start_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("missing.conf");
+    let socket = dir.path().join("nonexistent/dir/a.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[www]\nlisten = {}\npm = static\npm.max_children = 1\ncgi.allowed_roots = /\n",
+            socket.display()
+        ),
+    )
+    .expect("write");
+    let config = config.display().to_string();
+    let (code, text) = run(&["-t", "-y", &config]);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains(&format!(
+            "[{config}:2] [pool www] 'listen': cannot create the unix socket"
+        )),
+        "{text}"
+    );
+    let (code, start) = run(&["-F", "-y", &config]);
+    assert_eq!(code, 78, "{start}");
+}

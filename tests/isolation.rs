@@ -215,10 +215,12 @@ fn root_needs_a_pool_user_unless_minus_r() {
     };
     let (code, text) = run(&["-t"]);
     assert_eq!(code, Some(78), "{text}");
-    assert!(
-        text.contains("ERROR: [pool www] please specify user and group other than root"),
-        "{text}"
+    // The pool's section is where a `user` line belongs: the error points there.
+    let at = format!(
+        "ERROR: [{}:1] [pool www] please specify user and group other than root",
+        config.display()
     );
+    assert!(text.contains(&at), "{text}");
     let (code, text) = run(&["-t", "-R"]);
     assert_eq!(code, Some(0), "{text}");
     // At start it is refused the same way, before any socket exists.
@@ -226,6 +228,35 @@ fn root_needs_a_pool_user_unless_minus_r() {
     assert_eq!(code, Some(78), "{text}");
     assert!(text.contains("please specify user and group"), "{text}");
     assert!(!socket.exists(), "no socket was left behind");
+}
+
+#[test]
+fn an_unknown_user_is_refused_by_test_with_its_file_and_line() {
+    if !require_root("user lookups") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("user.conf");
+    fs::write(
+        &config,
+        format!(
+            "[www]\nlisten = {}\npm = static\npm.max_children = 1\ncgi.allowed_roots = /\nuser = no-such-user-here\n",
+            dir.path().join("u.sock").display()
+        ),
+    )
+    .expect("write");
+    let output = Command::new(common::BIN)
+        .args(["-t", "-y"])
+        .arg(&config)
+        .output()
+        .expect("run cgi-fpm");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{text}");
+    let at = format!(
+        "ERROR: [{}:6] [pool www] cannot get uid for user 'no-such-user-here'",
+        config.display()
+    );
+    assert!(text.contains(&at), "{text}");
 }
 
 #[test]

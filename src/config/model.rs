@@ -4,6 +4,7 @@
 //! php-fpm's unless a comment says otherwise. Values are already validated and resolved
 //! (durations parsed, `$pool` substituted, paths made absolute against the prefix).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -330,9 +331,22 @@ pub struct PoolConfig {
     /// AppArmor hat to change to in the workers.
     pub apparmor_hat: Option<String>,
     pub cgi: CgiConfig,
+    /// Where each directive was last set (`file:line`), and the pool's section under
+    /// `""`: for errors found only after loading (unknown user, root without -R).
+    pub locations: BTreeMap<String, String>,
 }
 
 impl PoolConfig {
+    /// `[file:line] ` of the line that set `key`, else of the pool's section; empty for a
+    /// pool built in code.
+    pub fn location_of(&self, key: &str) -> String {
+        self.locations
+            .get(key)
+            .or_else(|| self.locations.get(""))
+            .map(|at| format!("[{at}] "))
+            .unwrap_or_default()
+    }
+
     /// A pool with every default as the loader applies it: `pm = static` with one worker,
     /// no limits, logs or checks. Meant for tests and for building pools in code.
     pub fn new(name: &str, listen: ListenAddress) -> Self {
@@ -390,6 +404,7 @@ impl PoolConfig {
                 stderr: StderrMode::Fastcgi,
                 request_header_timeout: Duration::from_secs(30),
             },
+            locations: BTreeMap::new(),
         }
     }
 

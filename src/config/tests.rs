@@ -188,6 +188,7 @@ fn realistic() -> Files {
     files.write("pool.d/README", "not a pool: the glob does not match it\n");
     files.mkdir("pool.d/old.conf");
     files.mkdir("docroot");
+    files.mkdir("run");
     files
 }
 
@@ -315,6 +316,7 @@ fn realistic_configuration_dumps_every_directive() {
 #[test]
 fn prefix_is_the_base_for_paths_and_includes() {
     let files = Files::new();
+    files.mkdir("prefix/var");
     files.write(
         "etc/main.conf",
         "pid = run/x.pid\ninclude = conf.d/*.conf\n",
@@ -525,6 +527,16 @@ fn defaults_when_unset() {
     let mut expected = PoolConfig::new("www", ListenAddress::AnyPort(9000));
     expected.pm_max_children = 2;
     expected.cgi.allowed_roots = vec![PathBuf::from("/")];
+    // Where each line was: not a setting.
+    expected.locations = www.locations.clone();
+    assert_eq!(
+        www.location_of("pm"),
+        format!("[{}:3] ", files.path("main.conf").display())
+    );
+    assert_eq!(
+        www.location_of("user"),
+        format!("[{}:1] ", files.path("main.conf").display())
+    );
     assert_eq!(*www, expected);
     assert_eq!(www.access_format, DEFAULT_ACCESS_FORMAT);
     assert_eq!(www.ping_response, "pong");
@@ -996,6 +1008,28 @@ fn unix_socket_paths_must_fit() {
 }
 
 #[test]
+fn a_socket_start_could_not_create_is_refused_under_test_too() {
+    let files = Files::new();
+    files.write("not-a-socket", "");
+    files.write(
+        "main.conf",
+        &[
+            pool_with("a", "missing/a.sock", ""),
+            pool_with("b", "not-a-socket", ""),
+        ]
+        .concat(),
+    );
+    let errors = files.errors("main.conf");
+    assert_eq!(
+        errors,
+        [
+            "[DIR/main.conf:2] [pool a] 'listen': cannot create the unix socket 'DIR/missing/a.sock': the directory 'DIR/missing' does not exist",
+            "[DIR/main.conf:7] [pool b] 'listen': 'DIR/not-a-socket' exists and is not a socket: refusing to replace it",
+        ]
+    );
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let files = Files::new();
     files.write(
@@ -1192,6 +1226,7 @@ fn php_settings_without_php_cgi_warn_once_per_pool() {
 #[test]
 fn socket_settings_that_do_not_apply_are_warned_about() {
     let files = Files::new();
+    files.mkdir("run");
     files.write(
         "main.conf",
         &[

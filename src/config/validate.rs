@@ -12,7 +12,7 @@ use super::ConfigError;
 use super::load::{Draft, PoolDraft, error_at};
 use super::model::{Config, ErrorLog, GlobalConfig, ListenAddress, PoolConfig, ProcessManager};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// `sun_path` holds 108 bytes on Linux, one of them the terminating NUL.
@@ -62,7 +62,16 @@ pub(super) fn finish(
             warnings: &mut warnings,
         };
         checks.run();
-        checked.push(checks.pool);
+        let mut pool = checks.pool;
+        let at = |l: &super::load::Location| format!("{}:{}", l.file.display(), l.line);
+        let mut locations: std::collections::BTreeMap<String, String> = pool
+            .seen
+            .iter()
+            .map(|(key, location)| (key.to_string(), at(location)))
+            .collect();
+        locations.insert(String::new(), at(&pool.opened_at));
+        pool.config.locations = locations;
+        checked.push(pool);
     }
     check_listen_conflicts(&checked, &mut errors);
     if !errors.is_empty() {
@@ -163,6 +172,25 @@ impl PoolChecks<'_> {
         if length > MAX_UNIX_SOCKET_PATH {
             let message = format!(
                 "the unix socket path '{}' is too long ({length} bytes, at most {MAX_UNIX_SOCKET_PATH})",
+                path.display()
+            );
+            self.fail(key, message);
+        }
+        // What the master would refuse at start, -t refuses too.
+        if let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !directory.is_dir()
+        {
+            let message = format!(
+                "cannot create the unix socket '{}': the directory '{}' does not exist",
+                path.display(),
+                directory.display()
+            );
+            self.fail(key, message);
+        } else if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && !meta.file_type().is_socket()
+        {
+            let message = format!(
+                "'{}' exists and is not a socket: refusing to replace it",
                 path.display()
             );
             self.fail(key, message);

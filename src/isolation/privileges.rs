@@ -122,8 +122,9 @@ fn pool_privileges(
     };
     if runs_as_root && !allow_root {
         return Err(format!(
-            "[pool {name}] please specify user and group other than root (the master runs as \
-             root: set 'user', or start with -R to let workers run as root)"
+            "{}[pool {name}] please specify user and group other than root (the master runs as \
+             root: set 'user', or start with -R to let workers run as root)",
+            pool.location_of("user")
         ));
     }
     Ok(privileges)
@@ -134,10 +135,12 @@ fn identity(pool: &PoolConfig) -> Result<Option<Identity>, String> {
     let name = &pool.name;
     let group = match &pool.group {
         None => None,
-        Some(group) => Some(
-            lookup_group(group)
-                .ok_or_else(|| format!("[pool {name}] cannot get gid for group '{group}'"))?,
-        ),
+        Some(group) => Some(lookup_group(group).ok_or_else(|| {
+            format!(
+                "{}[pool {name}] cannot get gid for group '{group}'",
+                pool.location_of("group")
+            )
+        })?),
     };
     let Some(user) = &pool.user else {
         // Only a group (with -R): switch the group, keep the user.
@@ -149,15 +152,20 @@ fn identity(pool: &PoolConfig) -> Result<Option<Identity>, String> {
             home: None,
         }));
     };
-    let (uid, entry) = lookup_user(user)
-        .ok_or_else(|| format!("[pool {name}] cannot get uid for user '{user}'"))?;
+    let (uid, entry) = lookup_user(user).ok_or_else(|| {
+        format!(
+            "{}[pool {name}] cannot get uid for user '{user}'",
+            pool.location_of("user")
+        )
+    })?;
     let gid = match (group, &entry) {
         (Some(gid), _) => gid,
         (None, Some(entry)) => entry.gid,
         (None, None) => {
             return Err(format!(
-                "[pool {name}] user '{user}' has no entry in the user database, so it has no \
-                 primary group: set 'group' as well"
+                "{}[pool {name}] user '{user}' has no entry in the user database, so it has no \
+                 primary group: set 'group' as well",
+                pool.location_of("user")
             ));
         }
     };
@@ -196,14 +204,16 @@ fn check_socket_names(pool: &PoolConfig, errors: &mut Vec<String>) {
         && lookup_user(owner).is_none()
     {
         errors.push(format!(
-            "[pool {name}] listen.owner: cannot get uid for user '{owner}'"
+            "{}[pool {name}] listen.owner: cannot get uid for user '{owner}'",
+            pool.location_of("listen.owner")
         ));
     }
     if let Some(group) = &pool.listen_group
         && lookup_group(group).is_none()
     {
         errors.push(format!(
-            "[pool {name}] listen.group: cannot get gid for group '{group}'"
+            "{}[pool {name}] listen.group: cannot get gid for group '{group}'",
+            pool.location_of("listen.group")
         ));
     }
     if let Err(error) = acl::resolve(pool) {
