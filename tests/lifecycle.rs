@@ -92,12 +92,14 @@ fn dash_d_returns_only_once_the_socket_answers() {
 #[test]
 fn dash_d_with_a_start_failure_exits_non_zero_with_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // A socket path in a directory that does not exist: the error comes from the master,
-    // after the fork, and must still reach whoever ran the command.
+    // A port another socket holds (which -t cannot know): the error comes from the
+    // master, after the fork, and must still reach whoever ran the command.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
     let config = dir.path().join("cgi-fpm.conf");
     std::fs::write(
         &config,
-        "[www]\nlisten = /nonexistent-dir/www.sock\npm = static\npm.max_children = 1\n",
+        format!("[www]\nlisten = {address}\npm = static\npm.max_children = 1\n"),
     )
     .expect("write config");
     let out = Command::new(BIN)
@@ -109,7 +111,7 @@ fn dash_d_with_a_start_failure_exits_non_zero_with_the_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("start-up failed") && stderr.contains("/nonexistent-dir/www.sock"),
+        stderr.contains("start-up failed") && stderr.contains(&address),
         "{stderr}"
     );
 }
