@@ -126,6 +126,41 @@ fn suppressed_paths_are_not_logged_when_they_succeed() {
 }
 
 #[test]
+fn status_and_ping_requests_are_logged_too() {
+    // cgi-fpm.conf(5): one line per request, as php-fpm writes for its own pages too.
+    let logs = tempfile::tempdir().expect("tempdir");
+    let access = logs.path().join("access.log");
+    let fpm = Fpm::start(
+        1,
+        &format!(
+            "access.log = {}\naccess.format = \"%r %s %{{Content-Type}}o\"\n\
+             pm.status_path = /status\nping.path = /ping\nping.response = pong",
+            access.display()
+        ),
+    );
+    let page = |uri: &str| {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        fpm.get(
+            Path::new("/nonexistent"),
+            &[
+                ("REQUEST_URI", uri),
+                ("SCRIPT_NAME", path),
+                ("QUERY_STRING", query),
+            ],
+        )
+    };
+    assert_eq!(page("/ping").body(), b"pong");
+    page("/status?json");
+    let hello = common::examples_dir().join("hello.sh");
+    fpm.get(&hello, &[("REQUEST_URI", "/page")]);
+    let text = wait_for_file_text(&access, "/page 200");
+    assert_eq!(
+        text,
+        "/ping 200 text/plain\n/status 200 application/json\n/page 200 text/plain\n"
+    );
+}
+
+#[test]
 fn a_100_kib_stderr_line_arrives_whole() {
     let fpm = Fpm::start(1, "cgi.stderr = log");
     let script = fpm.script(

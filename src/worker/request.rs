@@ -101,7 +101,9 @@ fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16,
     })
 }
 
-fn write_access_log(
+/// One access-log line for a request: scripts, refusals, and the status and ping pages
+/// (php-fpm logs those too).
+pub(super) fn write_access_log(
     ctx: &WorkerCtx<'_>,
     request: &Request,
     script: &str,

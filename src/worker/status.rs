@@ -3,9 +3,10 @@
 
 use super::conn::Conn;
 use super::poll::{self, PollSet};
-use super::pump::Outcome;
+use super::pump::{Outcome, Summary};
 use super::signals::Request as SignalRequest;
 use super::{REFUSAL_FLUSH_TIMEOUT, WorkerCtx, flush_within};
+use crate::cgi::headers::ResponseHeaders;
 use crate::cgi::response::error_response;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Request, Session};
@@ -68,6 +69,7 @@ pub fn answer(
     page: Page,
     ctx: &mut WorkerCtx<'_>,
 ) -> Outcome {
+    let started = std::time::SystemTime::now();
     ctx.slot()
         .set_state(crate::scoreboard::WorkerState::Running);
     let head_only = request.params.get_str("REQUEST_METHOD") == Some("HEAD");
@@ -86,7 +88,19 @@ pub fn answer(
         }
         Page::NotFound => error_response(404, "File not found."),
     };
-    respond(conn, session, request, &response, ctx)
+    let outcome = respond(conn, session, request, &response, ctx);
+    if !matches!(outcome, Outcome::Terminate) {
+        let mut headers = ResponseHeaders::default();
+        headers.observe(&response);
+        let summary = Summary {
+            status: headers.status(),
+            headers: headers.headers().to_vec(),
+            usage: Default::default(),
+        };
+        let script = request.params.get_str("SCRIPT_FILENAME").unwrap_or("-");
+        super::request::write_access_log(ctx, request, script, started, &summary);
+    }
+    outcome
 }
 
 /// The accept queue of the pool reported on; its longest is remembered.
