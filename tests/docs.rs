@@ -216,3 +216,71 @@ fn the_nginx_snippet_passes_nginx_t() {
     assert!(output.status.success(), "nginx -t:\n{text}");
     assert!(text.contains("test is successful"), "{text}");
 }
+
+fn repo_file(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The bundled pool's listen address, which the nginx snippet and the socket unit must
+/// name too.
+const BUNDLED_LISTEN: &str = "127.0.0.1:9000";
+
+#[test]
+fn the_snippet_and_the_socket_unit_name_the_bundled_pools_address() {
+    let pool = repo_file("etc/cgi-fpm.d/www.conf");
+    assert!(
+        pool.lines()
+            .any(|l| l == format!("listen = {BUNDLED_LISTEN}")),
+        "the bundled pool listens elsewhere: update BUNDLED_LISTEN, the snippet and the unit"
+    );
+    let snippet = repo_file("etc/nginx/cgi-fpm.conf");
+    let passes: Vec<&str> = snippet
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("fastcgi_pass"))
+        .collect();
+    assert!(!passes.is_empty());
+    for pass in passes {
+        assert_eq!(pass, format!("fastcgi_pass {BUNDLED_LISTEN};"));
+    }
+    let unit = repo_file("etc/systemd/cgi-fpm.socket");
+    let streams: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ListenStream="))
+        .collect();
+    assert_eq!(streams, [format!("ListenStream={BUNDLED_LISTEN}")]);
+}
+
+#[test]
+fn the_nginx_snippet_passes_path_info_to_scripts() {
+    // The snippet as shipped, pointed at this test's pool: a .php script (run by /bin/sh
+    // here, so php-cgi is not needed) and a CGI script, each with a path below it.
+    let fpm = common::Fpm::start(1, "cgi.interpreter[.php] = /bin/sh");
+    let script = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
+                  echo \"PATH_INFO=$PATH_INFO\"\necho \"SCRIPT_NAME=$SCRIPT_NAME\"\n";
+    fpm.script("app.php", script);
+    std::fs::create_dir(fpm.path("www/cgi-bin")).expect("mkdir cgi-bin");
+    fpm.script("cgi-bin/app.sh", script);
+    let snippet = repo_file("etc/nginx/cgi-fpm.conf")
+        .replace(BUNDLED_LISTEN, &format!("unix:{}", fpm.address));
+    let Some(nginx) = common::nginx::Nginx::start_site("", &snippet, &fpm.path("www")) else {
+        return;
+    };
+    for (target, path_info, script_name) in [
+        ("/app.php/extra/path", "/extra/path", "/app.php"),
+        ("/cgi-bin/app.sh/users/7", "/users/7", "/cgi-bin/app.sh"),
+    ] {
+        let r = common::http::get(&nginx.socket, target).expect("GET through nginx");
+        let text = r.text();
+        assert_eq!(r.status, 200, "{target}: {text}\n{}", nginx.error_log());
+        assert!(
+            text.contains(&format!("PATH_INFO={path_info}\n")),
+            "{target}: {text}"
+        );
+        assert!(
+            text.contains(&format!("SCRIPT_NAME={script_name}\n")),
+            "{target}: {text}"
+        );
+    }
+}

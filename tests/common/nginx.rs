@@ -27,12 +27,6 @@ impl Nginx {
     /// Start nginx serving `docroot` through `upstream`. `None` when nginx is missing
     /// outside CI (the test then skips).
     pub fn start(upstream: &Upstream, docroot: &Path) -> Option<Nginx> {
-        if !require_tool("nginx") {
-            return None;
-        }
-        let nginx = which("nginx")?;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("http.sock");
         let params = fastcgi_params();
         let keepalive = match upstream.keepalive {
             Some(n) => format!("keepalive {n};"),
@@ -43,6 +37,36 @@ impl Nginx {
         } else {
             "off"
         };
+        let http = format!(
+            "upstream cgi_fpm {{
+        server {server};
+        {keepalive}
+    }}",
+            server = upstream.server
+        );
+        let server = format!(
+            "location / {{
+            {params}
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_keep_conn {keep_conn};
+            fastcgi_pass cgi_fpm;
+        }}"
+        );
+        Nginx::start_site(&http, &server, docroot)
+    }
+
+    /// Start nginx with `http_extra` in its http block and `server_body` (locations) in a
+    /// server on a unix socket with root `docroot`. `None` when nginx is missing outside
+    /// CI. A `fastcgi_params` file next to nginx.conf serves `include fastcgi_params;`.
+    pub fn start_site(http_extra: &str, server_body: &str, docroot: &Path) -> Option<Nginx> {
+        if !require_tool("nginx") {
+            return None;
+        }
+        let nginx = which("nginx")?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("http.sock");
+        fs::write(dir.path().join("fastcgi_params"), fastcgi_params_file())
+            .expect("write fastcgi_params");
         // Workers must reach a socket in a root-only temp dir when the tests run as root.
         let user = if nix::unistd::geteuid().is_root() {
             "user root;"
@@ -65,23 +89,14 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     client_max_body_size 0;
-    upstream cgi_fpm {{
-        server {server};
-        {keepalive}
-    }}
+    {http_extra}
     server {{
         listen unix:{socket};
         root {root};
-        location / {{
-            {params}
-            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
-            fastcgi_keep_conn {keep_conn};
-            fastcgi_pass cgi_fpm;
-        }}
+        {server_body}
     }}
 }}
 ",
-            server = upstream.server,
             socket = socket.display(),
             root = docroot.display(),
         );
@@ -113,17 +128,33 @@ http {{
     }
 }
 
+const SYSTEM_FASTCGI_PARAMS: [&str; 2] = [
+    "/etc/nginx/fastcgi_params",
+    "/usr/local/nginx/conf/fastcgi_params",
+];
+
 /// The system's fastcgi_params when present (the file real sites include), else the same
 /// list inline.
 fn fastcgi_params() -> String {
-    for p in [
-        "/etc/nginx/fastcgi_params",
-        "/usr/local/nginx/conf/fastcgi_params",
-    ] {
+    for p in SYSTEM_FASTCGI_PARAMS {
         if Path::new(p).is_file() {
             return format!("include {p};");
         }
     }
+    inline_fastcgi_params().join("\n            ")
+}
+
+/// The text of a fastcgi_params file: the system's, else the same list.
+fn fastcgi_params_file() -> String {
+    for p in SYSTEM_FASTCGI_PARAMS {
+        if let Ok(text) = fs::read_to_string(p) {
+            return text;
+        }
+    }
+    inline_fastcgi_params().join("\n") + "\n"
+}
+
+fn inline_fastcgi_params() -> Vec<String> {
     [
         "QUERY_STRING $query_string",
         "REQUEST_METHOD $request_method",
@@ -146,8 +177,7 @@ fn fastcgi_params() -> String {
     ]
     .iter()
     .map(|p| format!("fastcgi_param {p};"))
-    .collect::<Vec<_>>()
-    .join("\n            ")
+    .collect()
 }
 
 impl Drop for Nginx {
