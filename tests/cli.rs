@@ -39,6 +39,19 @@ fn the_bundled_config_passes_the_test() {
 }
 
 #[test]
+fn the_bundled_pool_file_passes_the_test_alone() {
+    // etc/cgi-fpm.d/www.conf checked by itself: its allowed root, taken from its own
+    // directory then, does not exist; that is a warning, not an error.
+    let pool = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/cgi-fpm.d/www.conf");
+    let (code, text) = run(&["-t", "-y", &pool.display().to_string()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("'cgi.allowed_roots'") && text.contains("does not exist"),
+        "{text}"
+    );
+}
+
+#[test]
 fn tt_dumps_the_effective_config() {
     let (code, text) = run(&["-tt", "-y", &example_config()]);
     assert_eq!(code, 0, "{text}");

@@ -392,6 +392,54 @@ fn missing_scripts_are_404_and_forbidden_ones_403() {
 }
 
 #[test]
+fn a_root_missing_at_start_confines_until_it_exists() {
+    // cgi.allowed_roots naming a directory not made yet: the pool starts (with a warning)
+    // and stays confined to it; nothing outside runs, and scripts run once it exists.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let later = dir.path().join("later");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\n\n{}",
+        common::pool_section(
+            "www",
+            dir.path(),
+            1,
+            &format!("cgi.allowed_roots = {}", later.display())
+        )
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    fpm.wait_for_log(
+        "does not exist: no script runs from it",
+        Duration::from_secs(5),
+    );
+    let hello = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nhello'\n";
+    let outside = fpm.script("outside.sh", hello);
+    assert_eq!(
+        fpm.get(&outside, &[]).status(),
+        403,
+        "outside the only root"
+    );
+    let examples = common::examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&examples, &[]).status(), 403, "not unconfined");
+
+    std::fs::create_dir(&later).expect("mkdir later");
+    let inside = later.join("inside.sh");
+    std::fs::write(&inside, hello).expect("write");
+    std::fs::set_permissions(&inside, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let r = fpm.get(&inside, &[]);
+    assert_eq!(r.status(), 200, "{}", fpm.log_text());
+    assert_eq!(r.body(), b"hello");
+    std::os::unix::fs::symlink(&outside, later.join("escape.sh")).expect("symlink");
+    assert_eq!(
+        fpm.get(&later.join("escape.sh"), &[]).status(),
+        403,
+        "a symlink out of the new root"
+    );
+}
+
+#[test]
 fn a_script_that_cannot_be_executed_is_502() {
     let fpm = Fpm::start(1, "");
     let script = fpm.script("badshebang.sh", "#!/nonexistent/interpreter\n");

@@ -50,6 +50,8 @@ pub(super) struct Draft {
     pub pools: Vec<PoolDraft>,
     /// False when the main file itself could not be read.
     pub main_read: bool,
+    /// An include was refused or unreadable: what it held (pools, maybe) is unknown.
+    pub includes_missing: bool,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<String>,
 }
@@ -80,6 +82,7 @@ pub(super) fn read(main: &Path, include_base: Option<&Path>, env: EnvLookup) -> 
             global: GlobalConfig::default(),
             pools: Vec::new(),
             main_read: false,
+            includes_missing: false,
             errors: Vec::new(),
             warnings: Vec::new(),
         },
@@ -311,6 +314,7 @@ impl Reader<'_> {
             let message =
                 format!("failed to include more than {MAX_NESTED_FILES} files recursively");
             let error = self.error(location, Some("include"), message);
+            self.draft.includes_missing = true;
             return self.draft.errors.push(error);
         }
         match self.include_matches(pattern, location) {
@@ -324,11 +328,14 @@ impl Reader<'_> {
             }
             Ok(files) => {
                 for file in files {
-                    self.read_file(&file, Some(location));
+                    if !self.read_file(&file, Some(location)) {
+                        self.draft.includes_missing = true;
+                    }
                 }
             }
             Err(message) => {
                 let error = self.error(location, Some("include"), message);
+                self.draft.includes_missing = true;
                 self.draft.errors.push(error);
             }
         }

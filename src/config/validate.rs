@@ -39,11 +39,14 @@ pub(super) fn finish(
         global,
         pools: pool_drafts,
         main_read,
+        includes_missing,
         mut errors,
         mut warnings,
     } = draft;
     let global = resolve_global_paths(global, origin.base);
-    if pool_drafts.is_empty() && main_read {
+    // When an include failed, its error says what is wrong; "no pool" would mislead, since
+    // the pools are usually in the files that could not be read.
+    if pool_drafts.is_empty() && main_read && !includes_missing {
         errors.push(ConfigError {
             file: Some(origin.main.to_path_buf()),
             line: None,
@@ -425,7 +428,21 @@ impl PoolChecks<'_> {
                 Some(jail) => directory_inside(&jail, &root),
             };
             match resolved {
-                Ok(canonical) => canonical_roots.push(canonical),
+                Ok(RootCheck::Found(canonical)) => canonical_roots.push(canonical),
+                Ok(RootCheck::Missing { path, shown }) => {
+                    // As php-fpm is with its own paths at -t: a config checked on another
+                    // host (or before deployment) is not wrong for a directory not made
+                    // yet. The root stays in the list, so confinement never widens: a
+                    // script matches it only from a real directory at exactly this path.
+                    self.warn(
+                        "cgi.allowed_roots",
+                        format!(
+                            "{shown} does not exist: no script runs from it until it does \
+                             (at this very path, without symlinks)"
+                        ),
+                    );
+                    canonical_roots.push(path);
+                }
                 Err(message) => self.fail("cgi.allowed_roots", message),
             }
         }
@@ -517,17 +534,63 @@ impl PoolChecks<'_> {
 }
 
 /// An allowed root outside a chroot: the canonical directory.
-fn canonical_directory(root: &Path) -> Result<PathBuf, String> {
+/// An allowed root as checked at load.
+#[derive(Debug)]
+enum RootCheck {
+    /// Its canonical path (as the workers see it).
+    Found(PathBuf),
+    /// It does not exist (yet): `path` is where it would be, as the workers would see it,
+    /// `shown` what to name in the warning.
+    Missing { path: PathBuf, shown: String },
+}
+
+/// Where a path that does not exist would be: its deepest existing ancestor made
+/// canonical, and the missing rest appended as written (only `.` dropped). A `..` in the
+/// missing rest cannot be resolved without the directories it climbs from, and a guess
+/// could widen the root (`/missing/..` is not `/`), so it is refused.
+fn where_missing_would_be(path: &Path) -> Result<PathBuf, String> {
+    let mut existing = path;
+    let mut missing = Vec::new();
+    let canonical = loop {
+        match existing.canonicalize() {
+            Ok(canonical) => break canonical,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name);
+                    existing = parent;
+                }
+                // `..` as the last part has no file name: not resolvable here.
+                _ => {
+                    return Err(format!(
+                        "'{}' does not exist, and a missing root may not contain '..'",
+                        path.display()
+                    ));
+                }
+            },
+        }
+    };
+    let mut plain = canonical;
+    for name in missing.into_iter().rev() {
+        plain.push(name);
+    }
+    Ok(plain)
+}
+
+fn canonical_directory(root: &Path) -> Result<RootCheck, String> {
     match root.canonicalize() {
-        Ok(canonical) if canonical.is_dir() => Ok(canonical),
+        Ok(canonical) if canonical.is_dir() => Ok(RootCheck::Found(canonical)),
         Ok(_) => Err(format!("'{}' is not a directory", root.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(RootCheck::Missing {
+            path: where_missing_would_be(root)?,
+            shown: format!("'{}'", root.display()),
+        }),
         Err(error) => Err(format!("'{}': {error}", root.display())),
     }
 }
 
 /// An allowed root of a chroot pool, as the workers will see it once inside the jail:
 /// `root` is taken inside `jail`, resolved there, and must stay there.
-fn directory_inside(jail: &Path, root: &Path) -> Result<PathBuf, String> {
+fn directory_inside(jail: &Path, root: &Path) -> Result<RootCheck, String> {
     let describe = |what: &str| {
         format!(
             "'{}' (inside the chroot '{}'){what}",
@@ -539,16 +602,29 @@ fn directory_inside(jail: &Path, root: &Path) -> Result<PathBuf, String> {
         .canonicalize()
         .map_err(|error| describe(&format!(" cannot be checked: {error}")))?;
     let seen_from_here = jail.join(root.strip_prefix("/").unwrap_or(root));
-    let canonical = seen_from_here
-        .canonicalize()
-        .map_err(|error| describe(&format!(": {error}")))?;
+    let canonical = match seen_from_here.canonicalize() {
+        Ok(canonical) => canonical,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let would_be = where_missing_would_be(&seen_from_here).map_err(|_| {
+                describe(" does not exist, and a missing root may not contain '..'")
+            })?;
+            let inside = would_be
+                .strip_prefix(&jail)
+                .map_err(|_| describe(" leads out of the chroot"))?;
+            return Ok(RootCheck::Missing {
+                path: Path::new("/").join(inside),
+                shown: describe(""),
+            });
+        }
+        Err(error) => return Err(describe(&format!(": {error}"))),
+    };
     if !canonical.is_dir() {
         return Err(describe(" is not a directory"));
     }
     let inside = canonical
         .strip_prefix(&jail)
         .map_err(|_| describe(" leads out of the chroot"))?;
-    Ok(Path::new("/").join(inside))
+    Ok(RootCheck::Found(Path::new("/").join(inside)))
 }
 
 fn is_executable_file(path: &Path) -> bool {
