@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what the test suite needs on Debian or Ubuntu, only what is missing:
-# nginx and cgi-fcgi (libfcgi-bin) as independent FastCGI peers, php-cgi, perl and python3
+# nginx, Apache httpd (apache2, for mod_proxy_fcgi) and cgi-fcgi (libfcgi-bin) as independent
+# FastCGI peers, php-cgi, perl and python3
 # for the example scripts, a C compiler with a static libc for the compiled-CGI and chroot
 # tests, and groff to check that the manual pages render cleanly.
 set -eu
@@ -8,6 +9,7 @@ set -eu
 need=""
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have nginx    || need="$need nginx"
+have apache2  || need="$need apache2"
 have cgi-fcgi || need="$need libfcgi-bin"
 have php-cgi  || need="$need php-cgi"
 have perl     || need="$need perl"
@@ -38,7 +40,8 @@ fi
 echo "installing:$need"
 # Keep package scripts from starting a system nginx or php service on public ports: the
 # tests start their own, on unix sockets and loopback only.
-policy=/usr/sbin/policy-rc.d
+# CGI_FPM_POLICY_RC_D moves it for the installer's own test (tests/installer.rs).
+policy=${CGI_FPM_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 created_policy=""
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null

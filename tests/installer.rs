@@ -1,0 +1,161 @@
+//! scripts/install-test-deps.sh on a machine that lacks something: it must install it and
+//! exit 0 on that first run, whether or not a policy-rc.d already exists, as root or
+//! through sudo. The package manager, `id` and `sudo` are stubs on PATH, and the
+//! policy-rc.d path is moved into a scratch directory (CGI_FPM_POLICY_RC_D).
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-test-deps.sh");
+
+struct Machine {
+    dir: tempfile::TempDir,
+}
+
+impl Machine {
+    /// A PATH with only the stubs and the few tools the script uses to write the policy:
+    /// every test dependency looked up on PATH (cgi-fcgi, php-cgi, perl, cc…) is missing.
+    fn new(uid: u32, apt_status: i32) -> Machine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).expect("mkdir bin");
+        for tool in ["tee", "chmod", "rm", "cat"] {
+            let real = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{tool} not found in /usr/bin or /bin"));
+            symlink(real, bin.join(tool)).expect("symlink");
+        }
+        let log = dir.path().join("calls.log");
+        let policy = dir.path().join("policy-rc.d");
+        let m = Machine { dir };
+        m.stub("id", &format!("[ \"$1\" = -u ] && echo {uid}\n"));
+        m.stub(
+            "sudo",
+            &format!(
+                "echo \"sudo $*\" >> {log}\nexec \"$@\"\n",
+                log = log.display()
+            ),
+        );
+        // apt-get notes each call and whether the policy that keeps services from
+        // starting is in place while it installs.
+        m.stub(
+            "apt-get",
+            &format!(
+                "echo \"apt-get $*\" >> {log}\n\
+                 if [ \"$1\" = install ]; then\n\
+                 \t[ -x {policy} ] && echo 'policy in place' >> {log}\n\
+                 \texit {apt_status}\n\
+                 fi\n\
+                 exit 0\n",
+                log = log.display(),
+                policy = policy.display(),
+            ),
+        );
+        m
+    }
+
+    fn stub(&self, name: &str, body: &str) {
+        let path = self.dir.path().join("bin").join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write stub");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod stub");
+    }
+
+    fn policy(&self) -> PathBuf {
+        self.dir.path().join("policy-rc.d")
+    }
+
+    fn calls(&self) -> String {
+        fs::read_to_string(self.dir.path().join("calls.log")).unwrap_or_default()
+    }
+
+    fn run(&self) -> Output {
+        Command::new("/bin/sh")
+            .arg(SCRIPT)
+            .env_clear()
+            .env("PATH", self.dir.path().join("bin"))
+            .env("CGI_FPM_POLICY_RC_D", self.policy())
+            .output()
+            .expect("run install-test-deps.sh")
+    }
+}
+
+fn explain(m: &Machine, out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}\ncalls:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.calls()
+    )
+}
+
+fn assert_installed(m: &Machine, out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{}", explain(m, out));
+    let calls = m.calls();
+    assert!(
+        calls.contains("apt-get install") && calls.contains("libfcgi-bin"),
+        "nothing was installed: {}",
+        explain(m, out)
+    );
+    assert!(
+        calls.contains("policy in place"),
+        "packages were installed without a policy-rc.d: {}",
+        explain(m, out)
+    );
+}
+
+#[test]
+fn a_first_run_as_root_without_a_policy_installs_and_exits_0() {
+    let m = Machine::new(0, 0);
+    let out = m.run();
+    assert_installed(&m, &out);
+    assert!(!m.calls().contains("sudo"), "{}", explain(&m, &out));
+    assert!(
+        !m.policy().exists(),
+        "the policy-rc.d the script created was left behind"
+    );
+}
+
+#[test]
+fn a_first_run_as_root_with_a_policy_installs_exits_0_and_keeps_it() {
+    let m = Machine::new(0, 0);
+    fs::write(m.policy(), "#!/bin/sh\n# the image's own\nexit 101\n").expect("write");
+    fs::set_permissions(m.policy(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = m.run();
+    assert_installed(&m, &out);
+    assert_eq!(
+        fs::read_to_string(m.policy()).expect("the existing policy-rc.d is still there"),
+        "#!/bin/sh\n# the image's own\nexit 101\n"
+    );
+}
+
+#[test]
+fn a_first_run_through_sudo_installs_and_exits_0_with_or_without_a_policy() {
+    for existing in [false, true] {
+        let m = Machine::new(1000, 0);
+        if existing {
+            fs::write(m.policy(), "#!/bin/sh\nexit 101\n").expect("write");
+            fs::set_permissions(m.policy(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let out = m.run();
+        assert_installed(&m, &out);
+        assert!(
+            m.calls().contains("sudo apt-get install"),
+            "{}",
+            explain(&m, &out)
+        );
+        assert_eq!(m.policy().exists(), existing, "{}", explain(&m, &out));
+    }
+}
+
+#[test]
+fn a_failed_install_fails_the_run_and_still_removes_its_policy() {
+    let m = Machine::new(0, 100);
+    let out = m.run();
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&m, &out));
+    assert!(!m.policy().exists(), "{}", explain(&m, &out));
+}
