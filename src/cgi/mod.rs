@@ -4,6 +4,7 @@
 pub mod env;
 pub mod headers;
 pub mod php;
+pub mod proxy_path;
 pub mod resolve;
 pub mod response;
 pub mod spawn;

@@ -5,10 +5,11 @@
 //! for the operator's log.
 
 use super::php;
+use super::proxy_path::script_path;
 use crate::config::PoolConfig;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -76,10 +77,12 @@ fn non_empty(v: Option<&[u8]>) -> Option<&[u8]> {
     v.filter(|v| !v.is_empty())
 }
 
-/// The script path the request names: SCRIPT_FILENAME, else DOCUMENT_ROOT + SCRIPT_NAME.
-fn requested_path(req: &ScriptRequest<'_>) -> Result<PathBuf, Refusal> {
-    let path = if let Some(f) = non_empty(req.script_filename) {
-        PathBuf::from(OsStr::from_bytes(f))
+/// The script path the request names: SCRIPT_FILENAME (without Apache's proxy prefix), else
+/// DOCUMENT_ROOT + SCRIPT_NAME; and, for Apache's proxy form, the same percent-decoded.
+fn requested_paths(req: &ScriptRequest<'_>) -> Result<(PathBuf, Option<PathBuf>), Refusal> {
+    let (path, decoded) = if let Some(f) = non_empty(req.script_filename) {
+        let sent = script_path(f);
+        (sent.path.into_owned(), sent.decoded)
     } else if let (Some(root), Some(name)) =
         (non_empty(req.document_root), non_empty(req.script_name))
     {
@@ -88,7 +91,7 @@ fn requested_path(req: &ScriptRequest<'_>) -> Result<PathBuf, Refusal> {
             joined.push(b'/');
         }
         joined.extend_from_slice(name);
-        PathBuf::from(OsStr::from_bytes(&joined))
+        (joined, None)
     } else {
         return Err(Refusal::not_found(
             "the request names no script: neither SCRIPT_FILENAME nor DOCUMENT_ROOT and \
@@ -96,23 +99,49 @@ fn requested_path(req: &ScriptRequest<'_>) -> Result<PathBuf, Refusal> {
                 .into(),
         ));
     };
+    let decoded = decoded.map(checked_path).transpose()?;
+    Ok((checked_path(path)?, decoded))
+}
+
+fn checked_path(path: Vec<u8>) -> Result<PathBuf, Refusal> {
+    if path.contains(&0) {
+        return Err(Refusal::not_found("script path contains a NUL byte".into()));
+    }
+    let path = PathBuf::from(OsString::from_vec(path));
     if !path.is_absolute() {
         return Err(Refusal::forbidden(format!(
             "script path '{}' is not absolute",
             path.display()
         )));
     }
-    if path.as_os_str().as_bytes().contains(&0) {
-        return Err(Refusal::not_found("script path contains a NUL byte".into()));
-    }
     Ok(path)
 }
+
+/// The file a request names and its path info. A percent-decoded alternative (Apache's
+/// ProxyPass form encodes) is taken when the path as sent names no file by itself: a
+/// SetHandler path is the file's own name, which may hold a literal `%`, while the
+/// ProxyPass form's trailing path info is encoded too.
+fn split_requested(
+    requested: PathBuf,
+    decoded: Option<PathBuf>,
+) -> Result<(PathBuf, Split), Refusal> {
+    let as_sent = split_path_info(&requested);
+    match (decoded, as_sent) {
+        (Some(decoded), as_sent) if !matches!(&as_sent, Ok((_, None, _))) => {
+            let split = split_path_info(&decoded)?;
+            Ok((decoded, split))
+        }
+        (_, as_sent) => Ok((requested, as_sent?)),
+    }
+}
+
+type Split = (PathBuf, Option<OsString>, std::fs::Metadata);
 
 /// Find the longest prefix of `path` that exists; what follows it is path info.
 ///
 /// `/srv/cgi/app.sh/users/7` names `/srv/cgi/app.sh` with path info `/users/7`, which is how
 /// web servers pass PATH_INFO when they do not split it themselves.
-fn split_path_info(path: &Path) -> Result<(PathBuf, Option<OsString>, std::fs::Metadata), Refusal> {
+fn split_path_info(path: &Path) -> Result<Split, Refusal> {
     let mut candidate = path.to_path_buf();
     let mut tail: Vec<OsString> = Vec::new();
     loop {
@@ -162,13 +191,13 @@ fn split_path_info(path: &Path) -> Result<(PathBuf, Option<OsString>, std::fs::M
 
 /// Resolve and vet the script a request names.
 pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, Refusal> {
-    let requested = requested_path(req)?;
+    let (requested, decoded) = requested_paths(req)?;
+    let (requested, (script_filename, path_info, meta)) = split_requested(requested, decoded)?;
     // `..` is resolved by canonicalisation below, so confinement still holds; but a request
     // that climbs is suspicious enough to say so in the log.
     let climbs = requested
         .components()
         .any(|c| matches!(c, Component::ParentDir));
-    let (script_filename, path_info, meta) = split_path_info(&requested)?;
     if !meta.is_file() {
         return Err(Refusal::forbidden(format!(
             "script '{}' is not a regular file",
@@ -253,6 +282,7 @@ mod tests {
     use super::*;
     use crate::config::{Interpreter, ListenAddress};
     use std::fs;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
 
     struct Tree {
@@ -520,5 +550,108 @@ mod tests {
         policy.chdir = Some(PathBuf::from("/"));
         let r = resolve_file(&t.path("www/run.sh"), &policy).expect("resolves");
         assert_eq!(r.directory(), Path::new("/"));
+    }
+
+    /// SCRIPT_FILENAME as Apache's mod_proxy_fcgi sends it for `path` below the tree.
+    fn from_apache(
+        t: &Tree,
+        host: &str,
+        rel: &str,
+        policy: &PoolConfig,
+    ) -> Result<Resolved, Refusal> {
+        let raw = format!("{host}{}/{rel}", t.dir.path().display());
+        resolve(
+            &ScriptRequest {
+                script_filename: Some(raw.as_bytes()),
+                ..Default::default()
+            },
+            policy,
+        )
+    }
+
+    #[test]
+    fn apaches_sethandler_form_runs_the_file() {
+        let t = Tree::new();
+        for host in [
+            "proxy:fcgi://localhost",
+            "PROXY:FCGI://127.0.0.1:9000",
+            "proxy:balancer://c",
+        ] {
+            let r = from_apache(&t, host, "www/run.sh", &t.policy()).expect(host);
+            assert_eq!(r.script_filename, t.path("www/run.sh"), "{host}");
+            assert_eq!(r.path_info, None);
+        }
+        // The file's own name, `%` and all: the SetHandler form does not encode.
+        t.file("www/p%41.sh", 0o755);
+        let r = from_apache(&t, "proxy:fcgi://h", "www/p%41.sh", &t.policy()).expect("literal");
+        assert_eq!(r.script_filename, t.path("www/p%41.sh"));
+    }
+
+    #[test]
+    fn apaches_proxypass_form_gets_its_path_info_query_cut_and_decoding() {
+        let t = Tree::new();
+        let r = from_apache(
+            &t,
+            "proxy:fcgi://127.0.0.1:9000",
+            "www/run.sh/extra/path?a=1",
+            &t.policy(),
+        )
+        .expect("resolves");
+        assert_eq!(r.script_filename, t.path("www/run.sh"));
+        assert_eq!(r.path_info, Some(OsString::from("/extra/path")));
+        t.file("www/a b.sh", 0o755);
+        let r = from_apache(&t, "proxy:fcgi://h:1", "www/a%20b.sh/pa%20th", &t.policy())
+            .expect("decoded");
+        assert_eq!(r.script_filename, t.path("www/a b.sh"));
+        assert_eq!(r.path_info, Some(OsString::from("/pa th")));
+        // Path info of an unencoded script name is decoded too.
+        let r = from_apache(&t, "proxy:fcgi://h:1", "www/run.sh/pa%20th", &t.policy())
+            .expect("decoded info");
+        assert_eq!(r.path_info, Some(OsString::from("/pa th")));
+        // `%2541` is what Apache sends for a file named `p%41.sh`.
+        t.file("www/p%41.sh", 0o755);
+        let r = from_apache(&t, "proxy:fcgi://h", "www/p%2541.sh", &t.policy()).expect("p%41");
+        assert_eq!(r.script_filename, t.path("www/p%41.sh"));
+    }
+
+    #[test]
+    fn a_decoded_climb_stays_inside_the_roots() {
+        let t = Tree::new();
+        for rel in [
+            "www/%2e%2e/outside/secret.sh",
+            "www/%2E%2E%2Foutside%2Fsecret.sh",
+        ] {
+            let e = from_apache(&t, "proxy:fcgi://h", rel, &t.policy()).unwrap_err();
+            assert_eq!(e.status, 403, "{rel}: {}", e.reason);
+            assert!(
+                e.reason.contains("outside cgi.allowed_roots"),
+                "{}",
+                e.reason
+            );
+            assert!(e.reason.contains("(with '..')"), "{}", e.reason);
+        }
+        let e = from_apache(&t, "proxy:fcgi://h", "www/run.sh%00.txt", &t.policy()).unwrap_err();
+        assert_eq!(e.status, 404, "{}", e.reason);
+        // Without the proxy prefix nothing is decoded.
+        let plain = by_filename(&t.path("www/%2e%2e/outside/secret.sh"));
+        let e = resolve(
+            &ScriptRequest {
+                script_filename: Some(&plain),
+                ..Default::default()
+            },
+            &t.policy(),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 404, "{}", e.reason);
+        // A prefix with no path is refused, as php-fpm does.
+        let e = resolve(
+            &ScriptRequest {
+                script_filename: Some(b"proxy:fcgi://localhost"),
+                ..Default::default()
+            },
+            &t.policy(),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 403, "{}", e.reason);
     }
 }

@@ -1,6 +1,7 @@
 //! What a worker publishes about each request in its scoreboard slot: the request's
 //! identity, from its params (what it cost comes from the CGI child's wait4).
 
+use crate::cgi::proxy_path::script_path;
 use crate::fastcgi::Params;
 use crate::scoreboard::RequestInfo;
 
@@ -28,7 +29,8 @@ pub fn request_info(params: &Params) -> RequestInfo {
     RequestInfo {
         method: get("REQUEST_METHOD").to_vec(),
         uri,
-        script: get("SCRIPT_FILENAME").to_vec(),
+        // The status page names the file, as php-fpm's does, not Apache's proxy form of it.
+        script: script_path(get("SCRIPT_FILENAME")).path.into_owned(),
         user,
         content_length: params
             .get_str("CONTENT_LENGTH")
@@ -108,6 +110,15 @@ mod tests {
         ]));
         assert_eq!(info.uri, b"/x.sh/p?q=2");
         assert_eq!(request_info(&params(&[("SCRIPT_NAME", "/x")])).uri, b"/x");
+    }
+
+    #[test]
+    fn apaches_proxy_form_shows_as_the_file() {
+        let info = request_info(&params(&[(
+            "SCRIPT_FILENAME",
+            "proxy:fcgi://127.0.0.1:9000/srv/app/x.sh/more",
+        )]));
+        assert_eq!(info.script, b"/srv/app/x.sh/more");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::WorkerCtx;
 use super::conn::Conn;
 use super::pump::{Outcome, Pump, Summary};
 use crate::accesslog::Entry;
+use crate::cgi::proxy_path::script_path;
 use crate::cgi::{CgiChild, ScriptRequest, build_env, resolve, spawn};
 use crate::fastcgi::{Request, Session};
 use crate::scoreboard::{WorkerState, now_us};
@@ -30,7 +31,11 @@ pub fn serve(
         .fetch_add(1, Ordering::Relaxed);
 
     let params = &request.params;
-    let script = params.get_str("SCRIPT_FILENAME").unwrap_or("-").to_string();
+    // Logs and the slowlog name the file, not Apache's `proxy:fcgi://host` form of it.
+    let script = params
+        .get("SCRIPT_FILENAME")
+        .map(|raw| String::from_utf8_lossy(&script_path(raw).path).into_owned())
+        .unwrap_or_else(|| "-".to_string());
     let request_line = format!(
         "{} {}",
         params.get_str("REQUEST_METHOD").unwrap_or("-"),

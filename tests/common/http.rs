@@ -1,6 +1,8 @@
-//! A minimal HTTP/1.1 client for talking to the test nginx over its unix socket.
+//! A minimal HTTP/1.1 client for talking to the test nginx over its unix socket, or to a
+//! front end on loopback TCP.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -33,9 +35,54 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    exchange(UnixStream::connect(socket)?, method, target, headers, body)
+}
+
+/// [`request`] to a TCP address (`127.0.0.1:PORT`).
+pub fn request_tcp(
+    address: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    exchange(TcpStream::connect(address)?, method, target, headers, body)
+}
+
+/// The sockets [`exchange`] can use: both kinds can be cloned for a writer thread.
+pub trait Stream: Read + Write + Send + Sized + 'static {
+    fn try_clone(&self) -> std::io::Result<Self>;
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl Stream for UnixStream {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Stream for TcpStream {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+fn exchange<S: Stream>(
+    mut stream: S,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    stream.set_timeouts(Duration::from_secs(60))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));

@@ -2,6 +2,7 @@
 //! conditions with deadlines, and clean up by pid whatever happens.
 #![allow(dead_code)]
 
+pub mod apache;
 pub mod http;
 pub mod nginx;
 pub mod openmetrics;
