@@ -638,3 +638,43 @@ fn php_admin_value_reaches_php_cgi_through_nginx() {
         Duration::from_secs(5),
     );
 }
+
+/// `env[USER] = $USER` in a master started without USER (as systemd starts services)
+/// used to give scripts `USER=` and `HOME=`: they get the pool user's, or none.
+#[test]
+fn scripts_never_see_an_empty_user_or_home() {
+    let start = |extra: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("www")).expect("mkdir");
+        open_up(dir.path());
+        let config = format!(
+            "[global]\n{}",
+            common::pool_section(
+                "www",
+                dir.path(),
+                1,
+                &format!("env[USER] = $USER\nenv[HOME] = $HOME\n{extra}"),
+            )
+        );
+        let address = dir.path().join("www.sock").display().to_string();
+        Fpm::start_with_env(dir, &config, &address, &[("USER", ""), ("HOME", "")])
+    };
+    let env_script = examples_dir().join("env.sh");
+    let fpm = start("");
+    let body = body_text(&fpm.get(&env_script, &[]));
+    for variable in ["USER", "HOME"] {
+        assert_eq!(field(&body, variable), None, "{variable}: {body}");
+    }
+    if !require_root("switching to user nobody") {
+        return;
+    }
+    let nobody = nobody();
+    let fpm = start("user = nobody");
+    let body = body_text(&fpm.get(&env_script, &[]));
+    assert_eq!(field(&body, "USER").as_deref(), Some("nobody"), "{body}");
+    assert_eq!(
+        field(&body, "HOME"),
+        Some(nobody.dir.display().to_string()),
+        "{body}"
+    );
+}

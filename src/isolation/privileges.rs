@@ -20,7 +20,7 @@ use crate::cgi::EnvPolicy;
 use crate::config::{Config, GlobalConfig, ListenAddress, PoolConfig, RlimitCore};
 use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
 use nix::unistd::{Gid, Uid, getegid, geteuid, getgrouplist, getuid};
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 /// What [`prepare`] found: one entry per pool, in the configuration's order, and the
@@ -303,34 +303,48 @@ impl Privileges {
 
     /// The CGI children's inherited environment: the master's unless `clear_env`, and, as
     /// php-fpm sets them, USER and HOME of the pool's user. `env[]` and the request's
-    /// params still come on top of these.
+    /// params still come on top of these, except that USER and HOME are never empty: an
+    /// `env[USER] = $USER` read from a master started without USER (systemd starts
+    /// services so) gives way to the pool user's, or leaves the variable out, since an
+    /// empty USER or HOME breaks scripts that trust them (`cd "$HOME"`, `~` expansion).
     pub fn env_policy(
         &self,
         pool: &PoolConfig,
         master_env: Vec<(OsString, OsString)>,
     ) -> EnvPolicy {
+        let is_empty_identity = |name: &OsStr, value: &OsStr| {
+            value.is_empty() && IDENTITY_VARIABLES.iter().any(|v| name == *v)
+        };
         let mut inherited = if pool.clear_env {
             Vec::new()
         } else {
             master_env
         };
+        inherited.retain(|(name, value)| !is_empty_identity(name, value));
+        let mut pool_env = pool.env.clone();
+        pool_env.retain(|(name, value)| !is_empty_identity(OsStr::new(name), OsStr::new(value)));
         if let Some(identity) = &self.identity {
             let variables = [
                 ("USER", identity.name.clone().map(OsString::from)),
                 ("HOME", identity.home.clone().map(OsString::from)),
             ];
             for (variable, value) in variables {
-                let Some(value) = value else { continue };
+                let Some(value) = value.filter(|v| !v.is_empty()) else {
+                    continue;
+                };
                 inherited.retain(|(name, _)| name != variable);
                 inherited.push((variable.into(), value));
             }
         }
         EnvPolicy {
             inherited,
-            pool_env: pool.env.clone(),
+            pool_env,
         }
     }
 }
+
+/// Variables that name the user scripts run as: set from the pool's user, never empty.
+const IDENTITY_VARIABLES: [&str; 2] = ["USER", "HOME"];
 
 impl Identity {
     fn assume(&self, pool: &str) -> Result<(), String> {
@@ -599,6 +613,50 @@ mod tests {
         assert_eq!(
             policy.inherited, master_env,
             "no user: the master's, untouched"
+        );
+    }
+
+    #[test]
+    fn user_and_home_are_never_empty() {
+        let mut privileges = Privileges::unchanged("www");
+        // `env[USER] = $USER` and `env[HOME] = $HOME` from a master started without them.
+        let p = pool(|p| {
+            p.env = vec![
+                ("USER".into(), String::new()),
+                ("HOME".into(), String::new()),
+                ("OTHER".into(), String::new()),
+            ];
+            p.clear_env = false;
+        });
+        let master_env = vec![(OsString::from("USER"), OsString::new())];
+        let policy = privileges.env_policy(&p, master_env.clone());
+        assert!(policy.inherited.is_empty(), "{:?}", policy.inherited);
+        assert_eq!(
+            policy.pool_env,
+            [("OTHER".to_string(), String::new())],
+            "only USER and HOME are dropped when empty"
+        );
+        privileges.identity = Some(Identity {
+            uid: Uid::from_raw(33),
+            gid: Gid::from_raw(33),
+            groups: vec![Gid::from_raw(33)],
+            name: Some("www-data".into()),
+            home: Some("/var/www".into()),
+        });
+        let policy = privileges.env_policy(&p, master_env);
+        assert_eq!(
+            policy.inherited,
+            [
+                (OsString::from("USER"), OsString::from("www-data")),
+                (OsString::from("HOME"), OsString::from("/var/www")),
+            ]
+        );
+        // A value the configuration does give still wins, as in php-fpm.
+        let p = pool(|p| p.env = vec![("HOME".into(), "/srv/home".into())]);
+        let policy = privileges.env_policy(&p, Vec::new());
+        assert_eq!(
+            policy.pool_env,
+            [("HOME".to_string(), "/srv/home".to_string())]
         );
     }
 }
