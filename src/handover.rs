@@ -21,9 +21,9 @@ pub const VARIABLE: &str = "CGI_FPM_HANDOVER";
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Handover {
-    /// Every listening socket of the old image, under the key of its address. Those the
-    /// new configuration does not use are closed by the new image (and their socket files
-    /// removed): the old one removes nothing, so a failed exec leaves it whole.
+    /// Listening sockets, under the key of their address: those the new configuration
+    /// uses, and the unix sockets of ours it drops. The new image closes the latter and
+    /// removes their files; the old one removes nothing, so a failed exec leaves it whole.
     pub listeners: Vec<Listener>,
     /// The old image's workers, still finishing their requests.
     pub old_workers: Vec<i32>,

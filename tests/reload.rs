@@ -324,6 +324,41 @@ fn a_changed_listen_and_max_children_take_effect() {
     assert_eq!(values.get_str("FCGI_MAX_CONNS"), Some("4"));
 }
 
+/// A reload whose exec fails keeps serving as before on every socket, those the new
+/// configuration drops included: their files are the new image's to remove, not the old
+/// one's before it knows the exec worked.
+#[test]
+fn a_failed_exec_leaves_every_socket_reachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    // A copy of the binary, to be removed under the running master.
+    let program = dir.path().join("cgi-fpm");
+    std::fs::copy(common::BIN, &program).expect("copy the binary");
+    let config = format!(
+        "[global]\n\n{}",
+        common::pool_section("www", dir.path(), 1, "")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::spawn_program(&program, dir, &config, &address, &[], &[]);
+    fpm.wait_ready();
+    let moved = fpm.path("moved.sock").display().to_string();
+    let text = std::fs::read_to_string(&fpm.config).expect("config");
+    std::fs::write(&fpm.config, text.replace(&address, &moved)).expect("write");
+    std::fs::remove_file(&program).expect("remove the binary");
+    fpm.signal(Signal::SIGUSR2);
+    fpm.wait_for_log("reload failed", Duration::from_secs(10));
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(
+        fpm.get(&hello, &[]).status(),
+        200,
+        "the old socket still answers"
+    );
+    assert!(
+        !std::path::Path::new(&moved).exists(),
+        "the socket opened for the failed reload is gone"
+    );
+}
+
 #[test]
 fn sigquit_lets_a_request_in_flight_finish() {
     let mut fpm = Fpm::start(1, "");

@@ -10,7 +10,7 @@
 //! tells the old ones to finish the request in hand and exit.
 
 use super::inherit::{self, Inherited};
-use super::{Master, PoolKind, State, listener};
+use super::{Master, State, listener};
 use crate::handover::{self, Handover};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
@@ -227,6 +227,19 @@ impl Master {
             }
         }
 
+        // The socket files of addresses the new configuration drops are handed over too,
+        // and the new image closes them and removes the files. Removing them here, before
+        // the exec, left pools that nobody could reach when the exec failed. (Sockets
+        // without a file of ours, systemd's or TCP, just close at the exec.)
+        for pool in &self.pools {
+            let fd = pool.listener.raw_fd();
+            if !listeners.iter().any(|l| l.fd == fd)
+                && pool.listener.owned_path().is_some()
+                && let Some(key) = inherit::socket_key(fd)
+            {
+                listeners.push(handover::Listener { key, fd });
+            }
+        }
         crate::systemd::reloading();
         self.lot.receive_all(self.poll.registry(), &self.channels);
         let mut old_workers: Vec<i32> = self.children.keys().map(|p| p.as_raw()).collect();
@@ -248,17 +261,6 @@ impl Master {
             Some(&master_signals()),
             Some(&mut saved),
         );
-        // Socket files of addresses the new configuration dropped go with them.
-        for pool in &self.pools {
-            if pool.kind == PoolKind::Workers || matches!(pool.kind, PoolKind::Status { .. }) {
-                let fd = pool.listener.raw_fd();
-                if !handover.listeners.iter().any(|h| h.fd == fd)
-                    && let Some(path) = pool.listener.owned_path()
-                {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
         log::info!(
             "re-executing {} with {} socket(s), {} worker(s) and {} idle kept connection(s) handed over",
             reexec.exe.display(),

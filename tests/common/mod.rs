@@ -155,6 +155,19 @@ impl Fpm {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Fpm {
+        Fpm::spawn_program(Path::new(BIN), dir, config_text, address, args, env)
+    }
+
+    /// [`Fpm::spawn_with_env`], running the program at `program` (a copy of the binary,
+    /// for tests that must change it under the running master).
+    pub fn spawn_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        config_text: &str,
+        address: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fpm {
         let config = dir.path().join("cgi-fpm.conf");
         fs::write(&config, config_text).expect("write config");
         let log = dir.path().join("master.log");
@@ -164,7 +177,7 @@ impl Fpm {
         } else {
             &[]
         };
-        let child = Command::new(BIN)
+        let child = Command::new(program)
             .arg("-F")
             .arg("-y")
             .arg(&config)
@@ -217,7 +230,7 @@ impl Fpm {
         panic!("log never showed {needle:?}; log:\n{}", self.log_text());
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.probe_answered() && !self.worker_pids().is_empty() {
