@@ -117,6 +117,8 @@ struct Child {
     started: Instant,
     /// The pool manager told it to stop (it was idle); it is not replaced.
     stopping: bool,
+    /// Killed for a request stuck past request_terminate_timeout; not reaped yet.
+    killed_as_stuck: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -983,6 +985,7 @@ impl Master {
                         slot: slot_index,
                         started: Instant::now(),
                         stopping: false,
+                        killed_as_stuck: false,
                     },
                 );
                 Ok(())
@@ -1028,13 +1031,9 @@ impl Master {
     /// and the worker's own grace period have both passed.
     fn stop_stuck_workers(&mut self) {
         let now = now_us();
-        for (pid, child) in &self.children {
+        for (pid, child) in &mut self.children {
             let pool = &self.pools[child.pool];
-            let config = &self.config.pools[pool.config_index];
-            let limit = config.request_terminate_timeout;
-            if limit.is_zero() {
-                continue;
-            }
+            let limit = self.config.pools[pool.config_index].request_terminate_timeout;
             let Some(slot) = pool.scoreboard.slot(child.slot) else {
                 continue;
             };
@@ -1043,7 +1042,7 @@ impl Master {
             }
             let started = slot.request_started_at_us.load(Ordering::Relaxed);
             let running = Duration::from_micros(now.saturating_sub(started));
-            if running <= limit + STUCK_MARGIN {
+            if !is_stuck(limit, running, child.killed_as_stuck) {
                 continue;
             }
             log::warn!(
@@ -1057,6 +1056,7 @@ impl Master {
                 let _ = killpg(Pid::from_raw(cgi), Signal::SIGKILL);
             }
             let _ = kill(*pid, Signal::SIGKILL);
+            child.killed_as_stuck = true;
         }
     }
 
@@ -1156,10 +1156,43 @@ fn lot_capacity() -> usize {
     (soft / 2).clamp(64, 8192) as usize
 }
 
+/// Whether the master steps in for a worker whose request has run `running` under
+/// request_terminate_timeout `limit`: once past the worker's own grace, and once only. A
+/// worker in uninterruptible sleep is not reaped at once, and killing it (and saying so)
+/// on every wake-up until it is flooded the log.
+fn is_stuck(limit: Duration, running: Duration, killed_already: bool) -> bool {
+    !killed_already && !limit.is_zero() && running > limit + STUCK_MARGIN
+}
+
 fn describe_status(status: WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("code {code}"),
         WaitStatus::Signaled(_, sig, _) => format!("signal {} ({})", sig as i32, sig.as_str()),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_worker_is_killed_once_past_its_grace() {
+        let limit = Duration::from_secs(10);
+        let past = limit + STUCK_MARGIN + Duration::from_millis(1);
+        assert!(
+            !is_stuck(limit, limit, false),
+            "the worker's own grace first"
+        );
+        assert!(!is_stuck(limit, limit + STUCK_MARGIN, false));
+        assert!(is_stuck(limit, past, false));
+        assert!(
+            !is_stuck(limit, past, true),
+            "killed once, not on every wake-up"
+        );
+        assert!(
+            !is_stuck(Duration::ZERO, past * 100, false),
+            "no limit, no kill"
+        );
     }
 }
