@@ -89,6 +89,68 @@ fn dash_d_returns_only_once_the_socket_answers() {
     assert_eq!(sid.as_raw(), pid, "the master leads its own session");
 }
 
+/// Workers close the report pipe of `-D` without reading /proc (close_range): with /proc
+/// hidden, a worker forked before "ready" kept it open and the command never returned.
+#[test]
+fn dash_d_returns_without_proc() {
+    if !nix::unistd::geteuid().is_root() || common::which("unshare").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with unshare (util-linux)"
+        );
+        eprintln!("skipped: hiding /proc needs root and unshare");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let pid_file = dir.path().join("cgi-fpm.pid");
+    let config = dir.path().join("cgi-fpm.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\npid = {}\nerror_log = {}\n\n{}",
+            pid_file.display(),
+            dir.path().join("error.log").display(),
+            pool(dir.path(), "")
+        ),
+    )
+    .expect("write config");
+    let _guard = PidFileGuard(pid_file.clone());
+    // An empty tmpfs over /proc, in a mount namespace of its own.
+    let mut command = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /proc && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["-R", "-D", "-y"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run cgi-fpm -D under unshare");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = command.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = command.kill();
+            let _ = command.wait();
+            panic!("cgi-fpm -D did not return within 10 s with /proc hidden");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    let socket = dir.path().join("www.sock");
+    let hello = common::examples_dir()
+        .join("hello.sh")
+        .display()
+        .to_string();
+    let r = common::Client::connect(socket.to_str().expect("path"), Duration::from_secs(10))
+        .expect("the socket answers")
+        .request(&[("SCRIPT_FILENAME", &hello)], b"", false)
+        .expect("request");
+    assert_eq!(r.status(), 200);
+}
+
 #[test]
 fn dash_d_with_a_start_failure_exits_non_zero_with_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");

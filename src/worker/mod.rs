@@ -225,9 +225,22 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
 }
 
 /// Close every descriptor inherited from the master that the worker does not use: other
-/// pools' sockets, the master's epoll and signal pipe. They are close-on-exec already,
-/// so this is hygiene, not a leak fix for CGI children.
+/// pools' sockets, the master's epoll and signal pipe, and the `-D` report pipe (while a
+/// worker holds it, the command that started the daemon never sees it ready). They are
+/// close-on-exec already, so for CGI children this is hygiene. close_range needs no
+/// /proc, which may be missing or unreadable (a chroot, a restricted mount namespace);
+/// the /proc scan is only the fallback for kernels before 5.9.
 fn close_inherited_fds(keep: &[RawFd]) {
+    let mut closed_all = true;
+    for (first, last) in ranges_to_close(keep) {
+        // SAFETY: nothing in this process will use these descriptors again: the master's
+        // objects that own them are never touched after fork.
+        let rc = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first, last, 0u32) };
+        closed_all &= rc == 0;
+    }
+    if closed_all {
+        return;
+    }
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -236,11 +249,31 @@ fn close_inherited_fds(keep: &[RawFd]) {
         .collect();
     for fd in fds {
         if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: nothing in this process will use these descriptors again: the
-            // master's objects that own them are never touched after fork.
+            // SAFETY: as above.
             let _ = nix::unistd::close(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
+}
+
+/// The inclusive ranges of descriptors above 2 that are not in `keep`.
+fn ranges_to_close(keep: &[RawFd]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut first = 3u32;
+    for fd in keep {
+        if fd > first {
+            ranges.push((first, fd - 1));
+        }
+        first = fd + 1;
+    }
+    ranges.push((first, u32::MAX));
+    ranges
 }
 
 /// The worker's own stdin reads nothing. Its stdout goes nowhere, and its stderr stays
@@ -731,5 +764,20 @@ fn flush_within(conn: &mut Conn, limit: Duration) -> bool {
         if set.wait(Some(left)).is_err() {
             return false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_but_the_kept_descriptors_is_closed() {
+        let max = u32::MAX;
+        assert_eq!(ranges_to_close(&[]), vec![(3, max)]);
+        assert_eq!(
+            ranges_to_close(&[9, 3, 5, 6, 9, 1, -1]),
+            vec![(4, 4), (7, 8), (10, max)]
+        );
     }
 }
