@@ -454,14 +454,47 @@ fn take_handoff(ctx: &mut WorkerCtx<'_>, epoll: &Epoll) -> Option<OwnedFd> {
             Some(fd)
         }
         Ok(crate::parking::Received::Empty) => None,
-        // The master that made the channel is gone (a reload re-executed it): this
-        // worker is finishing, and parks nothing more.
-        Ok(crate::parking::Received::Closed) | Err(_) => {
-            let _ = epoll.delete(channel);
-            ctx.parking = None;
+        Ok(crate::parking::Received::Closed) => {
+            forget_parking(ctx, epoll, channel);
+            None
+        }
+        Err(e) if channel_is_broken(e) => {
+            log::warn!(
+                "[pool {}] child {}, the hand-off channel failed ({e}); parking no more",
+                ctx.pool.name,
+                std::process::id()
+            );
+            forget_parking(ctx, epoll, channel);
+            None
+        }
+        // Out of descriptors or memory for the moment (the message may be lost, the
+        // channel is not): later hand-offs still work.
+        Err(e) => {
+            log::warn!(
+                "[pool {}] child {}, cannot take a kept connection: {e}",
+                ctx.pool.name,
+                std::process::id()
+            );
             None
         }
     }
+}
+
+/// The channel is gone for good: the master that made it has exited (a stop), or it is
+/// not what it should be.
+fn forget_parking(ctx: &mut WorkerCtx<'_>, epoll: &Epoll, channel: BorrowedFd<'_>) {
+    let _ = epoll.delete(channel);
+    ctx.parking = None;
+}
+
+/// Whether a receive error means the channel will never work again. Only those do: one
+/// error of the moment (ENOBUFS when the descriptor did not fit, EMFILE, ENOMEM) used to
+/// cost the worker its channel for the rest of its life.
+fn channel_is_broken(error: Errno) -> bool {
+    matches!(
+        error,
+        Errno::EBADF | Errno::ENOTSOCK | Errno::EINVAL | Errno::ENOTCONN | Errno::ECONNRESET
+    )
 }
 
 /// Hand an idle kept connection to the master; false if that is not possible (the
@@ -770,6 +803,16 @@ fn flush_within(conn: &mut Conn, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_broken_hand_off_channel_is_given_up() {
+        for passing in [Errno::ENOBUFS, Errno::EMFILE, Errno::ENFILE, Errno::ENOMEM] {
+            assert!(!channel_is_broken(passing), "{passing}");
+        }
+        for broken in [Errno::EBADF, Errno::ENOTSOCK, Errno::ENOTCONN] {
+            assert!(channel_is_broken(broken), "{broken}");
+        }
+    }
 
     #[test]
     fn everything_but_the_kept_descriptors_is_closed() {
