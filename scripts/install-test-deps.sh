@@ -23,6 +23,8 @@ if have cc; then
     esac
 fi
 have groff    || need="$need groff-base"
+# A fault test closes the master's epoll descriptor through gdb.
+have gdb      || need="$need gdb"
 
 if [ -z "$need" ]; then
     echo "test dependencies: all present"

@@ -6,7 +6,7 @@ mod common;
 
 use cgi_fpm::fastcgi::params::write_pair;
 use cgi_fpm::fastcgi::record::{RecordType, Role, write_begin_request, write_record};
-use common::{Client, Fpm, children_of, examples_dir, open_fds, rss_kib, wait_until};
+use common::{Client, Fpm, alive, children_of, examples_dir, open_fds, rss_kib, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::Path;
@@ -501,5 +501,67 @@ fn the_master_is_untouched_by_a_run_of_faults() {
         rss <= before.master_rss + RSS_TOLERANCE_KIB,
         "master RSS {} -> {rss} KiB",
         before.master_rss
+    );
+}
+
+/// The master's event loop failing (epoll_wait) ends the master, and its workers with
+/// it: left running, nobody would reap, replace or stop them. The failure is made from
+/// outside through gdb, by putting /dev/null (the master's stdin) in place of its epoll
+/// descriptor: epoll_wait then fails with EINVAL.
+#[test]
+fn a_failing_event_loop_takes_the_workers_with_it() {
+    let Some(gdb) = common::which("gdb") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "gdb is missing (scripts/install-test-deps.sh installs it)"
+        );
+        eprintln!("skipped: gdb is missing");
+        return;
+    };
+    let mut fpm = Fpm::start(2, "");
+    let master = fpm.pid();
+    let workers = fpm.worker_pids();
+    // Whatever happens, no worker of ours outlives the test.
+    struct KillOnDrop(Vec<i32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                // Only if the pid is still one of ours, not reused since.
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("cgi-fpm") {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    let _orphans = KillOnDrop(workers.clone());
+    let epoll_fd = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .expect("the master's descriptors")
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:[eventpoll]")
+        })
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .expect("the master's epoll descriptor");
+    let out = std::process::Command::new(gdb)
+        .args(["-nx", "-batch", "-p", &master.to_string(), "-ex"])
+        .arg(format!("call (int) dup2(0, {epoll_fd})"))
+        .output()
+        .expect("run gdb");
+    assert!(
+        !alive(master) || out.status.success(),
+        "gdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = fpm.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(71), "log:\n{}", fpm.log_text());
+    wait_until("the workers are gone", Duration::from_secs(10), || {
+        workers.iter().all(|&pid| !alive(pid))
+    });
+    assert!(
+        fpm.log_text().contains("epoll_wait failed"),
+        "{}",
+        fpm.log_text()
     );
 }

@@ -177,6 +177,9 @@ pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i
         }
     };
     let code = master.event_loop(report);
+    if code != 0 {
+        master.stop_children_without_loop();
+    }
     master.shutdown();
     code
 }
@@ -1057,6 +1060,39 @@ impl Master {
             }
             let _ = kill(*pid, Signal::SIGKILL);
             child.killed_as_stuck = true;
+        }
+    }
+
+    /// The loop failed (epoll_wait, or its set-up after a reload handed old workers
+    /// over): stop every worker before exiting, rather than leave orphans that nobody
+    /// reaps, replaces or stops. As a fast stop, without the loop: TERM, a short wait
+    /// for them to go, then KILL.
+    fn stop_children_without_loop(&mut self) {
+        if self.children.is_empty() && self.old_workers.is_empty() {
+            return;
+        }
+        log::warn!(
+            "stopping {} worker(s) before exiting",
+            self.children.len() + self.old_workers.len()
+        );
+        self.terminate();
+        let State::Terminating { kill_at, .. } = self.state else {
+            return;
+        };
+        let all_gone = |master: &mut Master, until: Instant| loop {
+            master.reap_children();
+            if master.children.is_empty() && master.old_workers.is_empty() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // No event loop to wake us on SIGCHLD any more; exiting, a short poll will do.
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !all_gone(self, kill_at) {
+            self.signal_children(Signal::SIGKILL);
+            all_gone(self, Instant::now() + Duration::from_secs(1));
         }
     }
 
