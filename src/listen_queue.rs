@@ -13,7 +13,7 @@ use nix::sys::socket::{
     getsockname, recv, send, socket,
 };
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// A listening socket's accept queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,16 +24,59 @@ pub struct QueueFigures {
     pub backlog: u32,
 }
 
-/// The accept-queue figures of a listening TCP or unix socket.
+/// The accept-queue figures of a listening TCP or unix socket. Opens (and closes) a
+/// netlink socket for a unix one: callers that ask often keep a `Prober` instead.
 pub fn figures(fd: BorrowedFd<'_>) -> io::Result<QueueFigures> {
-    let address: SockaddrStorage = getsockname(fd.as_raw_fd())?;
-    match address.family() {
-        Some(AddressFamily::Inet | AddressFamily::Inet6) => tcp_figures(fd),
-        Some(AddressFamily::Unix) => unix_figures(fd),
-        other => Err(io::Error::other(format!(
-            "no listen-queue figures for address family {other:?}"
-        ))),
+    Prober::default().figures(fd)
+}
+
+/// Asks for queue figures through one netlink socket kept open: the master asks for
+/// every pool each second, and with hundreds of pools a socket per question cost a
+/// descriptor each time, which failed (EMFILE) exactly when descriptors ran short.
+#[derive(Default)]
+pub struct Prober {
+    netlink: Option<OwnedFd>,
+}
+
+impl Prober {
+    /// A prober with its netlink socket open already, so that it costs no descriptor
+    /// later; when that fails it opens one at the next question instead.
+    pub fn open() -> Prober {
+        Prober {
+            netlink: netlink_socket().ok(),
+        }
     }
+
+    pub fn figures(&mut self, fd: BorrowedFd<'_>) -> io::Result<QueueFigures> {
+        let address: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+        match address.family() {
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => tcp_figures(fd),
+            Some(AddressFamily::Unix) => {
+                let netlink = match self.netlink.take() {
+                    Some(netlink) => netlink,
+                    None => netlink_socket()?,
+                };
+                let figures = unix_figures(fd, netlink.as_fd());
+                // A socket that failed may hold a stale reply: start afresh next time.
+                if figures.is_ok() {
+                    self.netlink = Some(netlink);
+                }
+                figures
+            }
+            other => Err(io::Error::other(format!(
+                "no listen-queue figures for address family {other:?}"
+            ))),
+        }
+    }
+}
+
+fn netlink_socket() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?)
 }
 
 /// Linux's TCP_LISTEN state number, used by both interfaces.
@@ -75,16 +118,10 @@ const UNIX_DIAG_RQLEN: u16 = 4;
 const NLMSG_HEADER_LEN: usize = 16;
 const UNIX_DIAG_MSG_LEN: usize = 16;
 
-fn unix_figures(fd: BorrowedFd<'_>) -> io::Result<QueueFigures> {
+fn unix_figures(fd: BorrowedFd<'_>, netlink: BorrowedFd<'_>) -> io::Result<QueueFigures> {
     let inode = nix::sys::stat::fstat(fd)?.st_ino;
     let inode = u32::try_from(inode)
         .map_err(|_| io::Error::other(format!("socket inode {inode} does not fit sock_diag")))?;
-    let netlink = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
     send(
         netlink.as_raw_fd(),
         &unix_diag_request(inode),
