@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fastcgi;
+pub mod fdplan;
 pub mod handover;
 pub mod isolation;
 pub mod listen_queue;

@@ -78,6 +78,16 @@ fn main() -> ExitCode {
         log::info!("{notice}");
     }
     if options.test > 0 {
+        // The same descriptor plan a start makes: a configuration that could not start
+        // under these limits fails the test too.
+        match cgi_fpm::fdplan::check(&config) {
+            Ok(notice) => notice.iter().for_each(|n| log::info!("{n}")),
+            Err(e) => {
+                log::error!("{e}");
+                log::error!("configuration file {} test failed", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
         if options.test > 1 {
             for line in config::dump(&config).lines() {
                 log::info!("{line}");
@@ -119,6 +129,17 @@ fn main() -> ExitCode {
     }
     match isolation::apply_master_limits(&config.global) {
         Ok(notices) => notices.iter().for_each(|notice| log::info!("{notice}")),
+        Err(e) => {
+            log::error!("{e}");
+            log::error!("FPM initialization failed");
+            report.failed(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    // Before the first pool opens anything: a master that runs out half-way through its
+    // pools serves none of them well.
+    match cgi_fpm::fdplan::apply(&config) {
+        Ok(notice) => notice.iter().for_each(|n| log::info!("{n}")),
         Err(e) => {
             log::error!("{e}");
             log::error!("FPM initialization failed");

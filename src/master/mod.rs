@@ -15,6 +15,7 @@ mod reload;
 use crate::config::{Config, ProcessManager};
 use crate::daemon::StartupReport;
 use crate::isolation::Privileges;
+use crate::listen_queue::Prober;
 use crate::scoreboard::{Scoreboard, WorkerState, now_us};
 use crate::worker::{self, StatusSource, WorkerSpec};
 use capture::Capture;
@@ -162,6 +163,8 @@ pub struct Master {
     /// Connections parked with the previous image, handed over and watched once the
     /// loop starts.
     handed_over_parked: Vec<(usize, std::os::fd::OwnedFd)>,
+    /// Reads the pools' listen queues through one kept netlink socket.
+    prober: Prober,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -315,6 +318,7 @@ impl Master {
                 Some((index, fd))
             })
             .collect();
+        let lot_capacity = lot_capacity(&config);
         let master = Master {
             config,
             pools,
@@ -334,8 +338,9 @@ impl Master {
             reload_requested: false,
             process_max_reached: false,
             channels,
-            lot: Lot::new(lot_capacity()),
+            lot: Lot::new(lot_capacity),
             handed_over_parked,
+            prober: Prober::open(),
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -782,11 +787,13 @@ impl Master {
         let handoffs = self.channels[index]
             .as_mut()
             .map_or(0, |ch| ch.pending(taken));
+        // Unknown figures stay unknown: read as "nothing waits", they kept an ondemand
+        // pool from ever starting a worker when the netlink socket could not be opened.
         let queued = match pool.settings.pm {
             ProcessManager::Static => None,
-            ProcessManager::Dynamic | ProcessManager::Ondemand => {
-                Some(pool.queue_figures().map_or(0, |f| f.queued) + handoffs)
-            }
+            ProcessManager::Dynamic | ProcessManager::Ondemand => pool
+                .queue_figures(&mut self.prober)
+                .map(|f| f.queued + handoffs),
         };
         let figures = Figures {
             total,
@@ -851,11 +858,13 @@ impl Master {
     /// anyway, so this only guards against an edge lost some other way. With connections
     /// waiting it would fire at once and wake the master for nothing, so it waits for an
     /// empty queue.
-    fn rearm(&self, index: usize) {
+    fn rearm(&mut self, index: usize) {
         let registry = self.poll.registry();
         let pool = &self.pools[index];
         if pool.settings.pm != ProcessManager::Ondemand
-            || pool.queue_figures().is_some_and(|f| f.queued > 0)
+            || pool
+                .queue_figures(&mut self.prober)
+                .is_some_and(|f| f.queued > 0)
         {
             return;
         }
@@ -873,12 +882,12 @@ impl Master {
     }
 
     /// Keep the status page's high-water marks current between status requests.
-    fn note_figures(&self) {
+    fn note_figures(&mut self) {
         for pool in &self.pools {
             if pool.kind != PoolKind::Workers {
                 continue;
             }
-            if let Some(figures) = pool.queue_figures() {
+            if let Some(figures) = pool.queue_figures(&mut self.prober) {
                 pool.scoreboard.note_listen_queue(figures.queued);
             }
             pool.scoreboard.note_active(pool.scoreboard.active_count());
@@ -1107,11 +1116,11 @@ impl Master {
 
 impl Pool {
     /// The listening socket's accept queue, when the kernel tells.
-    fn queue_figures(&self) -> Option<crate::listen_queue::QueueFigures> {
+    fn queue_figures(&self, prober: &mut Prober) -> Option<crate::listen_queue::QueueFigures> {
         // SAFETY: the listener is open for as long as the pool exists; the borrow ends
         // with the call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.listener.raw_fd()) };
-        crate::listen_queue::figures(fd).ok()
+        prober.figures(fd).ok()
     }
 }
 
@@ -1184,12 +1193,13 @@ impl SystemdReport {
     }
 }
 
-/// How many idle kept connections the master holds at most: each costs it a descriptor.
-fn lot_capacity() -> usize {
+/// How many idle kept connections the master holds at most: each costs it a descriptor,
+/// so they get what the pools leave of the limit (see `fdplan`).
+fn lot_capacity(config: &Config) -> usize {
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
-    (soft / 2).clamp(64, 8192) as usize
+    crate::fdplan::held_capacity(&crate::fdplan::budget(config), soft)
 }
 
 /// Whether the master steps in for a worker whose request has run `running` under

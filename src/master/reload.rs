@@ -188,6 +188,13 @@ impl Master {
             log::error!("reload aborted; the running configuration stays in effect");
             return;
         }
+        // The new image would refuse to start with too few descriptors: refuse here,
+        // while the old configuration can still keep serving.
+        if let Err(e) = crate::fdplan::check(&config) {
+            log::error!("{e}");
+            log::error!("reload aborted; the running configuration stays in effect");
+            return;
+        }
 
         // Every socket the new configuration listens on: kept, or opened now so that an
         // address that cannot be bound aborts the reload here.

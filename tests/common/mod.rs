@@ -168,6 +168,31 @@ impl Fpm {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Fpm {
+        Fpm::launch(program, dir, config_text, address, args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// [`Fpm::spawn`], with the command adjusted first (limits in a `pre_exec`, say):
+    /// the test process itself stays as it was.
+    pub fn spawn_with_command(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        address: &str,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Fpm {
+        Fpm::launch(Path::new(BIN), dir, config_text, address, args, adjust)
+    }
+
+    fn launch(
+        program: &Path,
+        dir: tempfile::TempDir,
+        config_text: &str,
+        address: &str,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Fpm {
         let config = dir.path().join("cgi-fpm.conf");
         fs::write(&config, config_text).expect("write config");
         let log = dir.path().join("master.log");
@@ -177,18 +202,18 @@ impl Fpm {
         } else {
             &[]
         };
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .arg("-F")
             .arg("-y")
             .arg(&config)
             .args(as_root)
             .args(args)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start cgi-fpm");
+            .stderr(log_file);
+        adjust(&mut command);
+        let child = command.spawn().expect("start cgi-fpm");
         Fpm {
             dir,
             child: Some(child),
