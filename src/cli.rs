@@ -16,6 +16,19 @@ pub struct Options {
     pub allow_root: bool,
     pub version: bool,
     pub help: bool,
+    /// `--ping [ADDRESS]`: check the pools (or one address) and exit.
+    pub ping: Option<Ping>,
+    /// `--ping-timeout SECONDS`.
+    pub ping_timeout: Option<std::time::Duration>,
+}
+
+/// What `--ping` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ping {
+    /// Every pool of the configuration.
+    Pools,
+    /// One FastCGI address (`/path.sock` or `host:port`).
+    Address(String),
 }
 
 impl Options {
@@ -34,6 +47,7 @@ impl Options {
 
 pub const USAGE: &str = "\
 Usage: cgi-fpm [-y FILE] [-p DIR] [-g FILE] [-t[t]] [-D|-F] [-O] [-R] [-v] [-h]
+       cgi-fpm [-y FILE] [-p DIR] --ping [ADDRESS] [--ping-timeout SECONDS]
 
   -y, --fpm-config FILE      configuration file (default /etc/cgi-fpm.conf,
                              or PREFIX/etc/cgi-fpm.conf with -p)
@@ -44,6 +58,10 @@ Usage: cgi-fpm [-y FILE] [-p DIR] [-g FILE] [-t[t]] [-D|-F] [-O] [-R] [-v] [-h]
   -F, --nodaemonize          stay in the foreground (overrides 'daemonize')
   -O, --force-stderr         log to stderr even when 'error_log' is set
   -R, --allow-to-run-as-root let pools run as root
+      --ping [ADDRESS]       ask every pool of the configuration over FastCGI (its
+                             ping.path, else GET_VALUES), print one line per pool,
+                             exit 0 only if all answered; or ask ADDRESS alone
+      --ping-timeout SECONDS how long each pool may take to answer (default 5)
   -v, --version              print the version
   -h, --help                 print this help
 ";
@@ -51,8 +69,16 @@ Usage: cgi-fpm [-y FILE] [-p DIR] [-g FILE] [-t[t]] [-D|-F] [-O] [-R] [-v] [-h]
 /// Parse arguments (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String> {
     let mut o = Options::default();
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
     while let Some(arg) = args.next() {
+        // --ping takes an optional value: the next argument when it is not an option.
+        if arg == "--ping" {
+            o.ping = Some(match args.next_if(|next| !next.starts_with('-')) {
+                Some(address) => Ping::Address(address),
+                None => Ping::Pools,
+            });
+            continue;
+        }
         // --name=value and -yFILE forms as well as separate values.
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -75,6 +101,25 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
             "-F" | "--nodaemonize" => o.daemonize = Some(false),
             "-O" | "--force-stderr" => o.force_stderr = true,
             "-R" | "--allow-to-run-as-root" => o.allow_root = true,
+            "--ping" => {
+                // Only `--ping=ADDRESS` reaches here: the bare flag is handled above.
+                let address = value(&flag)?.to_string_lossy().into_owned();
+                if address.is_empty() {
+                    return Err("option '--ping=' needs an address".into());
+                }
+                o.ping = Some(Ping::Address(address));
+            }
+            "--ping-timeout" => {
+                let text = value(&flag)?.to_string_lossy().into_owned();
+                let seconds: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .ok_or_else(|| {
+                        format!("option '--ping-timeout': '{text}' is not a number of seconds in (0, 3600]")
+                    })?;
+                o.ping_timeout = Some(std::time::Duration::from_secs_f64(seconds));
+            }
             "-v" | "--version" => o.version = true,
             "-h" | "--help" => o.help = true,
             s if s.len() > 2
@@ -144,6 +189,28 @@ mod tests {
             p(&["-p", "/opt/c"]).unwrap().config_path(),
             PathBuf::from("/opt/c/etc/cgi-fpm.conf")
         );
+    }
+
+    #[test]
+    fn ping_with_or_without_an_address() {
+        assert_eq!(p(&["--ping"]).unwrap().ping, Some(Ping::Pools));
+        let o = p(&["--ping", "-y", "/x.conf"]).unwrap();
+        assert_eq!(o.ping, Some(Ping::Pools));
+        assert_eq!(o.config, Some(PathBuf::from("/x.conf")));
+        assert_eq!(
+            p(&["--ping", "/run/a.sock"]).unwrap().ping,
+            Some(Ping::Address("/run/a.sock".into()))
+        );
+        assert_eq!(
+            p(&["--ping=127.0.0.1:9000"]).unwrap().ping,
+            Some(Ping::Address("127.0.0.1:9000".into()))
+        );
+        let o = p(&["--ping-timeout", "0.5", "--ping"]).unwrap();
+        assert_eq!(o.ping_timeout, Some(std::time::Duration::from_millis(500)));
+        for bad in ["0", "-1", "x", "inf", "NaN"] {
+            assert!(p(&["--ping-timeout", bad]).is_err(), "{bad}");
+        }
+        assert!(p(&["--ping="]).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod listen_queue;
 pub mod logging;
 pub mod master;
 pub mod parking;
+pub mod ping;
 pub mod scoreboard;
 pub mod status;
 pub mod systemd;

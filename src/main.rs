@@ -25,6 +25,30 @@ fn reexec(options: &cli::Options, config_path: &std::path::Path) -> Option<maste
 const EXIT_CONFIG: u8 = 78;
 const EXIT_USAGE: u8 = 64;
 
+/// `--ping`: one line per target on stdout; exit 0 only if every one answered, else 1
+/// with the ones that did not named on stderr.
+fn ping(targets: &[cgi_fpm::ping::Target], options: &cli::Options) -> ExitCode {
+    use cgi_fpm::ping::{DEFAULT_TIMEOUT, Outcome, check_all, report_line};
+    if targets.is_empty() {
+        eprintln!("cgi-fpm: --ping: the configuration has no pool to ask");
+        return ExitCode::from(1);
+    }
+    let outcomes = check_all(targets, options.ping_timeout.unwrap_or(DEFAULT_TIMEOUT));
+    let mut failed = Vec::new();
+    for (target, outcome) in targets.iter().zip(&outcomes) {
+        println!("{}", report_line(target, outcome));
+        if matches!(outcome, Outcome::Failed(_)) {
+            failed.push(target.name.as_str());
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("cgi-fpm: --ping: no good answer from {}", failed.join(", "));
+        ExitCode::from(1)
+    }
+}
+
 fn main() -> ExitCode {
     logging::init(config::LogLevel::Notice);
     // Read once, first: what a previous image of this master handed over across a
@@ -47,7 +71,24 @@ fn main() -> ExitCode {
     }
 
     let path = options.config_path();
+    if let Some(cli::Ping::Address(address)) = &options.ping {
+        return ping(&[cgi_fpm::ping::target_for_address(address)], &options);
+    }
     let (loaded, warnings) = config::load_reporting(&path, options.prefix.as_deref());
+    if options.ping.is_some() {
+        // A health check reads the configuration only to find the pools: its warnings
+        // belong to -t and the master's log, not to every probe's output.
+        return match loaded {
+            Ok(config) => ping(&cgi_fpm::ping::targets(&config), &options),
+            Err(errors) => {
+                for e in &errors {
+                    log::error!("{e}");
+                }
+                log::error!("failed to load configuration file '{}'", path.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     // Warnings first, errors or not: one may explain an error, and `-t` promises both.
     for warning in &warnings {
         log::warn!("{warning}");
