@@ -35,7 +35,29 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    exchange(UnixStream::connect(socket)?, method, target, headers, body)
+    request_within(
+        socket,
+        method,
+        target,
+        headers,
+        body,
+        Duration::from_secs(60),
+    )
+}
+
+/// [`request`], failing when any read or write waits longer than `timeout` (a test of
+/// something that would hang fails in bounded time).
+pub fn request_within(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_timeouts(timeout)?;
+    exchange(stream, method, target, headers, body)
 }
 
 /// [`request`] to a TCP address (`127.0.0.1:PORT`).
@@ -46,7 +68,9 @@ pub fn request_tcp(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    exchange(TcpStream::connect(address)?, method, target, headers, body)
+    let stream = TcpStream::connect(address)?;
+    stream.set_timeouts(Duration::from_secs(60))?;
+    exchange(stream, method, target, headers, body)
 }
 
 /// The sockets [`exchange`] can use: both kinds can be cloned for a writer thread.
@@ -75,6 +99,7 @@ impl Stream for TcpStream {
     }
 }
 
+/// One exchange on `stream`, whose timeouts the caller has set.
 fn exchange<S: Stream>(
     mut stream: S,
     method: &str,
@@ -82,7 +107,6 @@ fn exchange<S: Stream>(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    stream.set_timeouts(Duration::from_secs(60))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
