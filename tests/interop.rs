@@ -190,6 +190,7 @@ fn nginx_over_tcp() {
 #[test]
 fn nginx_with_kept_connections() {
     let site = site(3, false);
+    let baseline = common::open_fds(site.fpm.pid());
     let Some(nginx) = Nginx::start(&site.upstream(Some(2)), &site.docroot()) else {
         return;
     };
@@ -201,6 +202,8 @@ fn nginx_with_kept_connections() {
         assert_eq!(r.status, 200);
         assert!(r.text().contains(&format!("query=i={i}")));
     }
+    // nginx's idle cached connections wait with the master, not in a worker.
+    common::wait_for_parked(&site.fpm, baseline, 1);
 }
 
 #[test]

@@ -762,6 +762,7 @@ fn status_and_ping_through_nginx_with_kept_connections() {
     );
     let address = sock(dir.path(), "www");
     let fpm = Fpm::start_with(dir, &config, &address);
+    let baseline = common::open_fds(fpm.pid());
     let upstream = Upstream {
         server: format!("unix:{address}"),
         keepalive: Some(2),
@@ -787,4 +788,6 @@ fn status_and_ping_through_nginx_with_kept_connections() {
     assert!(head.body.is_empty());
     let openmetrics = http::get(&nginx.socket, "/status?openmetrics").expect("openmetrics");
     openmetrics::check(&openmetrics.text()).unwrap_or_else(|e| panic!("{e}"));
+    // The kept connections that carried these pages are parked with the master.
+    common::wait_for_parked(&fpm, baseline, 1);
 }

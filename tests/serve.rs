@@ -679,6 +679,22 @@ fn closed_parked_connections_are_released() {
     let fpm = Fpm::start(2, "");
     let hello = examples_dir().join("hello.sh").display().to_string();
     let baseline = common::open_fds(fpm.pid());
+    // Ten idle kept connections against two workers: each request is answered only
+    // because the connections before it were parked with the master, not kept by a worker.
+    let mut kept = Vec::new();
+    for i in 0..10 {
+        let mut c = common::Client::connect(&fpm.address, Duration::from_secs(5)).expect("connect");
+        c.request(&[("SCRIPT_FILENAME", &hello)], b"", true)
+            .unwrap_or_else(|e| panic!("request on kept connection {i}: {e}"));
+        kept.push(c);
+    }
+    common::wait_for_parked(&fpm, baseline, 10);
+    drop(kept);
+    wait_until(
+        "the master releases the closed ones",
+        Duration::from_secs(5),
+        || common::open_fds(fpm.pid()) == baseline,
+    );
     for _ in 0..50 {
         let mut c = fpm.client();
         c.request(&[("SCRIPT_FILENAME", &hello)], b"", true)

@@ -408,6 +408,17 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// Wait until the master holds at least `at_least` more descriptors than `baseline`: idle
+/// kept connections parked with it (a worker that kept them instead would leave the count
+/// unchanged).
+pub fn wait_for_parked(fpm: &Fpm, baseline: usize, at_least: usize) {
+    wait_until(
+        &format!("the master holds {at_least} parked connection(s) (beyond {baseline} fds)"),
+        Duration::from_secs(5),
+        || open_fds(fpm.pid()) >= baseline + at_least,
+    );
+}
+
 pub fn open_fds(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
