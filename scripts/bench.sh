@@ -13,7 +13,8 @@
 # usage: scripts/bench.sh [-n RUNS] [-d SECONDS] [-w WORKERS] [-c CONNECTIONS] [-t THREADS]
 #                         [-o CASES]
 #   defaults: -n 3 -d 5 -w 4 -c 16 -t 2   (wrk's -d is capped at 10 s)
-#   -o: a comma-separated subset of hello.sh,hello,hello.py,echo,php,keepalive (default all)
+#   -o: a comma-separated subset of hello.sh,hello,hello.py,echo,php,keepalive,rest
+#       (default all; rest: the master's wake-ups at rest per pool manager)
 # It installs what is missing (nginx, fcgiwrap, wrk, curl, a C compiler, python3; php-fpm and
 # php-cgi if they can be had), builds cgi-fpm --release, and starts everything it uses on
 # loopback and unix sockets in a temporary directory; it stops only what it started, by pid.
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-RUNS=3 DURATION=5 WORKERS=4 CONNS=16 THREADS=2 ONLY=hello.sh,hello,hello.py,echo,php,keepalive
+RUNS=3 DURATION=5 WORKERS=4 CONNS=16 THREADS=2 ONLY=hello.sh,hello,hello.py,echo,php,keepalive,rest
 while getopts "n:d:w:c:t:o:h" opt; do
     case $opt in
     n) RUNS=$OPTARG ;;
@@ -30,7 +31,7 @@ while getopts "n:d:w:c:t:o:h" opt; do
     c) CONNS=$OPTARG ;;
     t) THREADS=$OPTARG ;;
     o) ONLY=$OPTARG ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
     esac
 done
 for v in "$RUNS" "$DURATION" "$WORKERS" "$CONNS" "$THREADS"; do
@@ -493,13 +494,51 @@ echo
 echo "### At rest, after the load"
 echo
 echo "Wake-ups: context switches per second of the master and all its workers, over 5 idle s."
-echo "Targets for cgi-fpm: master < 4 MiB, idle worker < 3 MiB, at most 1 wake-up/s per pool."
+echo "Targets for cgi-fpm: master < 4 MiB, idle worker < 3 MiB, no wake-up at rest (static pool)."
 echo
 echo "| server | master RSS MiB | largest worker RSS MiB | workers | wake-ups/s |"
 echo "|---|---:|---:|---:|---:|"
 rest_figures cgi-fpm "$FPM_PID"
 rest_figures fcgiwrap "$FCGIWRAP_PID"
 [ -n "$WITH_PHP" ] && rest_figures php-fpm "$PHP_FPM_PID"
+if wanted rest; then
+    # One master per pool manager, each with one pool and nothing to do: after a 3 s
+    # settle (the first maintenance round, ondemand reaping its idle timeout of 1 s), how
+    # often its master and the whole tree wake up over 5 s. The master has no periodic
+    # tick: it sleeps until a signal, an event or a deadline that is really due.
+    rest_pm() { # pm extra-lines -> table row
+        local pm=$1 extra=$2 conf=$TMP/rest-$1.conf pid workers before after tree_before tree_after
+        printf '[global]\nerror_log = %s\n\n[rest]\nlisten = %s\npm = %s\npm.max_children = %s\ncgi.allowed_roots = %s\n%b\n' \
+            "$TMP/rest-$pm.log" "$TMP/rest-$pm.sock" "$pm" "$WORKERS" "$WWW" "$extra" >"$conf"
+        local as_root=()
+        [ "$(id -u)" -eq 0 ] && as_root=(-R)
+        "$FPM_BIN" -F -y "$conf" "${as_root[@]}" </dev/null >>"$TMP/rest-$pm.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_for "cgi-fpm ($pm) ready" grep -q "ready to handle connections" "$TMP/rest-$pm.log"
+        sleep 3
+        mapfile -t workers < <(children_of "$pid")
+        before=$(switches "$pid")
+        tree_before=$(switches "$pid" "${workers[@]}")
+        sleep 5
+        after=$(switches "$pid")
+        tree_after=$(switches "$pid" "${workers[@]}")
+        stop_pid "$pid" TERM
+        awk -v pm="$pm" -v n="${#workers[@]}" -v m=$((after - before)) -v t=$((tree_after - tree_before)) \
+            'BEGIN { printf "| %s | %d | %.1f | %.1f |\n", pm, n, m / 5, t / 5 }'
+    }
+    echo
+    echo "### Master wake-ups at rest, per pool manager"
+    echo
+    echo "Context switches per second over 5 idle s, 3 s after start; target 0 for static."
+    echo
+    echo "| pm | workers | master wake-ups/s | master + workers wake-ups/s |"
+    echo "|---|---:|---:|---:|"
+    rest_pm static ""
+    rest_pm dynamic "pm.start_servers = 2\npm.min_spare_servers = 1\npm.max_spare_servers = 3"
+    rest_pm ondemand "pm.process_idle_timeout = 1s"
+fi
+
 echo
 echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r);"
 echo "$("$NGINX_BIN" -v 2>&1 | sed 's/.*: //'), fcgiwrap $("$FCGIWRAP_BIN" -h 2>&1 | awk '/version/ { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')${PHP_FPM_BIN:+, $("$PHP_FPM_BIN" -v 2>/dev/null | awk 'NR == 1 { print $1, $2 }')}."

@@ -72,6 +72,9 @@ pub struct PoolCounters {
     pub start_time_us: AtomicU64,
     /// Parked kept connections workers took from the master (see `parking`).
     pub handoffs_taken: AtomicU64,
+    /// Non-zero while the master sleeps with no round scheduled: the first worker to get
+    /// busy must ring the master's doorbell (see [`Scoreboard::arm_doorbell`]).
+    master_asleep: AtomicU32,
 }
 
 /// Bytes kept of a request's method.
@@ -461,6 +464,32 @@ impl Scoreboard {
             .fetch_max(active, Ordering::Relaxed);
     }
 
+    /// The master is about to sleep with nothing scheduled. Returns whether a worker is
+    /// busy already, in which case it must not (the worker may have looked at the flag
+    /// before it was set).
+    ///
+    /// The flag and the workers' states form a Dekker pair: the master stores the flag
+    /// then reads the states, a worker stores its state then reads the flag, each with a
+    /// SeqCst fence between. So either the master sees the busy worker here, or the worker
+    /// sees the flag in [`Scoreboard::take_doorbell`]: a busy worker is never missed.
+    pub fn arm_doorbell(&self) -> bool {
+        self.counters().master_asleep.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let busy = self.active_count() > 0;
+        if busy {
+            self.counters().master_asleep.store(0, Ordering::Relaxed);
+        }
+        busy
+    }
+
+    /// A worker has just published a busy state: whether it is the one to wake the master.
+    /// One atomic load on the request path while the master is awake.
+    pub fn take_doorbell(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let flag = &self.counters().master_asleep;
+        flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0
+    }
+
     /// Remember `queued` if it is the longest listen queue seen.
     pub fn note_listen_queue(&self, queued: u32) {
         self.counters()
@@ -508,6 +537,22 @@ mod tests {
     use super::*;
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
+
+    #[test]
+    fn the_doorbell_is_rung_once_by_the_first_worker_to_get_busy() {
+        let board = Scoreboard::new(2).unwrap();
+        assert!(!board.take_doorbell(), "not armed: the master is awake");
+        assert!(!board.arm_doorbell(), "nobody busy: the master may sleep");
+        let slot = board.slot(0).unwrap();
+        slot.claim(42);
+        slot.set_state(WorkerState::Reading);
+        assert!(board.take_doorbell());
+        assert!(!board.take_doorbell(), "one ring per sleep");
+        // Armed while a worker is busy already: the master must not sleep, and nobody
+        // rings for that worker.
+        assert!(board.arm_doorbell());
+        assert!(!board.take_doorbell());
+    }
 
     #[test]
     fn slots_start_free_and_can_be_claimed() {

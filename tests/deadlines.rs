@@ -92,6 +92,36 @@ fn a_script_past_the_terminate_timeout_gets_504_and_leaves_nothing() {
     assert_eq!(fpm.get(&hello, &[]).status(), 200);
 }
 
+/// The master's own check, for a worker that cannot enforce the timeout itself: it wakes
+/// for the busy worker (the worker rings it; the master has no periodic tick at rest) and
+/// kills it and its script once request_terminate_timeout and the worker's grace are past.
+#[test]
+fn a_stopped_worker_past_the_terminate_timeout_is_killed_by_the_master() {
+    let pids = PidDir::new();
+    let fpm = Fpm::start(
+        1,
+        &format!("request_terminate_timeout = 1s\n{}", pids.env_line()),
+    );
+    let worker = fpm.worker_pids()[0];
+    let (_client, leader) = start_long_script(&fpm, &pids, false);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop the worker");
+    // 1 s timeout + the master's 5 s margin, then at most one round later.
+    wait_until(
+        "the master kills the stopped worker",
+        Duration::from_secs(15),
+        || !alive(worker),
+    );
+    assert_gone(leader, "the script");
+    fpm.wait_for_log(
+        "did not stop it; killing the worker",
+        Duration::from_secs(5),
+    );
+}
+
 #[test]
 fn a_script_that_wrote_only_to_stderr_still_gets_504() {
     let fpm = Fpm::start(1, "request_terminate_timeout = 1s\ncgi.stderr = fastcgi");

@@ -791,3 +791,97 @@ fn status_and_ping_through_nginx_with_kept_connections() {
     // The kept connections that carried these pages are parked with the master.
     common::wait_for_parked(&fpm, baseline, 1);
 }
+
+/// Context switches of `pid` so far (each wake-up of a sleeping process is one).
+fn context_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Wait until the master spends a whole `window` without waking once. The old
+/// one-second tick woke it in every window.
+fn wait_for_rest(fpm: &Fpm, window: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut last = 0;
+    while std::time::Instant::now() < deadline {
+        let before = context_switches(fpm.pid());
+        // A measuring window, not synchronisation: nothing is waited for here.
+        std::thread::sleep(window);
+        last = context_switches(fpm.pid()) - before;
+        if last == 0 {
+            return;
+        }
+    }
+    panic!(
+        "the master never slept through {window:?} {what}; last window: {last} wake-ups; log:\n{}",
+        fpm.log_text()
+    );
+}
+
+#[test]
+fn the_master_sleeps_at_rest_and_wakes_when_workers_get_busy() {
+    let dir = new_dir();
+    let config = [
+        pool("st", dir.path(), None, "pm = static\npm.max_children = 2"),
+        pool(
+            "dy",
+            dir.path(),
+            None,
+            "pm = dynamic\npm.max_children = 5\npm.start_servers = 2\npm.min_spare_servers = 2\npm.max_spare_servers = 3",
+        ),
+        pool(
+            "od",
+            dir.path(),
+            None,
+            "pm = ondemand\npm.max_children = 2\npm.process_idle_timeout = 1s",
+        ),
+    ]
+    .concat();
+    let (st, dy, od) = (
+        sock(dir.path(), "st"),
+        sock(dir.path(), "dy"),
+        sock(dir.path(), "od"),
+    );
+    let fpm = Fpm::start_with(dir, &format!("[global]\n{config}"), &st);
+    fpm.wait_workers(4);
+    let script = hello(&fpm).display().to_string();
+    let params = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_FILENAME", script.as_str()),
+    ];
+    for address in [&st, &dy, &od] {
+        assert_eq!(request(address, &params).unwrap().status(), 200);
+    }
+    // The ondemand worker is stopped after its idle timeout, then nothing is due.
+    wait_until("the ondemand worker is stopped", PATIENCE, || {
+        fpm.worker_pids().len() == 4
+    });
+    wait_for_rest(
+        &fpm,
+        Duration::from_millis(1500),
+        "after a request to each pool",
+    );
+
+    // At rest, a dynamic pool whose worker gets busy is short of spares: the busy worker
+    // must wake the master, which starts one.
+    let gate = Gate::new(&fpm);
+    let held = gate.send(&dy, 1);
+    wait_until("the dynamic pool starts a spare", PATIENCE, || {
+        fpm.worker_pids().len() == 5
+    });
+    gate.open();
+    join_all_ok(held);
+    // Three idle spares are within pm.max_spare_servers: at rest again.
+    wait_for_rest(
+        &fpm,
+        Duration::from_millis(1500),
+        "after the dynamic pool grew",
+    );
+    assert_eq!(fpm.worker_pids().len(), 5);
+}

@@ -36,6 +36,7 @@ use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIG
 use signal_hook_mio::v1_0::Signals;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ use std::time::{Duration, Instant};
 /// for another: signals; pool listening sockets (by pool index); catch_workers_output
 /// pipes; parking channels (by pool index); parked connections.
 const SIGNALS: Token = Token(0);
+/// The eventfd workers ring when they get busy while the master sleeps with nothing due.
+const DOORBELL: Token = Token(CAPTURE_TOKENS.start - 1);
 const CAPTURE_TOKENS: std::ops::Range<usize> = 1 << 20..1 << 30;
 const CHANNEL_TOKENS: std::ops::Range<usize> = 1 << 30..1 << 31;
 const PARKED_TOKENS: std::ops::Range<usize> = 1 << 31..1 << 62;
@@ -60,7 +63,9 @@ pub const MASTER_SIGNALS: [Signal; 7] = [
 ];
 /// Token of an ondemand pool's listening socket: this plus the pool's index.
 const LISTENER_BASE: usize = 1;
-/// The maintenance tick, as php-fpm's.
+/// The shortest time between two maintenance rounds, php-fpm's tick. Unlike php-fpm's, a
+/// round happens only when something is due (see `pm::tick_due`): at rest the master
+/// sleeps until a signal, an event or a real deadline.
 const TICK: Duration = Duration::from_secs(1);
 /// A worker that exits sooner than this after its start counts as failing to start.
 const QUICK_EXIT: Duration = Duration::from_secs(1);
@@ -143,12 +148,16 @@ pub struct Master {
     state: State,
     inherited_env: Vec<(OsString, OsString)>,
     pid_file: Option<std::path::PathBuf>,
-    next_tick: Instant,
+    /// The next maintenance round, if one is due.
+    next_tick: Option<Instant>,
+    /// When the last round ran: rounds are at least `TICK` apart.
+    last_tick: Instant,
+    /// Rung by workers that get busy while no round is scheduled; without it (it could not
+    /// be made) the master falls back to a round every `TICK`.
+    doorbell: Option<nix::sys::eventfd::EventFd>,
     force_stderr: bool,
     poll: Poll,
     capture: Capture,
-    /// The master wakes at least this often (the systemd watchdog may need it).
-    systemd_every: Duration,
     privileges: Vec<Privileges>,
     reexec: Option<Reexec>,
     /// Workers of the image before a reload, finishing their last request.
@@ -277,8 +286,14 @@ impl Master {
                 return Err(format!("epoll_create failed: {e}"));
             }
         };
-        let systemd_every = crate::systemd::report_interval(config.global.systemd_interval)
-            .map_or(TICK, |(every, _)| every);
+        let doorbell = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(|e| {
+            log::warn!("cannot create an eventfd ({e}); the master will wake every second")
+        })
+        .ok();
         let old_workers = OldWorkers::handed_over(&handover.old_workers);
         let emergency = Emergency::resume(
             config.global.emergency_restart_threshold,
@@ -326,11 +341,12 @@ impl Master {
             state: State::Running,
             inherited_env,
             pid_file,
-            next_tick: Instant::now() + TICK,
+            next_tick: Some(Instant::now() + TICK),
+            last_tick: Instant::now(),
+            doorbell,
             force_stderr: options.force_stderr,
             poll,
             capture: Capture::default(),
-            systemd_every,
             privileges: options.privileges,
             reexec: options.reexec,
             old_workers,
@@ -383,6 +399,16 @@ impl Master {
             Some(&reload::master_signals()),
             None,
         );
+        if let Some(doorbell) = &self.doorbell
+            && let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&doorbell.as_fd().as_raw_fd()),
+                DOORBELL,
+                Interest::READABLE,
+            )
+        {
+            log::warn!("cannot watch the eventfd ({e}); the master will wake every second");
+            self.doorbell = None;
+        }
         for (index, channels) in self.channels.iter().enumerate() {
             if let Some(ch) = channels
                 && let Err(e) = ch.register(self.poll.registry(), index)
@@ -433,8 +459,8 @@ impl Master {
         let mut events = Events::with_capacity(64);
         let mut readable = HashSet::new();
         loop {
-            let timeout = self.next_timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+            let timeout = self.next_timeout(systemd_report.as_ref().map(|r| r.next));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 log::error!("epoll_wait failed: {e}");
@@ -443,6 +469,10 @@ impl Master {
             readable.clear();
             for event in &events {
                 let token = event.token();
+                if token == DOORBELL {
+                    self.answer_doorbell();
+                    continue;
+                }
                 if Capture::is_capture(token) {
                     self.capture.on_readable(self.poll.registry(), token);
                     continue;
@@ -477,9 +507,10 @@ impl Master {
             }
             self.old_workers.escalate_if_due();
             let now = Instant::now();
-            let tick = now >= self.next_tick;
+            let tick = self.next_tick.is_some_and(|at| now >= at);
             if tick {
-                self.next_tick = now + TICK;
+                self.next_tick = None;
+                self.last_tick = now;
                 self.note_figures();
             }
             match self.state {
@@ -504,6 +535,7 @@ impl Master {
                             self.rearm(index);
                         }
                     }
+                    self.sleep_or_schedule();
                 }
                 _ => {
                     if self.children.is_empty() && self.old_workers.is_empty() {
@@ -515,28 +547,67 @@ impl Master {
         }
     }
 
-    fn next_timeout(&self) -> Duration {
+    /// A worker got busy while no round was scheduled: schedule one (at most one per
+    /// `TICK`, as always).
+    fn answer_doorbell(&mut self) {
+        if let Some(doorbell) = &self.doorbell {
+            // Non-blocking: reads and resets the counter, or finds it reset already.
+            let _ = doorbell.read();
+        }
+        self.schedule_round(Duration::ZERO);
+    }
+
+    /// Want a maintenance round in `due`, but never sooner than `TICK` after the last.
+    fn schedule_round(&mut self, due: Duration) {
+        let at = (Instant::now() + due).max(self.last_tick + TICK);
+        self.next_tick = Some(self.next_tick.map_or(at, |next| next.min(at)));
+    }
+
+    /// With no round scheduled the master sleeps until an event; arm every pool's doorbell
+    /// first, so that a worker getting busy wakes it. A worker busy already (it got busy
+    /// after the round looked) gets a round instead.
+    fn sleep_or_schedule(&mut self) {
+        if self.next_tick.is_some() {
+            return;
+        }
+        if self.doorbell.is_none() {
+            return self.schedule_round(Duration::ZERO);
+        }
+        let mut busy = false;
+        for pool in &self.pools {
+            busy |= pool.scoreboard.arm_doorbell();
+        }
+        if busy {
+            self.schedule_round(Duration::ZERO);
+        }
+    }
+
+    fn next_timeout(&self, systemd_report_at: Option<Instant>) -> Option<Duration> {
         let now = Instant::now();
-        let mut next = self.next_tick.min(now + self.systemd_every);
+        let mut next = self.next_tick;
+        let mut sooner = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        if let Some(at) = systemd_report_at {
+            sooner(at);
+        }
         if let Some(at) = self.old_workers.deadline() {
-            next = next.min(at);
+            sooner(at);
         }
         for pool in &self.pools {
             if let Some(at) = pool.respawn_at {
-                next = next.min(at);
+                sooner(at);
             }
         }
         match self.state {
             State::Finishing {
                 escalate_at: Some(at),
-            } => next = next.min(at),
+            } => sooner(at),
             State::Terminating {
                 kill_at,
                 killed: false,
-            } => next = next.min(kill_at),
+            } => sooner(kill_at),
             _ => {}
         }
-        next.saturating_duration_since(now)
+        next.map(|at| at.saturating_duration_since(now))
     }
 
     fn on_signal(&mut self, signal: i32) {
@@ -801,6 +872,7 @@ impl Master {
             idle: &idle,
             queued,
         };
+        let due = pm::tick_due(&pool.settings, &figures);
         let pool = &mut self.pools[index];
         let decision = pm::decide(&pool.settings, &mut pool.pm, &figures, trigger);
         if decision.busy {
@@ -811,6 +883,9 @@ impl Master {
                 idle.len(),
                 total
             );
+        }
+        if let Some(due) = due {
+            self.schedule_round(due);
         }
         decision
     }
@@ -975,6 +1050,7 @@ impl Master {
                 status_source,
                 status_only: matches!(pool.kind, PoolKind::Status { .. }),
                 parking: self.channels[index].as_ref().map(Channels::for_worker),
+                doorbell: self.doorbell.as_ref().map(|d| d.as_fd().as_raw_fd()),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);

@@ -264,6 +264,45 @@ fn decide_ondemand(
     decision
 }
 
+/// How long until a maintenance round (`Trigger::Tick`) has something to do for this pool,
+/// or `None` when it is at rest and only an event can change that. The master sleeps until
+/// the nearest of these (and its other deadlines) instead of waking every second.
+///
+/// - A busy worker or a waiting connection: now (the master keeps its one-second round
+///   then, for dynamic spares, the status high-water marks and overdue requests).
+/// - dynamic: spares short while the pool may grow, now; more idle than
+///   `pm.max_spare_servers`, when the longest idle one may be stopped.
+/// - ondemand: when the first idle worker passes `pm.process_idle_timeout`.
+/// - static, and any pool within its bounds with every worker idle: never.
+pub fn tick_due(settings: &Settings, figures: &Figures<'_>) -> Option<Duration> {
+    let idle = figures.idle_count();
+    if figures.total > idle || figures.queued.unwrap_or(0) > 0 {
+        return Some(Duration::ZERO);
+    }
+    match settings.pm {
+        ProcessManager::Static => None,
+        ProcessManager::Dynamic => {
+            if idle < settings.min_spare_servers && figures.room(settings) > 0 {
+                Some(Duration::ZERO)
+            } else if idle > settings.max_spare_servers {
+                let longest = figures.idle.iter().map(|w| w.idle_for).max();
+                Some(MIN_IDLE_BEFORE_STOP.saturating_sub(longest.unwrap_or_default()))
+            } else {
+                None
+            }
+        }
+        // The stop rule is "idle for longer than the timeout": one millisecond past it.
+        ProcessManager::Ondemand => figures
+            .idle
+            .iter()
+            .map(|w| {
+                (settings.process_idle_timeout + Duration::from_millis(1))
+                    .saturating_sub(w.idle_for)
+            })
+            .min(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,5 +699,84 @@ mod tests {
         let s = Settings::from(&pool);
         assert_eq!(s.max_children, 7);
         assert_eq!(s.max_spawn_rate, 1);
+    }
+
+    // tick_due
+
+    #[test]
+    fn a_pool_at_rest_needs_no_round() {
+        let workers = idle(&[(0, 100), (1, 100)]);
+        let s = settings(ProcessManager::Static);
+        assert_eq!(tick_due(&s, &figures(2, &workers, None)), None);
+        assert_eq!(tick_due(&s, &figures(0, &[], None)), None);
+        let d = settings(ProcessManager::Dynamic);
+        let spares = idle(&[(0, 100), (1, 100), (2, 100)]);
+        assert_eq!(tick_due(&d, &figures(3, &spares, Some(0))), None);
+        let o = settings(ProcessManager::Ondemand);
+        assert_eq!(tick_due(&o, &figures(0, &[], Some(0))), None);
+    }
+
+    #[test]
+    fn a_busy_worker_or_a_waiting_connection_needs_a_round_now() {
+        let workers = idle(&[(0, 100)]);
+        for pm in [
+            ProcessManager::Static,
+            ProcessManager::Dynamic,
+            ProcessManager::Ondemand,
+        ] {
+            let s = settings(pm);
+            assert_eq!(
+                tick_due(&s, &figures(2, &workers, Some(0))),
+                Some(Duration::ZERO),
+                "{pm:?} busy"
+            );
+            assert_eq!(
+                tick_due(&s, &figures(0, &[], Some(1))),
+                Some(Duration::ZERO),
+                "{pm:?} queued"
+            );
+        }
+    }
+
+    #[test]
+    fn dynamic_is_due_when_spares_are_short_or_too_many() {
+        let d = settings(ProcessManager::Dynamic);
+        let one = idle(&[(0, 100)]);
+        assert_eq!(
+            tick_due(&d, &figures(1, &one, Some(0))),
+            Some(Duration::ZERO)
+        );
+        // Short of spares but at max_children: nothing a round could do.
+        let full = Settings {
+            max_children: 1,
+            ..d
+        };
+        assert_eq!(tick_due(&full, &figures(1, &one, Some(0))), None);
+        let many: Vec<IdleWorker> = (0..5)
+            .map(|slot| IdleWorker {
+                slot,
+                idle_for: Duration::from_millis(300 + slot as u64 * 100),
+            })
+            .collect();
+        assert_eq!(
+            tick_due(&d, &figures(5, &many, Some(0))),
+            Some(Duration::from_millis(300)),
+            "the longest idle reaches MIN_IDLE_BEFORE_STOP first"
+        );
+    }
+
+    #[test]
+    fn ondemand_is_due_when_the_first_idle_worker_expires() {
+        let o = settings(ProcessManager::Ondemand);
+        let workers = idle(&[(0, 3), (1, 7)]);
+        assert_eq!(
+            tick_due(&o, &figures(2, &workers, Some(0))),
+            Some(Duration::from_millis(3001))
+        );
+        let expired = idle(&[(0, 30)]);
+        assert_eq!(
+            tick_due(&o, &figures(1, &expired, Some(0))),
+            Some(Duration::ZERO)
+        );
     }
 }

@@ -57,6 +57,8 @@ pub struct WorkerSpec<'a> {
     pub status_only: bool,
     /// The pool's channels for idle kept connections (see `parking`).
     pub parking: Option<Parking>,
+    /// The master's eventfd, rung when this worker gets busy while the master sleeps.
+    pub doorbell: Option<RawFd>,
 }
 
 /// A worker's ends of its pool's parking channels.
@@ -102,6 +104,7 @@ pub struct WorkerCtx<'a> {
     /// The request being read has been published in the slot.
     request_begun: bool,
     parking: Option<Parking>,
+    doorbell: Option<RawFd>,
     /// Connection buffers kept between connections.
     buffers: ConnBuffers,
 }
@@ -122,11 +125,34 @@ impl WorkerCtx<'_> {
         }
         self.request_begun = true;
         self.slot().begin_request(crate::scoreboard::now_us());
+        self.wake_master_if_asleep();
         self.scoreboard
             .counters()
             .accepted_conn
             .fetch_add(1, Ordering::Relaxed);
         self.scoreboard.note_active(self.scoreboard.active_count());
+    }
+
+    /// A connection is in hand: busy from now on. The master must not count this worker as
+    /// free for the next waiting connection while the request is still on its way, and
+    /// if it sleeps with nothing scheduled it is woken to watch over the request.
+    fn go_busy(&self) {
+        self.slot().set_state(WorkerState::Reading);
+        self.wake_master_if_asleep();
+    }
+
+    /// After any change from idle to busy (a new connection, or the next request on a
+    /// kept one).
+    fn wake_master_if_asleep(&self) {
+        if self.scoreboard.take_doorbell()
+            && let Some(fd) = self.doorbell
+        {
+            // SAFETY: the master keeps its eventfd open for the worker's lifetime (after a
+            // reload the worker keeps its own copy); the borrow ends with the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            // Non-blocking; a full counter already means "wake up".
+            let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+        }
     }
 
     /// pm.max_requests is reached: the worker exits once the request is answered.
@@ -175,6 +201,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     if let Some(parking) = spec.parking {
         keep.extend([parking.park, parking.handoff]);
     }
+    keep.extend(spec.doorbell);
     close_inherited_fds(&keep);
     set_up_stdio(spec.output_pipes);
     set_process_name(&spec.pool.name);
@@ -216,6 +243,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         status_only: spec.status_only,
         request_begun: false,
         parking: spec.parking,
+        doorbell: spec.doorbell,
         buffers: ConnBuffers::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
@@ -399,7 +427,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         }
         if take_handoff_now && let Some(fd) = take_handoff(ctx, &epoll) {
             // A request is already waiting on it: serve it as a new connection's.
-            ctx.slot().set_state(WorkerState::Reading);
+            ctx.go_busy();
             if serve_connection(fd, ctx) == ConnEnd::Exit {
                 return 0;
             }
@@ -431,9 +459,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         if !isolation::clients::admit(ctx.pool, &fd) {
             continue;
         }
-        // Busy from now on: the master must not count this worker as free for the
-        // next waiting connection while the request is still on its way.
-        ctx.slot().set_state(WorkerState::Reading);
+        ctx.go_busy();
         if serve_connection(fd, ctx) == ConnEnd::Exit {
             return 0;
         }
