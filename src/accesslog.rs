@@ -313,7 +313,9 @@ impl Format {
                 ),
                 Token::Pid => push_fmt(&mut out, format_args!("{}", entry.worker_pid)),
                 Token::MasterPid => push_fmt(&mut out, format_args!("{}", entry.master_pid)),
-                Token::Query => out.extend_from_slice(param("QUERY_STRING").unwrap_or(b"")),
+                Token::Query => {
+                    crate::logging::push_escaped(&mut out, param("QUERY_STRING").unwrap_or(b""))
+                }
                 Token::QueryMark => {
                     if param("QUERY_STRING").is_some() {
                         out.push(b'?');
@@ -343,12 +345,11 @@ impl Format {
 }
 
 fn push_or_dash(out: &mut Vec<u8>, value: Option<&[u8]>) {
-    // A newline in a value would forge a second log line.
+    // A newline in a value would forge a second log line, a tab shift the fields, an
+    // escape sequence drive the reader's terminal: control bytes are written as nginx
+    // writes them (`\x0A`).
     match value {
-        Some(v) => out.extend(
-            v.iter()
-                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
-        ),
+        Some(v) => crate::logging::push_escaped(out, v),
         None => out.push(b'-'),
     }
 }
@@ -439,8 +440,9 @@ mod tests {
         ]);
         let e = entry(&p, &[]);
         let line = Format::parse("%r %{HTTP_X}e").unwrap().render(&e);
-        assert_eq!(line.len(), 5000 + 1 + 7 + 1);
+        assert_eq!(line.len(), 5000 + 1 + 10 + 1);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(line.ends_with(b" one\\x0Atwo\n"));
     }
 
     #[test]

@@ -118,7 +118,10 @@ impl log::Log for Logger {
 impl Logger {
     /// One entry, cut to `log_limit`; `hidden` bytes of it were already left out upstream
     /// (by a [`LineSplitter`]) and count in the note.
-    fn write_entry(&self, level: LogLevel, mut message: String, hidden: usize) {
+    fn write_entry(&self, level: LogLevel, message: String, hidden: usize) {
+        // Values from requests and scripts (a SCRIPT_FILENAME, a URI) end up in messages:
+        // escaped here, once for every entry, they cannot forge a line of their own.
+        let mut message = escape_control(&message, Keep::Tab).into_owned();
         cut_to_limit(&mut message, self.limit.load(Ordering::Relaxed), hidden);
         if self.syslog.load(Ordering::Relaxed) {
             send_to_syslog(self.facility.load(Ordering::Relaxed), level, &message);
@@ -126,6 +129,47 @@ impl Logger {
         }
         let line = format!("[{}] {}: {message}\n", timestamp(), label(level));
         write_all_fd(self.fd.load(Ordering::Relaxed), line.as_bytes());
+    }
+}
+
+/// Which control characters [`escape_control`] leaves alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// A tab breaks no line: the error log keeps it (scripts indent their stderr).
+    Tab,
+    /// Every control character is escaped: the access log and the slowlog, whose
+    /// fields a tab could shift.
+    Nothing,
+}
+
+/// `text` with its C0 control characters and DEL written as nginx writes them in its
+/// logs (`\x0A`), so that no value can end a log line early, start a forged one, or send
+/// escape sequences to the terminal of whoever reads the log.
+pub fn escape_control(text: &str, keep: Keep) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_ascii_control() && !(keep == Keep::Tab && c == '\t');
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            let _ = write!(out, "\\x{:02X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Append `value` to `out` with every control byte (C0 and DEL) escaped as `\xHH`; other
+/// bytes, UTF-8 included, are copied as they are.
+pub fn push_escaped(out: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        if b.is_ascii_control() {
+            let _ = std::io::Write::write_fmt(out, format_args!("\\x{b:02X}"));
+        } else {
+            out.push(b);
+        }
     }
 }
 
@@ -230,7 +274,8 @@ pub fn open_error_log(target: &ErrorLog, ident: &str, facility: &str) -> Result<
 /// output), to wherever the error log goes. `log_limit` holds here too: a longer line is
 /// cut like any entry, `hidden` counting what a [`LineSplitter`] already left out.
 pub fn write_raw(line: &str, hidden: usize) {
-    let mut line = line.to_string();
+    // As written, except what could end the line early or drive a terminal.
+    let mut line = escape_control(line, Keep::Tab).into_owned();
     cut_to_limit(&mut line, limit(), hidden);
     if LOGGER.syslog.load(Ordering::Relaxed) {
         send_to_syslog(
@@ -350,6 +395,22 @@ pub fn set_fd(fd: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_as_nginx_does() {
+        assert!(matches!(
+            escape_control("plain /a b\tc", Keep::Tab),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_control("/nope\n[01-Jan-2030] ALERT\r\x1b[2J\x7f\té", Keep::Tab),
+            "/nope\\x0A[01-Jan-2030] ALERT\\x0D\\x1B[2J\\x7F\té"
+        );
+        assert_eq!(escape_control("a\tb", Keep::Nothing), "a\\x09b");
+        let mut out = Vec::new();
+        push_escaped(&mut out, "x\n\t\u{1}é\\".as_bytes());
+        assert_eq!(out, "x\\x0A\\x09\\x01é\\".as_bytes());
+    }
 
     #[test]
     fn levels_map_to_php_fpm_labels() {

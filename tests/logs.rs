@@ -445,3 +445,84 @@ fn undecorated_worker_output_is_logged_as_written() {
         "the line alone, so log shippers can parse it:\n{log}"
     );
 }
+
+/// A line a hostile request tries to add to each log.
+const FORGED: &str = "\n[01-Jan-2030 00:00:00] ALERT: forged";
+
+fn forged_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| line.starts_with("[01-Jan-2030") || line.contains("\r"))
+        .collect()
+}
+
+#[test]
+fn control_bytes_in_request_values_are_escaped_in_every_log() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let access = logs.path().join("access.log");
+    let slow = logs.path().join("slow.log");
+    let fpm = Fpm::start(
+        1,
+        &format!(
+            "access.log = {}\naccess.format = \"%r %s %{{HTTP_X}}e\"\nslowlog = {}\nrequest_slowlog_timeout = 1s",
+            access.display(),
+            slow.display()
+        ),
+    );
+    let script = fpm.script("slow.sh", "#!/bin/sh\nsleep 1.5\necho\n");
+    let script = script.display().to_string();
+    let uri = format!("/slow.sh{FORGED}\r\x1b[2J");
+    let mut client = fpm.client();
+    client
+        .request(
+            &[
+                ("SCRIPT_FILENAME", &script),
+                ("REQUEST_METHOD", "GET"),
+                ("REQUEST_URI", &uri),
+                ("HTTP_X", "a\tb"),
+            ],
+            b"",
+            false,
+        )
+        .expect("slow request");
+    // A missing script whose name carries the forged line: the 404's log line names it.
+    let missing = format!("{}{FORGED}", fpm.path("www/nope").display());
+    let r = fpm
+        .client()
+        .request(
+            &[("SCRIPT_FILENAME", &missing), ("REQUEST_URI", "/nope")],
+            b"",
+            false,
+        )
+        .expect("missing script");
+    assert_eq!(r.status(), 404);
+
+    let escaped = "\\x0A[01-Jan-2030 00:00:00] ALERT: forged";
+    let access_text = wait_for_file_text(&access, "/nope 404");
+    assert!(
+        access_text.contains(&format!("{escaped}\\x0D\\x1B[2J 200 a\\x09b\n")),
+        "{access_text}"
+    );
+    let slow_text = wait_for_file_text(&slow, "request = ");
+    assert!(
+        slow_text.contains(&format!("request = GET /slow.sh{escaped}\\x0D\\x1B[2J\n")),
+        "{slow_text}"
+    );
+    fpm.wait_for_log("nope\\x0A", Duration::from_secs(5));
+    let error_text = fpm.log_text();
+    assert!(
+        error_text.contains(&format!("www/nope{escaped}")),
+        "{error_text}"
+    );
+    assert!(
+        error_text.contains(&format!("/slow.sh{escaped}\\x0D\\x1B[2J")),
+        "the slowlog's notice in the error log: {error_text}"
+    );
+    for (name, text) in [
+        ("error log", &error_text),
+        ("access log", &access_text),
+        ("slowlog", &slow_text),
+    ] {
+        assert!(forged_lines(text).is_empty(), "{name}:\n{text}");
+        assert!(!text.contains('\x1b'), "{name} carries an escape: {text}");
+    }
+}

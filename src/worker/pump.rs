@@ -843,10 +843,13 @@ fn start_slow_record(
         .counters()
         .slow_requests
         .fetch_add(1, Ordering::Relaxed);
+    // The record spans lines, so its values must not: a newline in one would forge a field.
     let head = format!(
-        "[{}]  [pool {}] pid {worker}\nscript_filename = {script}\nrequest = {request_line}\nelapsed = {}.{:06} s\n",
+        "[{}]  [pool {}] pid {worker}\nscript_filename = {}\nrequest = {}\nelapsed = {}.{:06} s\n",
         crate::logging::timestamp(),
         ctx.pool.name,
+        crate::logging::escape_control(script, crate::logging::Keep::Nothing),
+        crate::logging::escape_control(request_line, crate::logging::Keep::Nothing),
         elapsed.as_secs(),
         elapsed.subsec_micros()
     );
