@@ -4,7 +4,7 @@
 mod common;
 
 use common::{BIN, alive};
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -340,4 +340,115 @@ fn socket_activation_uses_the_socket_systemd_passes() {
         "systemd's socket file is systemd's to remove"
     );
     drop(listener);
+}
+
+/// A master with two workers and `global` lines, on a unix socket in its own dir.
+fn start_two_workers(global: &str) -> common::Fpm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir www");
+    let config = format!("[global]\n{global}\n{}", pool(dir.path(), ""));
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = common::Fpm::start_with(dir, &config, &address);
+    fpm.wait_workers(2);
+    fpm
+}
+
+fn wait_gone(pids: &[i32], within: Duration, what: &str) {
+    common::wait_until(what, within, || pids.iter().all(|&pid| !alive(pid)));
+}
+
+#[test]
+fn workers_finish_their_request_and_exit_when_the_master_is_killed() {
+    let mut fpm = start_two_workers("");
+    let workers = fpm.worker_pids();
+    let started = fpm.path("started");
+    let script = fpm.script(
+        "slow.sh",
+        &format!(
+            "#!/bin/sh\ntouch {}\nsleep 4\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfinished\\n'\n",
+            started.display()
+        ),
+    );
+    let script = script.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", false)
+        .expect("send");
+    common::wait_until("the script runs", Duration::from_secs(5), || {
+        started.exists()
+    });
+    fpm.signal(nix::sys::signal::Signal::SIGKILL);
+    // Reaped here, so its pid is not taken for a worker's parent any more.
+    let _ = fpm.wait_exit(Duration::from_secs(5));
+
+    // Orphans close their listening sockets as soon as the kernel tells them, so a new
+    // master can take over the socket while the request in hand is still running.
+    common::wait_until(
+        "nobody listens on the socket any more",
+        Duration::from_millis(1500),
+        || UnixStream::connect(&fpm.address).is_err(),
+    );
+    let config = std::fs::read_to_string(&fpm.config).expect("config");
+    let again = tempfile::tempdir().expect("tempdir");
+    let next = common::Fpm::start_with(again, &config, &fpm.address);
+    let hello = common::examples_dir().join("hello.sh");
+    assert_eq!(next.get(&hello, &[]).status(), 200);
+    assert!(
+        workers.iter().any(|&pid| alive(pid)),
+        "the new master started while the request was still in hand"
+    );
+
+    let response = client
+        .read_response(1)
+        .expect("the request in hand completes");
+    assert_eq!(response.body(), b"finished\n");
+    wait_gone(
+        &workers,
+        Duration::from_secs(2),
+        "every worker has exited after its master's death",
+    );
+    let log = fpm.log_text();
+    assert!(
+        log.contains("is gone; no longer accepting connections"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_orphaned_worker_stops_a_stuck_script_after_process_control_timeout() {
+    let mut fpm = start_two_workers("process_control_timeout = 1s");
+    let workers = fpm.worker_pids();
+    let pid_file = fpm.path("script.pid");
+    let script = fpm.script(
+        "stuck.sh",
+        &format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
+            pid_file.display()
+        ),
+    );
+    let script = script.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_request(1, &[("SCRIPT_FILENAME", &script)], b"", false)
+        .expect("send");
+    let mut script_pid = 0;
+    common::wait_until("the script runs", Duration::from_secs(5), || {
+        script_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        script_pid > 0
+    });
+    fpm.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = fpm.wait_exit(Duration::from_secs(5));
+    // 1 s of grace, then TERM to the script (which sleep obeys at once).
+    wait_gone(
+        &[workers.as_slice(), &[script_pid]].concat(),
+        Duration::from_secs(4),
+        "the workers and the stuck script are gone",
+    );
+    assert!(
+        client.read_response(1).is_err(),
+        "no answer: the script was stopped"
+    );
 }

@@ -196,6 +196,9 @@ fn ten_reloads_under_load_lose_no_request() {
     assert_eq!(fpm.pid(), master);
     assert!(alive(master), "the master pid is unchanged and alive");
     assert_eq!(count(&fpm, "Reloading in progress"), 10);
+    // The exec keeps the master's pid and thread: no worker took it for its death
+    // (PR_SET_PDEATHSIG), the slow request's included.
+    assert_eq!(count(&fpm, "is gone; no longer accepting"), 0);
     // Every worker of an earlier image is gone; three workers of the last one remain.
     wait_until(
         "only the new workers remain",

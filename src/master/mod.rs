@@ -1032,6 +1032,9 @@ impl Master {
             Some(&SigSet::all()),
             Some(&mut saved),
         );
+        // Taken before the fork: the worker compares it with getppid() to know whether
+        // its master is still there.
+        let master_pid = std::process::id() as i32;
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread. The child never returns into the master's code: worker::run
         // ends with _exit.
@@ -1051,6 +1054,11 @@ impl Master {
                 status_only: matches!(pool.kind, PoolKind::Status { .. }),
                 parking: self.channels[index].as_ref().map(Channels::for_worker),
                 doorbell: self.doorbell.as_ref().map(|d| d.as_fd().as_raw_fd()),
+                master_pid,
+                orphan_grace: match self.config.global.process_control_timeout {
+                    t if t.is_zero() => worker::ORPHAN_GRACE,
+                    t => t,
+                },
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);

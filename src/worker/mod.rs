@@ -59,7 +59,16 @@ pub struct WorkerSpec<'a> {
     pub parking: Option<Parking>,
     /// The master's eventfd, rung when this worker gets busy while the master sleeps.
     pub doorbell: Option<RawFd>,
+    /// The master's pid: once `getppid()` says otherwise, the master is gone.
+    pub master_pid: i32,
+    /// How long a worker whose master died may take to finish the request in hand
+    /// (process_control_timeout, or `ORPHAN_GRACE` when that is 0).
+    pub orphan_grace: Duration,
 }
+
+/// An orphaned worker's time to finish its request when process_control_timeout is 0
+/// (no limit): bounded all the same, so a stuck script cannot keep it alive for ever.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// A worker's ends of its pool's parking channels.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +116,12 @@ pub struct WorkerCtx<'a> {
     doorbell: Option<RawFd>,
     /// Connection buffers kept between connections.
     buffers: ConnBuffers,
+    master_pid: i32,
+    orphan_grace: Duration,
+    /// The master died: the request in hand must be done by then.
+    orphan_deadline: Option<Instant>,
+    /// The sockets this worker accepts on, closed once its master is gone.
+    listeners: Vec<RawFd>,
 }
 
 impl WorkerCtx<'_> {
@@ -153,6 +168,37 @@ impl WorkerCtx<'_> {
             // Non-blocking; a full counter already means "wake up".
             let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
         }
+    }
+
+    /// A QUIT arrived: from the master (finish the request in hand, then exit), or from
+    /// the kernel because the master died (PR_SET_PDEATHSIG). An orphan stops accepting at
+    /// once — closing its listening sockets, so that a new master can take them over —
+    /// and gets `orphan_grace` for the request in hand.
+    fn on_quit(&mut self) {
+        self.quit = true;
+        if self.orphan_deadline.is_some() || nix::unistd::getppid().as_raw() == self.master_pid {
+            return;
+        }
+        self.orphan_deadline = Some(Instant::now() + self.orphan_grace);
+        log::warn!(
+            "[pool {}] child {}, the master process {} is gone; no longer accepting connections, finishing the request in hand within {}s",
+            self.pool.name,
+            std::process::id(),
+            self.master_pid,
+            self.orphan_grace.as_secs()
+        );
+        for fd in std::mem::take(&mut self.listeners) {
+            // SAFETY: the master handed these to the worker for its lifetime; once the
+            // worker is an orphan nothing uses them again (accept_loop returns at once).
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        // The parking channels lead to the dead master: nothing more is parked there.
+        self.parking = None;
+    }
+
+    /// The master is gone.
+    fn orphaned(&self) -> bool {
+        self.orphan_deadline.is_some()
     }
 
     /// pm.max_requests is reached: the worker exits once the request is answered.
@@ -209,6 +255,26 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         log::error!("{e}");
         exit(78);
     }
+    // After the identity switch, which clears it. A worker must not outlive its master:
+    // left alone it would keep accepting on the pool's socket, and a new master could
+    // not start. The master's re-exec for a reload keeps its pid and thread, so this does
+    // not fire then. The master may have died before this line: getppid() tells.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGQUIT)) {
+        log::warn!(
+            "[pool {}] child {}, cannot ask to be told of the master's death: {e}",
+            spec.pool.name,
+            std::process::id()
+        );
+    }
+    if nix::unistd::getppid().as_raw() != spec.master_pid {
+        log::warn!(
+            "[pool {}] child {}, the master process {} died before this worker started; exiting",
+            spec.pool.name,
+            std::process::id(),
+            spec.master_pid
+        );
+        exit(0);
+    }
 
     let max = spec.pool.pm_max_children;
     let access_log = spec.access_log_fd.and_then(|fd| {
@@ -245,6 +311,16 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         parking: spec.parking,
         doorbell: spec.doorbell,
         buffers: ConnBuffers::default(),
+        master_pid: spec.master_pid,
+        orphan_grace: spec.orphan_grace,
+        orphan_deadline: None,
+        listeners: {
+            let mut fds = vec![spec.listener];
+            if spec.status_source.listener != spec.listener {
+                fds.push(spec.status_source.listener);
+            }
+            fds
+        },
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -412,10 +488,14 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
             if event.data() == SIGNALS {
                 match ctx.signals.take() {
                     Some(SignalRequest::Terminate) => return 0,
-                    Some(SignalRequest::Quit) => ctx.quit = true,
+                    Some(SignalRequest::Quit) => ctx.on_quit(),
                     None => {}
                 }
             }
+        }
+        // An orphan takes nothing new: its listening sockets are closed already.
+        if ctx.orphaned() {
+            return 0;
         }
         let listener_ready = events[..n].iter().any(|e| e.data() == LISTENER);
         let handoff_ready = events[..n].iter().any(|e| e.data() == HANDOFF);
@@ -682,8 +762,20 @@ fn read_request(
         if conn.buffered_input() > 0 || !session.is_idle() {
             ctx.begin_request();
         }
+        if let Some(at) = ctx.orphan_deadline
+            && Instant::now() >= at
+        {
+            log::warn!(
+                "[pool {}] child {}, the master is gone and the request head did not arrive in time; closing the connection",
+                ctx.pool.name,
+                std::process::id()
+            );
+            return Head::Closed;
+        }
         let timeout = match deadline {
-            None => None,
+            None => ctx
+                .orphan_deadline
+                .map(|at| at.saturating_duration_since(Instant::now())),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -695,7 +787,10 @@ fn read_request(
                     );
                     return Head::Closed;
                 }
-                Some(left)
+                let orphan_left = ctx
+                    .orphan_deadline
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                Some(orphan_left.map_or(left, |o| o.min(left)))
             }
         };
         let mut conn_events = poll::IN;
@@ -715,7 +810,7 @@ fn read_request(
             match ctx.signals.take() {
                 Some(SignalRequest::Terminate) => return Head::Terminate,
                 Some(SignalRequest::Quit) => {
-                    ctx.quit = true;
+                    ctx.on_quit();
                     // Between requests on a kept connection nothing is lost by closing
                     // now: nginx retries a request on another connection when a cached
                     // one turns out closed.

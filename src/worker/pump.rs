@@ -109,6 +109,8 @@ pub struct Pump<'a> {
     background_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     slow: Option<SlowRecord>,
+    /// The master died: stop the script if it is not done by then.
+    orphan_deadline: Option<Instant>,
     poll_set: PollSet,
 }
 
@@ -157,6 +159,7 @@ impl<'a> Pump<'a> {
             background_at: None,
             drain_deadline: None,
             slow: None,
+            orphan_deadline: ctx.orphan_deadline,
             poll_set: PollSet::default(),
         }
     }
@@ -290,6 +293,20 @@ impl<'a> Pump<'a> {
     /// Act on whichever deadline has passed.
     fn check_deadlines(&mut self, ctx: &mut WorkerCtx<'_>) {
         let now = Instant::now();
+        if let Some(at) = self.orphan_deadline
+            && now >= at
+        {
+            log::warn!(
+                "[pool {}] child {}, script '{}' (request: \"{}\") still running {}s after the master died; terminating",
+                ctx.pool.name,
+                std::process::id(),
+                self.script,
+                self.request_line,
+                ctx.orphan_grace.as_secs()
+            );
+            self.terminate = true;
+            return;
+        }
         let track_finished = ctx.pool.request_terminate_timeout_track_finished;
         if let Some(at) = self.terminate_at
             && now >= at
@@ -421,6 +438,7 @@ impl<'a> Pump<'a> {
             self.slow_at.filter(|_| self.exit.is_none()),
             self.background_at,
             self.slow.as_ref().and_then(SlowRecord::deadline),
+            self.orphan_deadline,
         ]
         .into_iter()
         .flatten()
@@ -519,7 +537,10 @@ impl<'a> Pump<'a> {
     fn on_signal(&mut self, ctx: &mut WorkerCtx<'_>) {
         match ctx.signals.take() {
             Some(SignalRequest::Terminate) => self.terminate = true,
-            Some(SignalRequest::Quit) => ctx.quit = true,
+            Some(SignalRequest::Quit) => {
+                ctx.on_quit();
+                self.orphan_deadline = ctx.orphan_deadline;
+            }
             None => {}
         }
     }
