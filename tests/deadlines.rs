@@ -139,18 +139,29 @@ fn a_script_that_wrote_only_to_stderr_still_gets_504() {
 
 #[test]
 fn a_timeout_after_output_went_out_ends_the_response() {
-    let fpm = Fpm::start(1, "request_terminate_timeout = 1s");
+    let pids = PidDir::new();
+    let fpm = Fpm::start(
+        1,
+        &format!("request_terminate_timeout = 1s\n{}", pids.env_line()),
+    );
     let script = fpm.script(
         "partial.sh",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfirst part\\n'\nsleep 300\n",
+        "#!/bin/sh\necho $$ > \"$PIDDIR/leader\"\n\
+         printf 'Content-Type: text/plain\\r\\n\\r\\nfirst part\\n'\nexec sleep 300\n",
     );
+    let started = Instant::now();
     let r = fpm.get(&script, &[]);
+    let took = started.elapsed();
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.body(),
         b"first part\n",
         "what was sent stays, nothing else"
     );
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // The script was stopped, not left running once the response ended.
+    assert_gone(pids.pid("leader"), "the script");
+    fpm.wait_for_log("execution timed out", Duration::from_secs(2));
 }
 
 #[test]

@@ -201,6 +201,11 @@ fn stderr_both_goes_to_the_web_server_and_the_log() {
     );
     let r = fpm.get(&script, &[]);
     assert_eq!(r.stderr, b"careful\n");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "Content-Type: text/plain\r\n\r\nok",
+        "the response itself is untouched"
+    );
     fpm.wait_for_log("said into stderr: \"careful\"", Duration::from_secs(5));
 }
 

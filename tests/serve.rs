@@ -263,7 +263,8 @@ fn a_one_mib_body_is_echoed_byte_for_byte() {
     assert!(r.body() == &body[..], "echoed body differs");
 }
 
-/// 100 MiB streamed through `cat` while the worker's memory stays small.
+/// 100 MiB streamed through `cat` while the worker's memory stays small, during the
+/// upload (when the response is held back and spooled) as well as after it.
 #[test]
 fn a_hundred_mib_post_streams_with_bounded_worker_memory() {
     let fpm = Fpm::start(1, "");
@@ -290,6 +291,34 @@ fn a_hundred_mib_post_streams_with_bounded_worker_memory() {
             false,
         )
         .expect("head");
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    let uploading = Arc::new(AtomicBool::new(true));
+    let done = Arc::new(AtomicBool::new(false));
+    let (peak_upload, peak_after, upload_samples) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    // Sample the worker's RSS on a timer, independent of what the client is doing.
+    let sampler = {
+        let (uploading, done) = (uploading.clone(), done.clone());
+        let (peak_upload, peak_after) = (peak_upload.clone(), peak_after.clone());
+        let upload_samples = upload_samples.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let rss = common::rss_kib(worker).unwrap_or(0);
+                if uploading.load(Ordering::Relaxed) {
+                    peak_upload.fetch_max(rss, Ordering::Relaxed);
+                    upload_samples.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    peak_after.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let sender_uploading = uploading.clone();
     let sender = std::thread::spawn(move || {
         let mut stream = writer;
         let chunk: Vec<u8> = (0..60000u32).map(|i| (i % 251) as u8).collect();
@@ -305,10 +334,9 @@ fn a_hundred_mib_post_streams_with_bounded_worker_memory() {
         out.clear();
         cgi_fpm::fastcgi::record::write_record(&mut out, RecordType::Stdin, 1, &[]);
         stream.write_all(&out).expect("end body");
+        sender_uploading.store(false, Ordering::Relaxed);
     });
     let mut received = 0usize;
-    let mut max_rss = 0u64;
-    let mut last_sample = Instant::now();
     let mut header_skipped = false;
     let mut pending = Vec::new();
     let response = client
@@ -322,21 +350,29 @@ fn a_hundred_mib_post_streams_with_bounded_worker_memory() {
             } else {
                 received += data.len();
             }
-            if last_sample.elapsed() > Duration::from_millis(20) {
-                max_rss = max_rss.max(common::rss_kib(worker).unwrap_or(0));
-                last_sample = Instant::now();
-            }
         })
         .expect("response");
     sender.join().expect("sender thread");
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler thread");
     assert_eq!(response.app_status, 0);
     assert_eq!(received, TOTAL, "echoed byte count");
-    println!("worker RSS peak during a 100 MiB echo: {max_rss} KiB");
-    assert!(max_rss > 0, "RSS was sampled");
-    assert!(
-        max_rss < 16 * 1024,
-        "worker RSS {max_rss} KiB exceeds 16 MiB"
+    let (upload, after, samples) = (
+        peak_upload.load(Ordering::Relaxed),
+        peak_after.load(Ordering::Relaxed),
+        upload_samples.load(Ordering::Relaxed),
     );
+    println!(
+        "worker RSS peak during a 100 MiB echo: {upload} KiB uploading ({samples} samples), \
+         {after} KiB after"
+    );
+    assert!(samples >= 3 && upload > 0, "RSS sampled during the upload");
+    for (when, peak) in [("during the upload", upload), ("after it", after)] {
+        assert!(
+            peak < 16 * 1024,
+            "worker RSS {peak} KiB {when} exceeds 16 MiB"
+        );
+    }
 }
 
 #[test]
