@@ -1,0 +1,232 @@
+//! More than one host: two cgi-fpm instances behind one nginx `upstream`, the pattern the
+//! README documents (`max_fails`, `fastcgi_next_upstream`, kept connections). Draining one
+//! host with QUIT under a bounded load loses no GET, and the request it had in hand ends
+//! normally.
+
+mod common;
+
+use common::nginx::Nginx;
+use common::{BIN, Fpm, http, wait_until};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn write_script(path: &Path, body: &str) {
+    fs::write(path, body).expect("write script");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// One "host": a cgi-fpm on its own loopback port, serving the shared site, saying who it
+/// is through `env[HOST_NAME]`.
+fn host(name: &str, site: &Path) -> Fpm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[global]\nprocess_control_timeout = 20s\n\
+         [www]\nlisten = {address}\npm = static\npm.max_children = 3\n\
+         cgi.allowed_roots = {site}\nenv[HOST_NAME] = {name}\n\
+         env[PATH] = /usr/local/bin:/usr/bin:/bin\n",
+        site = site.display(),
+    );
+    Fpm::start_with(dir, &config, &address)
+}
+
+#[test]
+fn draining_one_of_two_hosts_with_quit_loses_no_get() {
+    let site = tempfile::tempdir().expect("tempdir");
+    let www = site.path();
+    write_script(
+        &www.join("who.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
+         printf 'host=%s query=%s\\n' \"$HOST_NAME\" \"$QUERY_STRING\"\n",
+    );
+    write_script(
+        &www.join("slow.sh"),
+        "#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
+         printf 'slow request done on %s\\n' \"$HOST_NAME\"\n",
+    );
+    let mut a = host("a", www);
+    let b = host("b", www);
+    let upstream = format!(
+        "upstream cgi_fpm {{
+        server {a} max_fails=1 fail_timeout=30s;
+        server {b} max_fails=1 fail_timeout=30s;
+        keepalive 4;
+    }}",
+        a = a.address,
+        b = b.address
+    );
+    let location = "location / {
+            include fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_keep_conn on;
+            fastcgi_next_upstream error timeout;
+            fastcgi_connect_timeout 2s;
+            fastcgi_pass cgi_fpm;
+        }";
+    let Some(nginx) = Nginx::start_site(&upstream, location, www) else {
+        return;
+    };
+
+    // The load: 4 clients sending GETs one after another, each checked, each noting which
+    // host answered and when it was sent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, served, errors, count) =
+                (stop.clone(), served.clone(), errors.clone(), count.clone());
+            let socket = nginx.socket.clone();
+            std::thread::spawn(move || {
+                // Bounded whatever happens to the flag.
+                for i in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let marker = format!("t={t}&i={i}");
+                    let sent = Instant::now();
+                    match http::get(&socket, &format!("/who.sh?{marker}")) {
+                        Ok(r) if r.status == 200 && r.text().contains(&marker) => {
+                            let host = r
+                                .text()
+                                .split_whitespace()
+                                .find_map(|w| w.strip_prefix("host="))
+                                .unwrap_or("?")
+                                .to_string();
+                            served.lock().unwrap().push((sent, host));
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => errors.lock().unwrap().push(format!(
+                            "{marker}: {} {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => errors.lock().unwrap().push(format!("{marker}: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let by = |host: &str| {
+        served
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, h)| h == host)
+            .count()
+    };
+    wait_until("both hosts serve the load", Duration::from_secs(20), || {
+        by("a") >= 20 && by("b") >= 20
+    });
+
+    // A request in hand on host a when it is told to drain: it must end normally.
+    let slow = {
+        let address = a.address.clone();
+        let script = www.join("slow.sh").display().to_string();
+        std::thread::spawn(move || {
+            let mut client =
+                common::Client::connect(&address, Duration::from_secs(30)).expect("connect to a");
+            client.request(
+                &[("REQUEST_METHOD", "GET"), ("SCRIPT_FILENAME", &script)],
+                b"",
+                false,
+            )
+        })
+    };
+    wait_until(
+        "host a runs the slow request",
+        Duration::from_secs(10),
+        || {
+            a.worker_pids()
+                .iter()
+                .any(|w| !common::children_of(*w).is_empty())
+        },
+    );
+    a.signal(nix::sys::signal::Signal::SIGQUIT);
+    let code = a.wait_exit(Duration::from_secs(20));
+    let a_gone = Instant::now();
+    assert_eq!(
+        code,
+        Some(0),
+        "host a did not drain and exit:\n{}",
+        a.log_text()
+    );
+    let slow = slow
+        .join()
+        .expect("slow thread")
+        .expect("the slow request on a");
+    assert_eq!(slow.status(), 200);
+    assert!(
+        String::from_utf8_lossy(slow.body()).contains("slow request done on a"),
+        "{:?}",
+        slow
+    );
+
+    // The load goes on against b alone.
+    let before = count.load(Ordering::Relaxed);
+    wait_until("b serves the load alone", Duration::from_secs(20), || {
+        count.load(Ordering::Relaxed) >= before + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+
+    let errors = errors.lock().unwrap();
+    let served = served.lock().unwrap();
+    let after: Vec<&String> = served
+        .iter()
+        .filter(|(sent, _)| *sent > a_gone)
+        .map(|(_, host)| host)
+        .collect();
+    // What nginx saw of a's going: each line is a GET it passed on to b.
+    let nginx_log = nginx.error_log();
+    let retried: Vec<&str> = nginx_log
+        .lines()
+        .filter(|l| l.contains("[error]") && l.contains("upstream"))
+        .collect();
+    println!("nginx errors:\n{}", retried.join("\n"));
+    println!(
+        "two hosts behind nginx, a drained with QUIT: {} GETs answered ({} by a, {} by b; {} \
+         after a exited), {} failed, {} passed on to b by nginx",
+        served.len(),
+        by_host(&served, "a"),
+        by_host(&served, "b"),
+        after.len(),
+        errors.len(),
+        retried.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} GETs failed: {errors:?}\nnginx:\n{}",
+        errors.len(),
+        nginx.error_log()
+    );
+    assert!(after.iter().all(|host| *host == "b"), "{after:?}");
+
+    // The probe the README recommends for taking a host out of rotation agrees.
+    let ping = |address: &str| {
+        std::process::Command::new(BIN)
+            .args(["--ping", address, "--ping-timeout", "2"])
+            .output()
+            .expect("run --ping")
+            .status
+            .code()
+    };
+    assert_eq!(ping(&a.address), Some(1));
+    assert_eq!(ping(&b.address), Some(0));
+}
+
+fn by_host(served: &[(Instant, String)], host: &str) -> usize {
+    served.iter().filter(|(_, h)| h == host).count()
+}
