@@ -4,7 +4,7 @@
 # 1024 and a higher hard limit. For each it prints:
 #   start    time from launch to the master's "ready" line, with every pool socket there
 #   rss/fds  the master's resident memory and open descriptors at rest
-#   wakeups  the master's context switches per second over W seconds at rest
+#   wakeups  the master's voluntary context switches per second over W seconds at rest
 #   reload   time from SIGUSR2 to the new "ready" line (at rest, no workers yet)
 #   cold     the first request to each pool (no worker yet): median, p99 and max across
 #            pools, timed from connect to END_REQUEST by one client process
@@ -71,7 +71,9 @@ wait_count() {
     done
     say "timed out waiting for $3 x '$2' in $1"; tail -5 "$1" "$(dirname "$1")/master.out" >&2; return 1
 }
-ctxt() { awk '/ctxt_switches/ {n += $2} END {print n}' "/proc/$1/status"; }
+# Voluntary switches: each is the master going to sleep, so one per wake-up; involuntary
+# ones count preemption by other load, not wake-ups.
+ctxt() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$1/status"; }
 
 # write_config KIND DIR: N ondemand pools on unix sockets in DIR.
 write_config() {
