@@ -16,6 +16,7 @@ pub mod master;
 pub mod parking;
 pub mod ping;
 pub mod scoreboard;
+pub mod shortage;
 pub mod status;
 pub mod systemd;
 pub mod worker;

@@ -197,3 +197,121 @@ fn a_reload_to_too_many_pools_is_refused_and_the_old_pools_keep_serving() {
         "a pool of the refused config was opened"
     );
 }
+
+/// The lowest descriptor number free in `pid`: where its next accept lands.
+fn first_free_fd(pid: i32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the worker's fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
+}
+
+/// A static one-worker pool, `extra` added; returns the master and its one worker's pid.
+fn one_worker(extra: &str) -> (Fpm, i32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir www");
+    let config = format!(
+        "[global]\n{}",
+        common::pool_section("www", dir.path(), 1, extra)
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_untouched(dir, &config, &address);
+    fpm.wait_workers(1);
+    let worker = fpm.worker_pids()[0];
+    (fpm, worker)
+}
+
+/// Where the worker's descriptors end, measured on a worker without a limit of its own
+/// once it waits for connections: the same configuration
+/// lays them out the same way.
+fn worker_first_free_fd() -> u64 {
+    let (_fpm, worker) = one_worker("");
+    // Blocked in epoll_wait: set up, and past closing what it inherited (among which
+    // the master's own epoll).
+    wait_until(
+        "the worker waits for connections",
+        Duration::from_secs(5),
+        || {
+            match std::fs::read_to_string(format!("/proc/{worker}/wchan")) {
+                Ok(wchan) if wchan != "0" => wchan.contains("epoll_wait"),
+                // The kernel hides wait channels here: a worker idle for a moment has set up.
+                _ => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    true
+                }
+            }
+        },
+    );
+    first_free_fd(worker)
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn a_worker_out_of_descriptors_for_scripts_answers_503_at_once_and_logs_once() {
+    // Room for the accepted connection, none for the script's pipes.
+    let limit = worker_first_free_fd() + 1;
+    let (fpm, _) = one_worker(&format!("rlimit_files = {limit}"));
+    let script = hello(&fpm);
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = fpm.get(&script, &[]);
+        assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+        assert!(started.elapsed() < Duration::from_secs(2), "slow 503");
+    }
+    let log = fpm.log_text();
+    assert_eq!(
+        count(&log, "out of descriptors, answering 503"),
+        1,
+        "not logged once per episode:\n{log}"
+    );
+}
+
+#[test]
+fn a_worker_out_of_descriptors_at_accept_backs_off_and_logs_once() {
+    // No room even for the connection.
+    let limit = worker_first_free_fd();
+    let (fpm, worker) = one_worker(&format!("rlimit_files = {limit}"));
+    let _waiting = Client::connect(&fpm.address, Duration::from_secs(5)).expect("connect");
+    let fds = || {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        fds.sort();
+        fds
+    };
+    wait_until(
+        &format!("accept failed with limit {limit} (worker fds {:?})", fds()),
+        Duration::from_secs(5),
+        || fpm.log_text().contains("accept() failed"),
+    );
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).expect("stat");
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        fields.iter().sum::<u64>()
+    };
+    let before = cpu();
+    // Long enough for several retries at the growing backoff (10, 20, 40 ... ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let ticks = cpu() - before;
+    assert!(ticks < 20, "the worker spun: {ticks} clock ticks in 1.5 s");
+    let log = fpm.log_text();
+    assert_eq!(
+        count(&log, "accept() failed"),
+        1,
+        "not logged once per episode:\n{log}"
+    );
+}

@@ -32,6 +32,7 @@ pub fn public_message(status: u16) -> &'static str {
         403 => "Access denied.",
         404 => "File not found.",
         502 => "The script could not be run.",
+        503 => "The server is busy; try again shortly.",
         504 => "The script took too long.",
         _ => "The request could not be served.",
     }

@@ -105,6 +105,8 @@ struct Pool {
     pm: PmState,
     /// Consecutive workers that died right after starting.
     quick_failures: u32,
+    /// Out of descriptors or processes when starting workers (see `shortage`).
+    spawn_shortage: crate::shortage::Episode,
     respawn_at: Option<Instant>,
 }
 
@@ -244,6 +246,7 @@ impl Master {
                         settings: pm::Settings::from(pool),
                         pm: PmState::default(),
                         quick_failures: 0,
+                        spawn_shortage: Default::default(),
                         respawn_at: None,
                     });
                     if let Some((listener, scoreboard)) = status {
@@ -266,6 +269,7 @@ impl Master {
                             },
                             pm: PmState::default(),
                             quick_failures: 0,
+                            spawn_shortage: Default::default(),
                             respawn_at: None,
                         });
                     }
@@ -921,9 +925,34 @@ impl Master {
             );
         }
         for _ in 0..decision.spawn {
-            if let Err(e) = self.spawn_worker(index) {
-                log::error!("{e}");
-                break;
+            match self.spawn_worker(index) {
+                Ok(()) => {
+                    let pool = &mut self.pools[index];
+                    if let Some(failures) = pool.spawn_shortage.succeeded() {
+                        log::info!(
+                            "[pool {}] workers start again after {failures} failed attempt(s)",
+                            pool.name
+                        );
+                    }
+                }
+                Err(SpawnFailure {
+                    message,
+                    shortage: true,
+                }) => {
+                    // Out of descriptors or processes: logged once per episode, and
+                    // retried later rather than at every wake-up.
+                    let pool = &mut self.pools[index];
+                    let failure = pool.spawn_shortage.failed();
+                    if failure.first {
+                        log::error!("{message}; retrying with backoff");
+                    }
+                    pool.respawn_at = Some(Instant::now() + failure.backoff);
+                    break;
+                }
+                Err(SpawnFailure { message, .. }) => {
+                    log::error!("{message}");
+                    break;
+                }
             }
         }
     }
@@ -969,7 +998,7 @@ impl Master {
         }
     }
 
-    fn spawn_worker(&mut self, index: usize) -> Result<(), String> {
+    fn spawn_worker(&mut self, index: usize) -> Result<(), SpawnFailure> {
         let max = self.config.global.process_max as usize;
         let running = self.children.len() + self.old_workers.len();
         if max > 0 && running >= max {
@@ -1014,10 +1043,13 @@ impl Master {
                 Ok(p) => Some(p),
                 Err(e) => {
                     slot.release();
-                    return Err(format!(
-                        "[pool {}] cannot create pipes for catch_workers_output: {e}",
-                        pool.name
-                    ));
+                    return Err(SpawnFailure {
+                        message: format!(
+                            "[pool {}] cannot create pipes for catch_workers_output: {e}",
+                            pool.name
+                        ),
+                        shortage: crate::shortage::is_shortage(e),
+                    });
                 }
             }
         } else {
@@ -1089,7 +1121,10 @@ impl Master {
             Err(e) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
                 slot.release();
-                Err(format!("[pool {}] fork() failed: {e}", pool.name))
+                Err(SpawnFailure {
+                    message: format!("[pool {}] fork() failed: {e}", pool.name),
+                    shortage: crate::shortage::is_shortage(e) || e == Errno::EAGAIN,
+                })
             }
         }
     }
@@ -1205,6 +1240,22 @@ impl Pool {
         // with the call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.listener.raw_fd()) };
         prober.figures(fd).ok()
+    }
+}
+
+/// Why a worker was not started.
+struct SpawnFailure {
+    message: String,
+    /// For want of descriptors or processes: it passes, so retry with backoff.
+    shortage: bool,
+}
+
+impl From<String> for SpawnFailure {
+    fn from(message: String) -> SpawnFailure {
+        SpawnFailure {
+            message,
+            shortage: false,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::fastcgi::{Event, Limits, ProtocolError, Request, ServerValues, Session};
 use crate::isolation::{self, Privileges};
 use crate::scoreboard::{Scoreboard, Slot, WorkerState};
+use crate::shortage::Episode;
 use conn::{Conn, ConnBuffers, Fill};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -122,6 +123,9 @@ pub struct WorkerCtx<'a> {
     orphan_deadline: Option<Instant>,
     /// The sockets this worker accepts on, closed once its master is gone.
     listeners: Vec<RawFd>,
+    /// Out of descriptors at accept, and at starting scripts (see `shortage`).
+    accept_shortage: Episode,
+    pub spawn_shortage: Episode,
 }
 
 impl WorkerCtx<'_> {
@@ -321,6 +325,8 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
             }
             fds
         },
+        accept_shortage: Episode::default(),
+        spawn_shortage: Episode::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
@@ -460,15 +466,39 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
     }
     let mut events = [EpollEvent::empty(); 3];
     let mut handoff_turn = true;
+    // Out of descriptors at accept: the listener is out of the epoll set until then, so
+    // that the waiting connection does not wake us in a loop.
+    let mut accept_paused_until: Option<Instant> = None;
     loop {
         ctx.slot().set_state(WorkerState::Idle);
         if ctx.quit {
             return 0;
         }
+        if let Some(until) = accept_paused_until
+            && Instant::now() >= until
+        {
+            accept_paused_until = None;
+            // An orphan's listening sockets are closed: nothing to watch again.
+            if ctx.orphaned() {
+                return 0;
+            }
+            if let Err(e) = epoll.add(
+                listener,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
+            ) {
+                log::error!("[pool {}] epoll_ctl failed: {e}", ctx.pool.name);
+                return 71;
+            }
+        }
         // After a large response, look before sleeping: memory is handed back only once
         // there is nothing else to do.
         let timeout = if ctx.buffers.trim_pending() {
             EpollTimeout::ZERO
+        } else if let Some(until) = accept_paused_until {
+            let left = until.saturating_duration_since(Instant::now());
+            // Rounded up: waking a millisecond early would only loop once more.
+            let millis = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+            EpollTimeout::from(millis)
         } else {
             EpollTimeout::NONE
         };
@@ -477,6 +507,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 ctx.buffers.trim();
                 continue;
             }
+            Ok(0) => continue,
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -531,11 +562,31 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
             }
             // Another worker took it, or the client gave up before we got to it.
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => continue,
+            Err(e) if crate::shortage::is_shortage(e) => {
+                let failure = ctx.accept_shortage.failed();
+                if failure.first {
+                    log::error!(
+                        "[pool {}] child {}, accept() failed: {e}; out of descriptors, the connection waits in the queue and accept is retried with backoff",
+                        ctx.pool.name,
+                        std::process::id()
+                    );
+                }
+                let _ = epoll.delete(listener);
+                accept_paused_until = Some(Instant::now() + failure.backoff);
+                continue;
+            }
             Err(e) => {
                 log::warn!("[pool {}] accept() failed: {e}", ctx.pool.name);
                 continue;
             }
         };
+        if let Some(failures) = ctx.accept_shortage.succeeded() {
+            log::info!(
+                "[pool {}] child {}, accept() works again after {failures} failure(s)",
+                ctx.pool.name,
+                std::process::id()
+            );
+        }
         if !isolation::clients::admit(ctx.pool, &fd) {
             continue;
         }

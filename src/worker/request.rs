@@ -59,6 +59,27 @@ pub fn serve(
                 .cgi_pid
                 .store(child.pid.as_raw(), Ordering::Relaxed);
             pump.attach(child);
+            if let Some(failures) = ctx.spawn_shortage.succeeded() {
+                log::info!(
+                    "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
+                    ctx.pool.name,
+                    std::process::id()
+                );
+            }
+        }
+        Err((SHORTAGE, reason)) => {
+            // Out of descriptors: answered at once, logged once per episode.
+            if ctx.spawn_shortage.failed().first {
+                log_refusal(
+                    ctx,
+                    &request_line,
+                    SHORTAGE,
+                    &format!(
+                        "{reason}; out of descriptors, answering 503 until scripts start again"
+                    ),
+                );
+            }
+            pump.answer_without_child(SHORTAGE);
         }
         Err((status, reason)) => {
             log_refusal(ctx, &request_line, status, &reason);
@@ -85,6 +106,10 @@ fn log_refusal(ctx: &WorkerCtx<'_>, request_line: &str, status: u16, reason: &st
     }
 }
 
+/// The answer when a script cannot be started for want of descriptors (or memory): the
+/// server is short for a while, the request itself is fine.
+const SHORTAGE: u16 = 503;
+
 /// Resolve and spawn the script, or say which status to answer with and why.
 fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16, String)> {
     let params = &request.params;
@@ -102,7 +127,12 @@ fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16,
             .first()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        (502, format!("cannot execute '{program}': {e}"))
+        let status = if crate::shortage::is_io_shortage(&e) {
+            SHORTAGE
+        } else {
+            502
+        };
+        (status, format!("cannot execute '{program}': {e}"))
     })
 }
 
