@@ -334,7 +334,7 @@ impl Format {
                         .duration_since(UNIX_EPOCH)
                         .map(|d| d.as_secs() as nix::libc::time_t)
                         .unwrap_or(0);
-                    out.extend_from_slice(crate::logging::strftime_at(secs, pattern).as_bytes());
+                    out.extend_from_slice(crate::clock::strftime_at(secs, pattern).as_bytes());
                 }
                 Token::User => push_or_dash(&mut out, param("REMOTE_USER")),
             }

@@ -112,6 +112,19 @@ impl Handover {
     }
 }
 
+/// Descriptors cross the exec only with close-on-exec cleared; the new image sets it
+/// again on those it takes.
+pub fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: fcntl on a descriptor we hold open; it changes only its close-on-exec flag.
+    unsafe {
+        nix::libc::fcntl(
+            fd,
+            nix::libc::F_SETFD,
+            if on { nix::libc::FD_CLOEXEC } else { 0 },
+        )
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

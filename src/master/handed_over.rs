@@ -8,8 +8,7 @@
 //! connections parked at that moment (a request sent on one meanwhile waits in its
 //! socket until the new image hands it out).
 
-use super::reload::set_cloexec;
-use crate::handover::{Parked, PoolChannels};
+use crate::handover::{Parked, PoolChannels, set_cloexec};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 

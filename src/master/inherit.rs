@@ -60,7 +60,7 @@ fn prepare(fd: &OwnedFd) {
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         );
     }
-    super::reload::set_cloexec(fd.as_raw_fd(), true);
+    crate::handover::set_cloexec(fd.as_raw_fd(), true);
 }
 
 impl Inherited {

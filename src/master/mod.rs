@@ -16,6 +16,7 @@ use crate::config::{Config, ProcessManager};
 use crate::daemon::StartupReport;
 use crate::isolation::Privileges;
 use crate::listen_queue::Prober;
+use crate::master_signals::{MASTER_SIGNALS, master_signal_set};
 use crate::scoreboard::{Scoreboard, WorkerState, now_us};
 use crate::worker::{self, StatusSource, WorkerSpec};
 use capture::Capture;
@@ -50,17 +51,6 @@ const CAPTURE_TOKENS: std::ops::Range<usize> = 1 << 20..1 << 30;
 const CHANNEL_TOKENS: std::ops::Range<usize> = 1 << 30..1 << 31;
 const PARKED_TOKENS: std::ops::Range<usize> = 1 << 31..1 << 62;
 
-/// The signals the master acts on. Workers reset them (they must not run the master's
-/// handlers), and a reload blocks them across its exec.
-pub const MASTER_SIGNALS: [Signal; 7] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGHUP,
-];
 /// Token of an ondemand pool's listening socket: this plus the pool's index.
 const LISTENER_BASE: usize = 1;
 /// The shortest time between two maintenance rounds, php-fpm's tick. Unlike php-fpm's, a
@@ -398,11 +388,7 @@ impl Master {
         }
         // A reload blocks these across its exec; now that handlers are in place, whatever
         // arrived meanwhile is delivered.
-        let _ = sigprocmask(
-            SigmaskHow::SIG_UNBLOCK,
-            Some(&reload::master_signals()),
-            None,
-        );
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&master_signal_set()), None);
         if let Some(doorbell) = &self.doorbell
             && let Err(e) = self.poll.registry().register(
                 &mut SourceFd(&doorbell.as_fd().as_raw_fd()),

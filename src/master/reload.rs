@@ -11,28 +11,17 @@
 
 use super::inherit::{self, Inherited};
 use super::{Master, State, listener};
-use crate::handover::{self, Handover};
+use crate::handover::{self, Handover, set_cloexec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
 use std::collections::HashSet;
 use std::ffi::{CString, OsString};
-use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// After TERM, how long old workers get before KILL (a worker gives its CGI child 2 s).
 const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
-
-/// The master's own signals: blocked across exec so that one arriving before the new
-/// image has its handlers is kept pending instead of killing it (SIGUSR2's default).
-pub fn master_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in super::MASTER_SIGNALS {
-        set.add(s);
-    }
-    set
-}
 
 /// How to start this program again, taken when it started.
 #[derive(Debug, Clone)]
@@ -142,17 +131,6 @@ fn children_of(pid: Pid) -> Vec<Pid> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-pub(super) fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: fcntl on a descriptor we hold open; it changes only its close-on-exec flag.
-    unsafe {
-        nix::libc::fcntl(
-            fd,
-            nix::libc::F_SETFD,
-            if on { nix::libc::FD_CLOEXEC } else { 0 },
-        )
-    };
 }
 
 impl Master {
@@ -265,7 +243,9 @@ impl Master {
         let mut saved = SigSet::empty();
         let _ = sigprocmask(
             SigmaskHow::SIG_BLOCK,
-            Some(&master_signals()),
+            // Blocked across the exec: one arriving before the new image has its
+            // handlers stays pending instead of killing it (SIGUSR2's default).
+            Some(&crate::master_signals::master_signal_set()),
             Some(&mut saved),
         );
         log::info!(

@@ -227,7 +227,7 @@ impl Report<'_> {
 
 /// php-fpm's date format for text and html.
 fn format_time(epoch_s: u64) -> String {
-    crate::logging::strftime_at(epoch_s as nix::libc::time_t, c"%d/%b/%Y:%H:%M:%S %z")
+    crate::clock::strftime_at(epoch_s as nix::libc::time_t, c"%d/%b/%Y:%H:%M:%S %z")
 }
 
 fn plain(value: &Value) -> String {

@@ -867,7 +867,7 @@ fn start_slow_record(
     // The record spans lines, so its values must not: a newline in one would forge a field.
     let head = format!(
         "[{}]  [pool {}] pid {worker}\nscript_filename = {}\nrequest = {}\nelapsed = {}.{:06} s\n",
-        crate::logging::timestamp(),
+        crate::clock::timestamp(),
         ctx.pool.name,
         crate::logging::escape_control(script, crate::logging::Keep::Nothing),
         crate::logging::escape_control(request_line, crate::logging::Keep::Nothing),

@@ -22,7 +22,7 @@ impl WorkerSignals {
     /// Undo the master's signal set-up and route the worker's signals to a signalfd.
     /// Called first thing after fork, while every signal is still blocked.
     pub fn install() -> io::Result<WorkerSignals> {
-        for sig in crate::master::MASTER_SIGNALS {
+        for sig in crate::master_signals::MASTER_SIGNALS {
             // SAFETY: SIG_DFL installs no Rust code as a handler. signal-hook's handlers
             // would otherwise write into the master's self-pipe from this process.
             unsafe { signal(sig, SigHandler::SigDfl) }?;
