@@ -85,11 +85,11 @@ fn wait_for_report(mut pipe: std::fs::File) -> ! {
                 "cgi-fpm: start-up failed: {}",
                 String::from_utf8_lossy(message)
             );
-            std::process::exit(78)
+            std::process::exit(crate::exit_code::CONFIG)
         }
         _ => {
             eprintln!("cgi-fpm: the master exited during start-up (see the error log)");
-            std::process::exit(70)
+            std::process::exit(crate::exit_code::SOFTWARE)
         }
     }
 }

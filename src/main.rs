@@ -1,5 +1,5 @@
 use cgi_fpm::config;
-use cgi_fpm::{cli, handover, isolation, logging, master};
+use cgi_fpm::{cli, exit_code, handover, isolation, logging, master};
 use std::process::ExitCode;
 
 /// How to start again for a reload: the same binary path (a replaced binary is picked up)
@@ -21,9 +21,9 @@ fn reexec(options: &cli::Options, config_path: &std::path::Path) -> Option<maste
     })
 }
 
-/// php-fpm's exit code for configuration errors (sysexits EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
-const EXIT_USAGE: u8 = 64;
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
 
 /// `--ping`: one line per target on stdout; exit 0 only if every one answered, else 1
 /// with the ones that did not named on stderr.
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("cgi-fpm: {e}\n\n{}", cli::USAGE);
-            return ExitCode::from(EXIT_USAGE);
+            return exit(exit_code::USAGE);
         }
     };
     if options.help {
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                     log::error!("{e}");
                 }
                 log::error!("failed to load configuration file '{}'", path.display());
-                ExitCode::from(EXIT_CONFIG)
+                exit(exit_code::CONFIG)
             }
         };
     }
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             }
             log::error!("failed to load configuration file '{}'", path.display());
             log::error!("FPM initialization failed");
-            return ExitCode::from(EXIT_CONFIG);
+            return exit(exit_code::CONFIG);
         }
     };
     // Users, groups and the root rule: checked under -t as well as at start.
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                 log::error!("{e}");
             }
             log::error!("FPM initialization failed");
-            return ExitCode::from(EXIT_CONFIG);
+            return exit(exit_code::CONFIG);
         }
     };
     for notice in &prepared.notices {
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 log::error!("{e}");
                 log::error!("configuration file {} test failed", path.display());
-                return ExitCode::from(EXIT_CONFIG);
+                return exit(exit_code::CONFIG);
             }
         }
         if options.test > 1 {
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 log::error!("failed to daemonize: {e}");
-                return ExitCode::from(71);
+                return exit(exit_code::OS_ERROR);
             }
         }
     } else {
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         log::error!("{e}");
         log::error!("FPM initialization failed");
         report.failed(&e);
-        return ExitCode::from(EXIT_CONFIG);
+        return exit(exit_code::CONFIG);
     }
     match isolation::apply_master_limits(&config.global) {
         Ok(notices) => notices.iter().for_each(|notice| log::info!("{notice}")),
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             log::error!("{e}");
             log::error!("FPM initialization failed");
             report.failed(&e);
-            return ExitCode::from(EXIT_CONFIG);
+            return exit(exit_code::CONFIG);
         }
     }
     // Before the first pool opens anything: a master that runs out half-way through its
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
             log::error!("{e}");
             log::error!("FPM initialization failed");
             report.failed(&e);
-            return ExitCode::from(EXIT_CONFIG);
+            return exit(exit_code::CONFIG);
         }
     }
     let code = master::run(
@@ -199,5 +199,5 @@ fn main() -> ExitCode {
         },
         &mut report,
     );
-    ExitCode::from(code.clamp(0, 255) as u8)
+    exit(code)
 }

@@ -61,12 +61,6 @@ const TICK: Duration = Duration::from_secs(1);
 const QUICK_EXIT: Duration = Duration::from_secs(1);
 /// The longest wait before another start attempt for a pool whose workers keep failing.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(10);
-/// How long a fast stop waits at least before SIGKILL: a worker gives its CGI child two
-/// seconds between TERM and KILL, and needs a moment to reap it.
-const MIN_STOP_GRACE: Duration = Duration::from_secs(3);
-/// Past request_terminate_timeout, how long the master gives a worker to stop its own
-/// request (it allows its CGI child two seconds between TERM and KILL) before it steps in.
-const STUCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// Command-line settings that shape the run.
 #[derive(Debug, Clone, Default)]
@@ -177,7 +171,7 @@ pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i
             log::error!("{e}");
             log::error!("FPM initialization failed");
             report.failed(&e);
-            return 78;
+            return crate::exit_code::CONFIG;
         }
     };
     let code = master.event_loop(report);
@@ -374,7 +368,7 @@ impl Master {
             Err(e) => {
                 log::error!("failed to install signal handlers: {e}");
                 report.failed(&format!("failed to install signal handlers: {e}"));
-                return 71;
+                return crate::exit_code::OS_ERROR;
             }
         };
         if let Err(e) = self
@@ -384,7 +378,7 @@ impl Master {
         {
             log::error!("failed to watch signals: {e}");
             report.failed(&format!("failed to watch signals: {e}"));
-            return 71;
+            return crate::exit_code::OS_ERROR;
         }
         // A reload blocks these across its exec; now that handlers are in place, whatever
         // arrived meanwhile is delivered.
@@ -426,7 +420,7 @@ impl Master {
                 );
                 log::error!("{message}");
                 report.failed(&message);
-                return 71;
+                return crate::exit_code::OS_ERROR;
             }
         }
         log::info!("fpm is running, pid {}", std::process::id());
@@ -454,7 +448,7 @@ impl Master {
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 log::error!("epoll_wait failed: {e}");
-                return 71;
+                return crate::exit_code::OS_ERROR;
             }
             readable.clear();
             for event in &events {
@@ -623,7 +617,7 @@ impl Master {
             .config
             .global
             .process_control_timeout
-            .max(MIN_STOP_GRACE);
+            .max(crate::grace::WORKER);
         self.state = State::Terminating {
             kill_at: Instant::now() + grace,
             killed: false,
@@ -717,8 +711,8 @@ impl Master {
         let Some(child) = self.children.remove(&pid) else {
             if self.old_workers.remove(pid) {
                 log::info!(
-                    "child {pid} of the previous configuration exited ({}); {} left",
-                    describe_status(status),
+                    "child {pid} of the previous configuration {}; {} left",
+                    crate::wait_status::describe(status),
                     self.old_workers.len()
                 );
             }
@@ -750,21 +744,16 @@ impl Master {
         let name = &pool.name;
         let lived = child.started.elapsed();
         let stopping = self.state != State::Running;
-        let (how, clean) = match status {
-            WaitStatus::Exited(_, code) => (format!("exited with code {code}"), code == 0),
-            WaitStatus::Signaled(_, sig, core) => (
-                format!(
-                    "exited on signal {} ({}{})",
-                    sig as i32,
-                    sig.as_str(),
-                    if core { " - core dumped" } else { "" }
-                ),
-                stopping && matches!(sig, Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGKILL),
-            ),
+        let clean = match status {
+            WaitStatus::Exited(_, code) => code == 0,
+            WaitStatus::Signaled(_, sig, _) => {
+                stopping && matches!(sig, Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGKILL)
+            }
             _ => return,
         };
         let line = format!(
-            "[pool {name}] child {pid} {how} after {}.{:06} seconds from start",
+            "[pool {name}] child {pid} {} after {}.{:06} seconds from start",
+            crate::wait_status::describe(status),
             lived.as_secs(),
             lived.subsec_micros()
         );
@@ -1328,15 +1317,7 @@ fn lot_capacity(config: &Config) -> usize {
 /// worker in uninterruptible sleep is not reaped at once, and killing it (and saying so)
 /// on every wake-up until it is flooded the log.
 fn is_stuck(limit: Duration, running: Duration, killed_already: bool) -> bool {
-    !killed_already && !limit.is_zero() && running > limit + STUCK_MARGIN
-}
-
-fn describe_status(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("code {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("signal {} ({})", sig as i32, sig.as_str()),
-        other => format!("{other:?}"),
-    }
+    !killed_already && !limit.is_zero() && running > limit + crate::grace::STUCK_WORKER
 }
 
 #[cfg(test)]
@@ -1346,12 +1327,12 @@ mod tests {
     #[test]
     fn a_stuck_worker_is_killed_once_past_its_grace() {
         let limit = Duration::from_secs(10);
-        let past = limit + STUCK_MARGIN + Duration::from_millis(1);
+        let past = limit + crate::grace::STUCK_WORKER + Duration::from_millis(1);
         assert!(
             !is_stuck(limit, limit, false),
             "the worker's own grace first"
         );
-        assert!(!is_stuck(limit, limit + STUCK_MARGIN, false));
+        assert!(!is_stuck(limit, limit + crate::grace::STUCK_WORKER, false));
         assert!(is_stuck(limit, past, false));
         assert!(
             !is_stuck(limit, past, true),

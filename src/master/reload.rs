@@ -20,9 +20,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// After TERM, how long old workers get before KILL (a worker gives its CGI child 2 s).
-const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
-
 /// How to start this program again, taken when it started.
 #[derive(Debug, Clone)]
 pub struct Reexec {
@@ -111,7 +108,7 @@ impl OldWorkers {
             let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         }
         self.escalate = match signal {
-            Signal::SIGTERM => Some((Instant::now() + KILL_AFTER_TERM, Signal::SIGKILL)),
+            Signal::SIGTERM => Some((Instant::now() + crate::grace::WORKER, Signal::SIGKILL)),
             _ => None,
         };
     }

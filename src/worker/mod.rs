@@ -128,7 +128,25 @@ pub struct WorkerCtx<'a> {
     pub spawn_shortage: Episode,
 }
 
+/// `[pool www] child 1234,`: how every log line of a worker about its own work starts,
+/// as php-fpm's do.
+pub struct LogPrefix<'a> {
+    pool: &'a str,
+}
+
+impl std::fmt::Display for LogPrefix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[pool {}] child {},", self.pool, std::process::id())
+    }
+}
+
 impl WorkerCtx<'_> {
+    pub fn log_prefix(&self) -> LogPrefix<'_> {
+        LogPrefix {
+            pool: &self.pool.name,
+        }
+    }
+
     pub fn slot(&self) -> &Slot {
         // The master gives every worker an index within its pool's scoreboard.
         self.scoreboard
@@ -215,7 +233,7 @@ impl WorkerCtx<'_> {
 #[cold]
 fn unreachable_slot(index: usize) -> ! {
     log::error!("worker given scoreboard slot {index}, which does not exist");
-    exit(70)
+    exit(crate::exit_code::SOFTWARE)
 }
 
 fn exit(code: i32) -> ! {
@@ -235,7 +253,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         Ok(s) => s,
         Err(e) => {
             log::error!("[pool {}] worker signal set-up failed: {e}", spec.pool.name);
-            exit(70);
+            exit(crate::exit_code::SOFTWARE);
         }
     };
     let mut keep = vec![
@@ -257,7 +275,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     set_process_name(&spec.pool.name);
     if let Err(e) = spec.privileges.apply() {
         log::error!("{e}");
-        exit(78);
+        exit(crate::exit_code::CONFIG);
     }
     // After the identity switch, which clears it. A worker must not outlive its master:
     // left alone it would keep accepting on the pool's socket, and a new master could
@@ -436,7 +454,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         Ok(e) => e,
         Err(e) => {
             log::error!("[pool {}] epoll_create failed: {e}", ctx.pool.name);
-            return 71;
+            return crate::exit_code::OS_ERROR;
         }
     };
     // EPOLLEXCLUSIVE wakes one idle worker per connection instead of all of them.
@@ -462,7 +480,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
     });
     if let Err(e) = registered {
         log::error!("[pool {}] epoll_ctl failed: {e}", ctx.pool.name);
-        return 71;
+        return crate::exit_code::OS_ERROR;
     }
     let mut events = [EpollEvent::empty(); 3];
     let mut handoff_turn = true;
@@ -512,7 +530,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 log::error!("[pool {}] epoll_wait failed: {e}", ctx.pool.name);
-                return 71;
+                return crate::exit_code::OS_ERROR;
             }
         };
         for event in &events[..n] {
@@ -617,9 +635,8 @@ fn take_handoff(ctx: &mut WorkerCtx<'_>, epoll: &Epoll) -> Option<OwnedFd> {
         }
         Err(e) if channel_is_broken(e) => {
             log::warn!(
-                "[pool {}] child {}, the hand-off channel failed ({e}); parking no more",
-                ctx.pool.name,
-                std::process::id()
+                "{} the hand-off channel failed ({e}); parking no more",
+                ctx.log_prefix()
             );
             forget_parking(ctx, epoll, channel);
             None
@@ -627,11 +644,7 @@ fn take_handoff(ctx: &mut WorkerCtx<'_>, epoll: &Epoll) -> Option<OwnedFd> {
         // Out of descriptors or memory for the moment (the message may be lost, the
         // channel is not): later hand-offs still work.
         Err(e) => {
-            log::warn!(
-                "[pool {}] child {}, cannot take a kept connection: {e}",
-                ctx.pool.name,
-                std::process::id()
-            );
+            log::warn!("{} cannot take a kept connection: {e}", ctx.log_prefix());
             None
         }
     }
@@ -665,11 +678,7 @@ fn park(ctx: &WorkerCtx<'_>, conn: &Conn) -> bool {
     match crate::parking::send(channel, conn.fd()) {
         Ok(()) => true,
         Err(e) => {
-            log::debug!(
-                "[pool {}] child {}, cannot park a kept connection: {e}",
-                ctx.pool.name,
-                std::process::id()
-            );
+            log::debug!("{} cannot park a kept connection: {e}", ctx.log_prefix());
             false
         }
     }
@@ -831,9 +840,8 @@ fn read_request(
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     log::warn!(
-                        "[pool {}] child {}, the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
+                        ctx.log_prefix(),
                         limit.as_secs()
                     );
                     return Head::Closed;
@@ -881,9 +889,8 @@ fn read_request(
                 Ok(Fill::Eof) | Err(_) => {
                     if !session.is_idle() || conn.buffered_input() > 0 {
                         log::debug!(
-                            "[pool {}] child {}, the web server closed the connection in the middle of a request head",
-                            ctx.pool.name,
-                            std::process::id()
+                            "{} the web server closed the connection in the middle of a request head",
+                            ctx.log_prefix()
                         );
                     }
                     return Head::Closed;
@@ -902,9 +909,8 @@ fn refuse_malformed(
     error: &ProtocolError,
 ) {
     log::warn!(
-        "[pool {}] child {}, malformed FastCGI request from the web server: {error}; closing the connection",
-        ctx.pool.name,
-        std::process::id()
+        "{} malformed FastCGI request from the web server: {error}; closing the connection",
+        ctx.log_prefix()
     );
     let status = match error {
         ProtocolError::TooManyParams { .. } | ProtocolError::ParamsTooLarge { .. } => 431,
@@ -975,6 +981,12 @@ fn flush_within(conn: &mut Conn, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_prefix_names_pool_and_child() {
+        let prefix = LogPrefix { pool: "www" }.to_string();
+        assert_eq!(prefix, format!("[pool www] child {},", std::process::id()));
+    }
 
     #[test]
     fn only_a_broken_hand_off_channel_is_given_up() {

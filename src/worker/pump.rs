@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 
 /// Body bytes we hold for the child before we stop reading the connection.
 const STDIN_HIGH_WATER: usize = 64 * 1024;
-/// How long a child gets between TERM and KILL when we stop it.
-const KILL_GRACE: Duration = Duration::from_secs(2);
 /// After the response is complete, how long the web server may take to finish sending a
 /// body the child did not read before we give up on the connection.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -256,9 +254,8 @@ impl<'a> Pump<'a> {
                     .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                 if Instant::now() >= deadline {
                     log::warn!(
-                        "[pool {}] child {}, the web server did not finish sending the request body within {}s after the response; closing the connection",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} the web server did not finish sending the request body within {}s after the response; closing the connection",
+                        ctx.log_prefix(),
                         DRAIN_TIMEOUT.as_secs()
                     );
                     return Outcome::Close;
@@ -266,9 +263,8 @@ impl<'a> Pump<'a> {
             }
             if let Err(e) = self.wait_and_handle(ctx) {
                 log::error!(
-                    "[pool {}] child {}, waiting for the request's descriptors failed: {e}",
-                    ctx.pool.name,
-                    std::process::id()
+                    "{} waiting for the request's descriptors failed: {e}",
+                    ctx.log_prefix()
                 );
                 self.broken = true;
             }
@@ -343,9 +339,8 @@ impl<'a> Pump<'a> {
             let at = *self.background_at.get_or_insert(now + BACKGROUND_GRACE);
             if now >= at {
                 log::warn!(
-                    "[pool {}] child {}, script '{}' exited, but processes it started still hold its output after {} s; stopping them",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} script '{}' exited, but processes it started still hold its output after {} s; stopping them",
+                    ctx.log_prefix(),
                     self.script,
                     BACKGROUND_GRACE.as_secs()
                 );
@@ -358,9 +353,8 @@ impl<'a> Pump<'a> {
         self.timed_out = true;
         let elapsed = self.started.elapsed();
         log::warn!(
-            "[pool {}] child {}, script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating",
-            ctx.pool.name,
-            std::process::id(),
+            "{} script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating",
+            ctx.log_prefix(),
             self.script,
             self.request_line,
             elapsed.as_secs(),
@@ -399,9 +393,8 @@ impl<'a> Pump<'a> {
         if let (Some(child), Some(exit)) = (&self.child, self.exit) {
             if let WaitStatus::Signaled(_, sig, core) = exit {
                 log::warn!(
-                    "[pool {}] child {}, script '{}' (CGI process {}) was killed by signal {} ({}){}",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} script '{}' (CGI process {}) was killed by signal {} ({}){}",
+                    ctx.log_prefix(),
                     self.script,
                     child.pid,
                     sig as i32,
@@ -411,12 +404,11 @@ impl<'a> Pump<'a> {
             }
             if self.stdout_bytes == 0 {
                 log::warn!(
-                    "[pool {}] child {}, script '{}' (CGI process {}) produced no output and {}; answered 502",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} script '{}' (CGI process {}) produced no output and {}; answered 502",
+                    ctx.log_prefix(),
                     self.script,
                     child.pid,
-                    describe_exit(exit)
+                    crate::wait_status::describe(exit)
                 );
                 let body = error_response(502, "The script produced no response.");
                 self.conn.queue_stream(RecordType::Stdout, self.id, &body);
@@ -555,18 +547,16 @@ impl<'a> Pump<'a> {
                 // nginx and other web servers close (never half-close) an upstream
                 // connection when their client goes away.
                 log::info!(
-                    "[pool {}] child {}, the web server closed the connection during the request for '{}'; stopping the script",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} the web server closed the connection during the request for '{}'; stopping the script",
+                    ctx.log_prefix(),
                     self.script
                 );
                 self.broken = true;
             }
             Err(e) => {
                 log::info!(
-                    "[pool {}] child {}, reading from the web server failed ({e}) during the request for '{}'; stopping the script",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} reading from the web server failed ({e}) during the request for '{}'; stopping the script",
+                    ctx.log_prefix(),
                     self.script
                 );
                 self.broken = true;
@@ -595,9 +585,8 @@ impl<'a> Pump<'a> {
                 Ok(Some(Event::StdinEnd | Event::None)) => {}
                 Ok(Some(Event::Abort)) => {
                     log::info!(
-                        "[pool {}] child {}, the web server aborted the request for '{}'",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} the web server aborted the request for '{}'",
+                        ctx.log_prefix(),
                         self.script
                     );
                     self.aborted = true;
@@ -609,9 +598,8 @@ impl<'a> Pump<'a> {
                 Ok(Some(Event::Request(_))) | Ok(Some(Event::Rejected { .. })) => {}
                 Err(e) => {
                     log::warn!(
-                        "[pool {}] child {}, protocol error from the web server during the request: {e}",
-                        ctx.pool.name,
-                        std::process::id()
+                        "{} protocol error from the web server during the request: {e}",
+                        ctx.log_prefix()
                     );
                     self.broken = true;
                 }
@@ -680,9 +668,8 @@ impl<'a> Pump<'a> {
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {
                     log::warn!(
-                        "[pool {}] child {}, reading the script's output failed: {e}",
-                        ctx.pool.name,
-                        std::process::id()
+                        "{} reading the script's output failed: {e}",
+                        ctx.log_prefix()
                     );
                     child.stdout = None;
                     break;
@@ -776,7 +763,7 @@ impl<'a> Pump<'a> {
         child.stdin = None;
         if self.exit.is_none() {
             child.signal_group(Signal::SIGTERM);
-            let deadline = Instant::now() + KILL_GRACE;
+            let deadline = Instant::now() + crate::grace::CGI_CHILD;
             while self.exit.is_none() && Instant::now() < deadline {
                 wait_for(child.pidfd.as_ref().map(|f| f.as_fd()), Some(deadline));
                 if let Ok(Some((status, usage))) = reap(child.pid, false) {
@@ -813,7 +800,8 @@ impl<'a> Pump<'a> {
     }
 }
 
-/// Sleep until `fd` is readable or `deadline` passes (at most 50 ms without a descriptor).
+/// Sleep until `fd` is readable or `deadline` passes: at most 100 ms with a descriptor,
+/// EXIT_POLL without one.
 fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match fd {
@@ -832,16 +820,6 @@ fn app_status(status: WaitStatus) -> u32 {
         WaitStatus::Exited(_, code) => code as u32,
         WaitStatus::Signaled(_, sig, _) => 128 + sig as u32,
         _ => 0,
-    }
-}
-
-fn describe_exit(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
-        WaitStatus::Signaled(_, sig, _) => {
-            format!("killed by signal {} ({})", sig as i32, sig.as_str())
-        }
-        other => format!("{other:?}"),
     }
 }
 
@@ -890,9 +868,8 @@ fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
 
 fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
     log::warn!(
-        "[pool {}] child {}, cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
-        ctx.pool.name,
-        std::process::id()
+        "{} cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
+        ctx.log_prefix()
     );
 }
 
@@ -912,9 +889,8 @@ fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
     }
     crate::logging::warn_cut(
         format!(
-            "[pool {}] child {}, script '{}' said into stderr: \"{}\"",
-            ctx.pool.name,
-            std::process::id(),
+            "{} script '{}' said into stderr: \"{}\"",
+            ctx.log_prefix(),
             script,
             String::from_utf8_lossy(line)
         ),

@@ -95,9 +95,8 @@ pub fn serve(
 
 fn log_refusal(ctx: &WorkerCtx<'_>, request_line: &str, status: u16, reason: &str) {
     let message = format!(
-        "[pool {}] child {}, request \"{request_line}\": {reason}; answered {status}",
-        ctx.pool.name,
-        std::process::id(),
+        "{} request \"{request_line}\": {reason}; answered {status}",
+        ctx.log_prefix(),
     );
     if status >= 500 {
         log::error!("{message}");
