@@ -203,9 +203,8 @@ impl WorkerCtx<'_> {
         }
         self.orphan_deadline = Some(Instant::now() + self.orphan_grace);
         log::warn!(
-            "[pool {}] child {}, the master process {} is gone; no longer accepting connections, finishing the request in hand within {}s",
-            self.pool.name,
-            std::process::id(),
+            "{} the master process {} is gone; no longer accepting connections, finishing the request in hand within {}s",
+            self.log_prefix(),
             self.master_pid,
             self.orphan_grace.as_secs()
         );
@@ -283,16 +282,18 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     // not fire then. The master may have died before this line: getppid() tells.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGQUIT)) {
         log::warn!(
-            "[pool {}] child {}, cannot ask to be told of the master's death: {e}",
-            spec.pool.name,
-            std::process::id()
+            "{} cannot ask to be told of the master's death: {e}",
+            LogPrefix {
+                pool: &spec.pool.name
+            }
         );
     }
     if nix::unistd::getppid().as_raw() != spec.master_pid {
         log::warn!(
-            "[pool {}] child {}, the master process {} died before this worker started; exiting",
-            spec.pool.name,
-            std::process::id(),
+            "{} the master process {} died before this worker started; exiting",
+            LogPrefix {
+                pool: &spec.pool.name
+            },
             spec.master_pid
         );
         exit(0);
@@ -826,9 +827,8 @@ fn read_request(
             && Instant::now() >= at
         {
             log::warn!(
-                "[pool {}] child {}, the master is gone and the request head did not arrive in time; closing the connection",
-                ctx.pool.name,
-                std::process::id()
+                "{} the master is gone and the request head did not arrive in time; closing the connection",
+                ctx.log_prefix()
             );
             return Head::Closed;
         }

@@ -293,9 +293,8 @@ impl<'a> Pump<'a> {
             && now >= at
         {
             log::warn!(
-                "[pool {}] child {}, script '{}' (request: \"{}\") still running {}s after the master died; terminating",
-                ctx.pool.name,
-                std::process::id(),
+                "{} script '{}' (request: \"{}\") still running {}s after the master died; terminating",
+                ctx.log_prefix(),
                 self.script,
                 self.request_line,
                 ctx.orphan_grace.as_secs()
