@@ -25,8 +25,8 @@ pub const MIN_HELD: u64 = 64;
 const WANT_HELD: u64 = 1024;
 /// Below this room for held connections the soft limit is raised, if the hard one allows.
 const RAISE_BELOW_HELD: u64 = 256;
-/// A pool's channels for idle kept connections: two socket pairs (`lot::Channels`).
-pub const CHANNEL_FDS: u64 = 4;
+/// A pool's channel for idle kept connections: one socket pair (`lot::Channels`).
+pub const CHANNEL_FDS: u64 = 2;
 
 /// What a configuration costs in descriptors, apart from held connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Budget {
 }
 
 /// The descriptors one pool costs the master while it runs: its listening socket, its
-/// channels, its log files, its status socket, and with `catch_workers_output` one pipe
+/// channel, its log files, its status socket, and with `catch_workers_output` one pipe
 /// end per worker.
 pub fn pool_cost(pool: &PoolConfig) -> u64 {
     let mut cost = 1 + CHANNEL_FDS;

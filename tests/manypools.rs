@@ -12,6 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 const POOLS: usize = 300;
+/// More than a hard limit of 1,024 allows (3 descriptors per pool, see `fdplan`).
+const TOO_MANY: usize = 400;
 
 /// `count` ondemand pools `p1`..`pN`, each on its own unix socket in `dir`.
 fn many_pools(dir: &Path, count: usize) -> String {
@@ -120,15 +122,15 @@ fn three_hundred_ondemand_pools_answer_under_a_soft_limit_of_1024() {
 }
 
 #[test]
-fn a_hard_limit_of_1024_is_refused_at_start_and_by_the_test() {
-    let (dir, config) = setup(POOLS);
+fn too_many_pools_for_a_hard_limit_of_1024_are_refused_at_start_and_by_the_test() {
+    let (dir, config) = setup(TOO_MANY);
     let address = dir.path().join("p1.sock").display().to_string();
     let mut fpm =
         Fpm::spawn_with_command(dir, &config, &address, &[], |c| limit_files(c, 1024, 1024));
     let code = fpm.wait_exit(Duration::from_secs(20));
     let log = fpm.log_text();
     assert_eq!(code, Some(78), "the master did not refuse to start:\n{log}");
-    let expected = "not enough open files for 300 pool(s): the master needs at least";
+    let expected = "not enough open files for 400 pool(s): the master needs at least";
     assert!(log.contains(expected), "no clear refusal:\n{log}");
     assert!(
         log.contains("but the hard limit of open files (RLIMIT_NOFILE) is 1024"),
@@ -175,7 +177,7 @@ fn a_reload_to_too_many_pools_is_refused_and_the_old_pools_keep_serving() {
     let script = hello(&fpm);
     assert_eq!(ask(&fpm, 3, &script).as_deref(), Ok("pool p3\n"));
     let pid = fpm.pid();
-    std::fs::write(&fpm.config, many_pools(fpm.dir.path(), POOLS)).unwrap();
+    std::fs::write(&fpm.config, many_pools(fpm.dir.path(), TOO_MANY)).unwrap();
     fpm.signal(nix::sys::signal::Signal::SIGUSR2);
     fpm.wait_for_log(
         "reload aborted; the running configuration stays in effect",
@@ -183,7 +185,7 @@ fn a_reload_to_too_many_pools_is_refused_and_the_old_pools_keep_serving() {
     );
     let log = fpm.log_text();
     assert!(
-        log.contains("not enough open files for 300 pool(s)"),
+        log.contains("not enough open files for 400 pool(s)"),
         "the reason was not logged:\n{log}"
     );
     assert_eq!(fpm.pid(), pid);

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// The parking descriptors the new image took, owned now, by pool name.
 #[derive(Debug, Default)]
 pub struct HandedOver {
-    pub channels: Vec<(String, [OwnedFd; 4])>,
+    pub channels: Vec<(String, [OwnedFd; 2])>,
     pub parked: Vec<(String, OwnedFd)>,
 }
 
@@ -46,11 +46,18 @@ pub fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOver {
         {
             // SAFETY: the previous image left these open for us (checked above to be
             // sockets of the right type, each named once) and nothing here owns them yet.
-            let owned = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            let owned: Vec<OwnedFd> = fds
+                .iter()
+                .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
             owned
                 .iter()
                 .for_each(|fd| set_cloexec(fd.as_raw_fd(), true));
-            taken.channels.push((pool, owned));
+            // An older image's two pairs are closed here (dropped): its workers then
+            // stop parking, and the pool gets a new channel.
+            if let Ok(pair) = <[OwnedFd; 2]>::try_from(owned) {
+                taken.channels.push((pool, pair));
+            }
         }
     }
     for Parked { pool, fd } in parked {
@@ -101,7 +108,7 @@ mod tests {
         };
         // Not sockets at all here, so nothing could be taken anyway; what matters is that
         // no descriptor gets owned (and closed) by mistake: stdin stays open.
-        let taken = take(vec![channel([0, 1, 2, 0])], vec![parked(1)]);
+        let taken = take(vec![channel(vec![0, 1, 2, 0])], vec![parked(1)]);
         assert!(taken.channels.is_empty() && taken.parked.is_empty());
         let (conn, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = conn.as_raw_fd();

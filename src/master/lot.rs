@@ -11,48 +11,39 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use super::{CHANNEL_TOKENS, PARKED_TOKENS};
 
-/// One pool's two channels: the master's ends and the ends its workers inherit.
+/// One pool's channel: the master's end and the end its workers inherit. Workers park
+/// connections by sending on their end, and the master hands them out by sending on its
+/// own: a socket pair carries each direction apart, so one pair serves both, which keeps
+/// a pool at two descriptors in the master (hundreds of pools add up; see `fdplan`).
 pub struct Channels {
-    park_rx: OwnedFd,
-    handoff_tx: OwnedFd,
-    worker_park: OwnedFd,
-    worker_handoff: OwnedFd,
+    master: OwnedFd,
+    worker: OwnedFd,
     /// Connections handed out; workers count those they took (pending = the difference).
     pub handed_out: u64,
 }
 
 impl Channels {
     pub fn new() -> nix::Result<Channels> {
-        let (park_rx, worker_park) = parking::channel()?;
-        let (handoff_tx, worker_handoff) = parking::channel()?;
+        let (master, worker) = parking::channel()?;
         Ok(Channels {
-            park_rx,
-            handoff_tx,
-            worker_park,
-            worker_handoff,
+            master,
+            worker,
             handed_out: 0,
         })
     }
 
     /// The channels a previous image handed over (see `handed_over`), in the order of
     /// `raw_fds`.
-    pub fn from_fds([park_rx, handoff_tx, worker_park, worker_handoff]: [OwnedFd; 4]) -> Channels {
+    pub fn from_fds([master, worker]: [OwnedFd; 2]) -> Channels {
         Channels {
-            park_rx,
-            handoff_tx,
-            worker_park,
-            worker_handoff,
+            master,
+            worker,
             handed_out: 0,
         }
     }
 
-    pub fn raw_fds(&self) -> [RawFd; 4] {
-        [
-            self.park_rx.as_raw_fd(),
-            self.handoff_tx.as_raw_fd(),
-            self.worker_park.as_raw_fd(),
-            self.worker_handoff.as_raw_fd(),
-        ]
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.master.as_raw_fd(), self.worker.as_raw_fd()]
     }
 
     /// Connections handed out that no worker has taken yet, given how many the pool's
@@ -63,7 +54,7 @@ impl Channels {
         let mut byte = [0u8; 1];
         // Peeking without room for control data takes no descriptor.
         let queued = recv(
-            self.worker_handoff.as_raw_fd(),
+            self.worker.as_raw_fd(),
             &mut byte,
             MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
         )
@@ -77,14 +68,14 @@ impl Channels {
 
     pub fn for_worker(&self) -> crate::worker::Parking {
         crate::worker::Parking {
-            park: self.worker_park.as_raw_fd(),
-            handoff: self.worker_handoff.as_raw_fd(),
+            park: self.worker.as_raw_fd(),
+            handoff: self.worker.as_raw_fd(),
         }
     }
 
     pub fn register(&self, registry: &Registry, pool: usize) -> std::io::Result<()> {
         registry.register(
-            &mut SourceFd(&self.park_rx.as_raw_fd()),
+            &mut SourceFd(&self.master.as_raw_fd()),
             Token(CHANNEL_TOKENS.start + pool),
             Interest::READABLE,
         )
@@ -153,7 +144,7 @@ impl Lot {
             return;
         };
         loop {
-            let fd = match parking::receive(ch.park_rx.as_fd()) {
+            let fd = match parking::receive(ch.master.as_fd()) {
                 Ok(Received::Fd(fd)) => fd,
                 Ok(Received::Empty) | Ok(Received::Closed) => return,
                 Err(e) => {
@@ -235,7 +226,7 @@ impl Lot {
         let Some(ch) = channels.get_mut(parked.pool).and_then(Option::as_mut) else {
             return LotEvent::Parked;
         };
-        match parking::send(ch.handoff_tx.as_fd(), parked.fd.as_fd()) {
+        match parking::send(ch.master.as_fd(), parked.fd.as_fd()) {
             Ok(()) => {
                 ch.handed_out += 1;
                 LotEvent::HandedOut { pool: parked.pool }
@@ -259,13 +250,13 @@ mod tests {
     fn pending_handoffs_follow_the_channel_not_only_the_counts() {
         let mut ch = Channels::new().unwrap();
         let (conn, _peer) = UnixStream::pair().unwrap();
-        parking::send(ch.handoff_tx.as_fd(), conn.as_fd()).unwrap();
+        parking::send(ch.master.as_fd(), conn.as_fd()).unwrap();
         ch.handed_out = 3;
         assert_eq!(ch.pending(0), 3);
         // Counts that say none while one waits (old workers took some): still one.
         assert_eq!(ch.pending(5), 1);
         // Peeking took nothing: a worker still receives it.
-        let received = parking::receive(ch.worker_handoff.as_fd()).unwrap();
+        let received = parking::receive(ch.worker.as_fd()).unwrap();
         assert!(matches!(received, Received::Fd(_)));
         // Empty: nothing pending, and counting starts again from the workers' count.
         assert_eq!(ch.pending(7), 0);

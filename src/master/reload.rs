@@ -279,7 +279,7 @@ impl Master {
             .filter_map(|(index, ch)| {
                 Some(handover::PoolChannels {
                     pool: name(index),
-                    fds: ch.as_ref()?.raw_fds(),
+                    fds: ch.as_ref()?.raw_fds().to_vec(),
                 })
             })
             .collect()
