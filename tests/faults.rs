@@ -581,3 +581,76 @@ fn a_failing_event_loop_takes_the_workers_with_it() {
         fpm.log_text()
     );
 }
+
+/// Bytes of the unlinked temporary files (the held-output spool) `pid` has open.
+fn spooled_bytes(pid: i32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().ends_with(" (deleted)"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[test]
+fn output_held_for_an_incomplete_body_stops_at_its_limit() {
+    let fpm = Fpm::start(1, "cgi.held_output_limit = 1M");
+    let worker = fpm.worker_pids()[0];
+    // Writes without end, never reading its input.
+    let flood = fpm.script(
+        "flood.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nexec yes\n",
+    );
+    let flood = flood.display().to_string();
+    let mut client = fpm.client();
+    client
+        .send_head(
+            1,
+            &[("SCRIPT_FILENAME", &flood), ("CONTENT_LENGTH", "100")],
+            false,
+        )
+        .expect("head");
+    client.send_stdin(1, &[b'x'; 10]).expect("10 bytes of 100");
+    fpm.wait_for_log("cgi.held_output_limit", Duration::from_secs(5));
+    // Without the limit `yes` spools hundreds of MiB a second; with it the spool stays
+    // at the limit (plus at most one read and the in-memory part) and the script waits.
+    let mut most = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(700) {
+        most = most.max(spooled_bytes(worker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most > 0, "the held output went to a spool file");
+    assert!(
+        most <= (1 << 20) + (512 << 10),
+        "the spool grew to {most} bytes past a 1 MiB limit"
+    );
+    assert_eq!(
+        fpm.log_text().matches("cgi.held_output_limit").count(),
+        1,
+        "one log line"
+    );
+    // The body completes: everything held comes out in order, and the script goes on.
+    client.send_stdin(1, &[b'x'; 90]).expect("the rest");
+    client.send_stdin(1, b"").expect("end of body");
+    let mut got = Vec::new();
+    while got.len() < (2 << 20) {
+        match client.read_record().expect("output") {
+            Some((RecordType::Stdout, 1, content)) => got.extend_from_slice(&content),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let (head, body) = got.split_at(got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+    assert_eq!(head, b"Content-Type: text/plain\r\n\r\n");
+    assert!(
+        body.chunks(2).all(|pair| pair == b"y\n" || pair == b"y"),
+        "in order"
+    );
+}

@@ -416,6 +416,10 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.cgi.request_header_timeout = duration(v)?;
         Ok(())
     }),
+    pool("cgi.held_output_limit", Implemented, |p, v, _| {
+        p.cgi.held_output_limit = size(v)?;
+        Ok(())
+    }),
 ];
 
 /// What a key means in a scope.
@@ -646,6 +650,7 @@ mod tests {
             "cgi.allowed_roots",
             "cgi.stderr",
             "cgi.request_header_timeout",
+            "cgi.held_output_limit",
         ] {
             assert!(names.contains(ours), "{ours} is missing");
         }
@@ -750,6 +755,7 @@ mod tests {
             (Scope::Pool, "php_admin_value[]"),
             (Scope::Pool, "php_admin_flag[]"),
             (Scope::Pool, "cgi.request_header_timeout"),
+            (Scope::Pool, "cgi.held_output_limit"),
         ]
         .into_iter()
         .collect();
@@ -951,6 +957,7 @@ mod tests {
             ("security.limit_extensions", "php"),
             ("cgi.stderr", "stdout"),
             ("cgi.request_header_timeout", "soon"),
+            ("cgi.held_output_limit", "64 MB"),
             ("clear_env", "maybe"),
             ("access.format", "%x"),
             ("request_terminate_timeout", "1h30m"),

@@ -233,7 +233,18 @@ impl Dump {
             "cgi.request_header_timeout",
             seconds(pool.cgi.request_header_timeout),
         );
+        self.line("cgi.held_output_limit", size(pool.cgi.held_output_limit));
     }
+}
+
+/// A size as the config writes it: the largest k/M/G unit that divides it exactly.
+fn size(bytes: u64) -> String {
+    for (unit, suffix) in [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "k")] {
+        if bytes != 0 && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
 }
 
 #[cfg(test)]
@@ -284,6 +295,7 @@ mod tests {
         assert!(text.contains("cgi.interpreter[.x] = \"/opt/my app/run\" -q\n"));
         assert!(text.contains("cgi.stderr = fastcgi\n"));
         assert!(text.contains("cgi.request_header_timeout = 30s\n"));
+        assert!(text.contains("cgi.held_output_limit = 64M\n"));
         assert!(text.contains("clear_env = yes\n"));
         let www = text.find("[www]").unwrap_or(0);
         let listen = text[www..].find("\nlisten = ").unwrap_or(0);

@@ -234,6 +234,10 @@ impl Interpreter {
     }
 }
 
+/// One client that declares a body and never sends it must not fill the disk; 64 MiB holds
+/// any page and most downloads a script makes before it has read its input.
+pub const DEFAULT_HELD_OUTPUT_LIMIT: u64 = 64 << 20;
+
 /// The `cgi.*` directives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgiConfig {
@@ -245,6 +249,10 @@ pub struct CgiConfig {
     /// head (BEGIN_REQUEST and the params) on a new connection, or once a kept connection
     /// has started one. Zero: no limit.
     pub request_header_timeout: Duration,
+    /// `cgi.held_output_limit`: how much of a script's output may be held back (in memory
+    /// and then a temporary file) while the request body is still arriving; past it the
+    /// script's output is not read, so it blocks. Zero: no limit.
+    pub held_output_limit: u64,
 }
 
 /// `php_value[]`, `php_flag[]`, `php_admin_value[]`, `php_admin_flag[]`.
@@ -403,6 +411,7 @@ impl PoolConfig {
                 allowed_roots: Vec::new(),
                 stderr: StderrMode::Fastcgi,
                 request_header_timeout: Duration::from_secs(30),
+                held_output_limit: DEFAULT_HELD_OUTPUT_LIMIT,
             },
             locations: BTreeMap::new(),
         }

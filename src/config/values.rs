@@ -41,6 +41,25 @@ where
     T::try_from(number).map_err(|_| too_large())
 }
 
+/// A size in bytes: digits with an optional k, m or g suffix (either case, powers of 1024),
+/// as PHP writes its shorthand sizes (`64M`).
+pub(super) fn size(value: &str) -> Result<u64, String> {
+    let (digits, unit) = match value.chars().last().map(|c| c.to_ascii_lowercase()) {
+        Some('k') => (&value[..value.len() - 1], 1u64 << 10),
+        Some('m') => (&value[..value.len() - 1], 1 << 20),
+        Some('g') => (&value[..value.len() - 1], 1 << 30),
+        _ => (value, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err("expected a size in bytes, optionally with k, M or G (64M)".to_string());
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| "size too large".to_string())
+}
+
 /// A whole number of seconds with an optional single suffix s, m, h or d, as php-fpm's
 /// `fpm_conf_set_time` reads it; `1h30m` is not a duration.
 pub(super) fn duration(value: &str) -> Result<Duration, String> {
@@ -338,6 +357,19 @@ mod tests {
         }
         for bad in ["2", "maybe", "y", "n", " yes", "-1"] {
             assert!(boolean(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_with_php_shorthand_suffixes() {
+        assert_eq!(size("0"), Ok(0));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("64M"), Ok(64 << 20));
+        assert_eq!(size("64m"), Ok(64 << 20));
+        assert_eq!(size("2k"), Ok(2048));
+        assert_eq!(size("1G"), Ok(1 << 30));
+        for bad in ["", "M", "64 MB", "-1", "1.5M", "99999999999999999999G"] {
+            assert!(size(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -213,6 +213,11 @@ impl Conn {
         self.output.is_held()
     }
 
+    /// Output is held and `limit` bytes of it (non-zero) are waiting: take no more.
+    pub fn held_output_full(&self, limit: u64) -> bool {
+        limit > 0 && self.output.is_held() && self.output.pending() as u64 >= limit
+    }
+
     /// Move a large held tail to disk; on error the hold is dropped.
     pub fn spill_output(&mut self) -> std::io::Result<()> {
         self.output.spill_if_needed()

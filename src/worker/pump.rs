@@ -109,6 +109,10 @@ pub struct Pump<'a> {
     slow: Option<SlowRecord>,
     /// The master died: stop the script if it is not done by then.
     orphan_deadline: Option<Instant>,
+    /// `cgi.held_output_limit`.
+    held_limit: u64,
+    /// The held output reached the limit (logged once per request).
+    held_full_logged: bool,
     poll_set: PollSet,
 }
 
@@ -158,6 +162,8 @@ impl<'a> Pump<'a> {
             drain_deadline: None,
             slow: None,
             orphan_deadline: ctx.orphan_deadline,
+            held_limit: pool.cgi.held_output_limit,
+            held_full_logged: false,
             poll_set: PollSet::default(),
         }
     }
@@ -468,8 +474,10 @@ impl<'a> Pump<'a> {
                 sources.push((Source::ChildStdin, set.add(fd.as_fd(), poll::OUT)));
             }
             // Output waits while the web server has not taken the previous record; held
-            // output never waits (it spills instead), so the child never blocks on it.
-            let room = !self.conn.has_output() || self.conn.output_held();
+            // output spills to disk instead, up to cgi.held_output_limit: past it the
+            // child blocks on its pipe until the body is complete.
+            let room = !self.conn.has_output()
+                || (self.conn.output_held() && !self.conn.held_output_full(self.held_limit));
             if let Some(fd) = &child.stdout
                 && room
             {
@@ -660,6 +668,15 @@ impl<'a> Pump<'a> {
                     if let Err(e) = self.conn.spill_output() {
                         log_spool_failure(ctx, &e);
                     }
+                    if self.conn.held_output_full(self.held_limit) {
+                        log_held_output_full(
+                            ctx,
+                            &self.script,
+                            self.held_limit,
+                            &mut self.held_full_logged,
+                        );
+                        break;
+                    }
                     if self.conn.pending_output() >= OUTPUT_CHUNK && !self.conn.output_held() {
                         break;
                     }
@@ -700,6 +717,15 @@ impl<'a> Pump<'a> {
                         self.stderr_records = true;
                         if let Err(e) = self.conn.spill_output() {
                             log_spool_failure(ctx, &e);
+                        }
+                        if self.conn.held_output_full(self.held_limit) {
+                            log_held_output_full(
+                                ctx,
+                                &self.script,
+                                self.held_limit,
+                                &mut self.held_full_logged,
+                            );
+                            break;
                         }
                     }
                     if to_log {
@@ -863,6 +889,18 @@ fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
     if let Some(fd) = ctx.slowlog_fd {
         crate::logging::write_all_fd(fd, &record.finish());
     }
+}
+
+/// Once per request: the script's held output reached cgi.held_output_limit.
+fn log_held_output_full(ctx: &WorkerCtx<'_>, script: &str, limit: u64, logged: &mut bool) {
+    if std::mem::replace(logged, true) {
+        return;
+    }
+    log::warn!(
+        "[pool {}] child {}, script '{script}' wrote {limit} bytes while the request body was still arriving; its output is not read until the body is complete (cgi.held_output_limit)",
+        ctx.pool.name,
+        std::process::id()
+    );
 }
 
 fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
