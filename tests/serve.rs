@@ -267,7 +267,9 @@ fn a_one_mib_body_is_echoed_byte_for_byte() {
 /// upload (when the response is held back and spooled) as well as after it.
 #[test]
 fn a_hundred_mib_post_streams_with_bounded_worker_memory() {
-    let fpm = Fpm::start(1, "");
+    // The echo holds all 100 MiB back until the body is complete: past the default
+    // 64 MiB limit it would block (by design) and never finish.
+    let fpm = Fpm::start(1, "cgi.held_output_limit = 128M");
     let workers = fpm.worker_pids();
     assert_eq!(workers.len(), 1);
     let worker = workers[0];
