@@ -3,8 +3,20 @@
 # nginx, Apache httpd (apache2, for mod_proxy_fcgi) and cgi-fcgi (libfcgi-bin) as independent
 # FastCGI peers, php-cgi, perl and python3
 # for the example scripts, a C compiler with a static libc for the compiled-CGI and chroot
-# tests, and groff to check that the manual pages render cleanly.
+# tests, and groff to check that the manual pages render cleanly; then cargo-deb (from
+# crates.io, with cargo) and dpkg-dev for the Debian package test.
 set -eu
+
+# cargo-deb is a cargo subcommand: cargo installs it for the user who runs the tests
+# (never through sudo), in cargo's own bin directory.
+cargo_bin="${CARGO_HOME:-${HOME:-}/.cargo}/bin"
+install_cargo_deb() {
+    if command -v cargo-deb >/dev/null 2>&1 || [ -x "$cargo_bin/cargo-deb" ]; then
+        return 0
+    fi
+    echo "installing: cargo-deb (cargo install, a few minutes)"
+    cargo install --quiet --locked cargo-deb
+}
 
 need=""
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -25,9 +37,12 @@ fi
 have groff    || need="$need groff-base"
 # A fault test closes the master's epoll descriptor through gdb.
 have gdb      || need="$need gdb"
+# cargo-deb's Depends: $auto asks dpkg-shlibdeps.
+have dpkg-shlibdeps || need="$need dpkg-dev"
 
 if [ -z "$need" ]; then
-    echo "test dependencies: all present"
+    echo "test dependencies: all packages present"
+    install_cargo_deb
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -60,3 +75,4 @@ $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 echo "test dependencies installed"
+install_cargo_deb

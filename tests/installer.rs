@@ -40,6 +40,11 @@ impl Machine {
                 log = log.display()
             ),
         );
+        // cargo installs cargo-deb for the package test; the stub only notes it.
+        m.stub(
+            "cargo",
+            &format!("echo \"cargo $*\" >> {log}\n", log = log.display()),
+        );
         // apt-get notes each call and whether the policy that keeps services from
         // starting is in place while it installs.
         m.stub(
@@ -104,6 +109,16 @@ fn assert_installed(m: &Machine, out: &Output) {
     assert!(
         calls.contains("policy in place"),
         "packages were installed without a policy-rc.d: {}",
+        explain(m, out)
+    );
+    assert!(
+        calls.contains("cargo install --quiet --locked cargo-deb"),
+        "cargo-deb was not installed: {}",
+        explain(m, out)
+    );
+    assert!(
+        !calls.contains("sudo cargo"),
+        "cargo-deb belongs to the user, not root through sudo: {}",
         explain(m, out)
     );
 }
