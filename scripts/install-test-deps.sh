@@ -2,9 +2,10 @@
 # Install what the test suite needs on Debian or Ubuntu, only what is missing:
 # nginx, Apache httpd (apache2, for mod_proxy_fcgi) and cgi-fcgi (libfcgi-bin) as independent
 # FastCGI peers, php-cgi, perl and python3
-# for the example scripts, a C compiler with a static libc for the compiled-CGI and chroot
-# tests, and groff to check that the manual pages render cleanly; then cargo-deb (from
-# crates.io, with cargo) and dpkg-dev for the Debian package test.
+# for the example scripts (python3 with prometheus_client for the OpenMetrics check), a C
+# compiler with a static libc for the compiled-CGI and chroot tests, and groff to check
+# that the manual pages render cleanly; then cargo-deb (from crates.io, with cargo) and
+# dpkg-dev for the Debian package test.
 set -eu
 
 # cargo-deb is a cargo subcommand: cargo installs it for the user who runs the tests
@@ -35,6 +36,25 @@ if have cc; then
     esac
 fi
 have groff    || need="$need groff-base"
+# The OpenMetrics test cross-checks the page with prometheus_client's strict parser.
+# Debian's python3 takes Debian's package (pip refuses it: PEP 668); another python3 on
+# PATH (pyenv, a virtualenv) gets it from PyPI.
+pip_need=""
+if ! have python3; then
+    need="$need python3-prometheus-client"
+elif ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+        need="$need python3-prometheus-client"
+    else
+        pip_need="prometheus_client"
+    fi
+fi
+if [ -n "$pip_need" ]; then
+    echo "installing from PyPI: $pip_need"
+    # --user where it works; a virtualenv refuses --user and takes a plain install.
+    python3 -m pip install --quiet --user "$pip_need" 2>/dev/null \
+        || python3 -m pip install --quiet "$pip_need"
+fi
 # A fault test closes the master's epoll descriptor through gdb.
 have gdb      || need="$need gdb"
 # cargo-deb's Depends: $auto asks dpkg-shlibdeps.

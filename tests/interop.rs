@@ -22,7 +22,7 @@ fn site(workers: u32, listen_tcp: bool) -> Site {
     std::os::unix::fs::symlink(examples_dir(), www.join("cgi-bin")).expect("symlink");
     // The compiled example, built here since the repository ships only its source.
     std::fs::create_dir(www.join("bin")).expect("mkdir bin");
-    if which("cc").is_some() {
+    if require_tool("cc") {
         let status = Command::new("cc")
             .arg("-O2")
             .arg("-o")
@@ -83,10 +83,10 @@ fn check_examples_through_nginx(nginx: &Nginx) {
         ("/cgi-bin/hello.py?x=1", "Hello from python3 via cgi-fpm"),
         ("/cgi-bin/hello.pl?x=1", "Hello from perl via cgi-fpm"),
     ];
-    if which("php-cgi").is_some() {
+    if require_tool("php-cgi") {
         cases.push(("/cgi-bin/hello.php?x=1", "Hello from PHP via cgi-fpm"));
     }
-    if which("cc").is_some() {
+    if require_tool("cc") {
         cases.push(("/bin/hello?x=1", "Hello from C via cgi-fpm"));
     }
     for (target, expected) in cases {
@@ -218,7 +218,7 @@ fn cgi_fcgi_bind_connect_runs_each_example() {
         ("hello.py", "Hello from python3 via cgi-fpm"),
         ("hello.pl", "Hello from perl via cgi-fpm"),
     ];
-    if which("php-cgi").is_some() {
+    if require_tool("php-cgi") {
         cases.push(("hello.php", "Hello from PHP via cgi-fpm"));
     }
     let compiled = site.docroot().join("bin/hello");
