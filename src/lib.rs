@@ -19,6 +19,7 @@ pub mod master;
 pub mod master_signals;
 pub mod parking;
 pub mod ping;
+pub mod proctitle;
 pub mod scoreboard;
 pub mod shortage;
 pub mod status;

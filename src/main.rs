@@ -3,8 +3,13 @@ use cgi_fpm::{cli, exit_code, handover, isolation, logging, master};
 use std::process::ExitCode;
 
 /// How to start again for a reload: the same binary path (a replaced binary is picked up)
-/// and the same arguments.
-fn reexec(options: &cli::Options, config_path: &std::path::Path) -> Option<master::Reexec> {
+/// and the same arguments, as saved when the process started (the process title is later
+/// written over the memory std reads them from).
+fn reexec(
+    options: &cli::Options,
+    config_path: &std::path::Path,
+    args: Vec<std::ffi::OsString>,
+) -> Option<master::Reexec> {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -14,7 +19,7 @@ fn reexec(options: &cli::Options, config_path: &std::path::Path) -> Option<maste
     };
     Some(master::Reexec {
         exe,
-        args: std::env::args_os().skip(1).collect(),
+        args,
         config_path: config_path.to_path_buf(),
         prefix: options.prefix.clone(),
         allow_root: options.allow_root,
@@ -51,6 +56,8 @@ fn ping(targets: &[cgi_fpm::ping::Target], options: &cli::Options) -> ExitCode {
 
 fn main() -> ExitCode {
     logging::init(config::LogLevel::Notice);
+    // Saved before anything can set the process title over them.
+    let original_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     // Read once, first: what a previous image of this master handed over across a
     // reload's exec. Taken out of the environment before anything could pass it on.
     let handover = handover::Handover::take_from_environment();
@@ -188,13 +195,21 @@ fn main() -> ExitCode {
             return exit(exit_code::CONFIG);
         }
     }
+    let reexec = reexec(&options, &path, original_args);
+    // The master (after daemonizing) takes its title; its workers inherit the prepared
+    // room and set their own.
+    cgi_fpm::proctitle::init();
+    cgi_fpm::proctitle::set(&cgi_fpm::proctitle::master(
+        config.global.proctitle_prefix.as_deref(),
+        &path,
+    ));
     let code = master::run(
         config,
         master::RunOptions {
             pid_file: options.pid.clone(),
             force_stderr: options.force_stderr,
             privileges: prepared.pools,
-            reexec: reexec(&options, &path),
+            reexec,
             handover,
         },
         &mut report,

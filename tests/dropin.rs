@@ -211,7 +211,9 @@ fn php_srcs_templates_with_every_directive_enabled_pass_the_test() {
     let dir = tempfile::tempdir().expect("tempdir");
     let main = install_php_src(dir.path(), true);
     let warnings = assert_passes(&main, "php-src, every directive enabled");
-    assert!(warnings.contains_key("proctitle_prefix"), "{warnings:?}");
+    // Accepted, but not acted on yet: one warning.
+    assert!(warnings.contains_key("events.mechanism"), "{warnings:?}");
+    assert!(!warnings.contains_key("proctitle_prefix"), "{warnings:?}");
 }
 
 #[test]

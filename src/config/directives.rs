@@ -179,7 +179,7 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.systemd_interval = duration(v)?;
         Ok(())
     }),
-    global("proctitle_prefix", Later, |g, v, _| {
+    global("proctitle_prefix", Implemented, |g, v, _| {
         g.proctitle_prefix = optional_text(v);
         Ok(())
     }),
@@ -740,6 +740,7 @@ mod tests {
             (Scope::Global, "process.priority"),
             (Scope::Global, "rlimit_files"),
             (Scope::Global, "rlimit_core"),
+            (Scope::Global, "proctitle_prefix"),
             (Scope::Pool, "user"),
             (Scope::Pool, "group"),
             (Scope::Pool, "listen.acl_users"),

@@ -1066,6 +1066,7 @@ impl Master {
                     t if t.is_zero() => worker::ORPHAN_GRACE,
                     t => t,
                 },
+                proctitle_prefix: self.config.global.proctitle_prefix.as_deref(),
             }),
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);

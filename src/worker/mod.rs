@@ -65,6 +65,8 @@ pub struct WorkerSpec<'a> {
     /// How long a worker whose master died may take to finish the request in hand
     /// (process_control_timeout, or `ORPHAN_GRACE` when that is 0).
     pub orphan_grace: Duration,
+    /// `proctitle_prefix`: what the process title starts with instead of `cgi-fpm`.
+    pub proctitle_prefix: Option<&'a str>,
 }
 
 /// An orphaned worker's time to finish its request when process_control_timeout is 0
@@ -272,6 +274,11 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
     close_inherited_fds(&keep);
     set_up_stdio(spec.output_pipes);
     set_process_name(&spec.pool.name);
+    crate::proctitle::set(&crate::proctitle::worker(
+        spec.proctitle_prefix,
+        &spec.pool.name,
+        spec.status_only,
+    ));
     if let Err(e) = spec.privileges.apply() {
         log::error!("{e}");
         exit(crate::exit_code::CONFIG);
