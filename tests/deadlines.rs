@@ -104,6 +104,18 @@ fn a_stopped_worker_past_the_terminate_timeout_is_killed_by_the_master() {
     );
     let worker = fpm.worker_pids()[0];
     let (_client, leader) = start_long_script(&fpm, &pids, false);
+    // Stopped only once it sleeps in its pump, past publishing the script's pid: stopped
+    // between the spawn and that store, nobody would know the script's group.
+    wait_until(
+        "the worker waits on its script",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("/proc/{worker}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('S')))
+                .unwrap_or(false)
+        },
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(worker),
         nix::sys::signal::Signal::SIGSTOP,
