@@ -284,3 +284,34 @@ fn the_nginx_snippet_passes_path_info_to_scripts() {
         );
     }
 }
+
+#[test]
+fn the_man_pages_example_passes_t_on_a_host_without_its_paths() {
+    // Its script root (/srv/www/cgi-bin) and included files need not exist for a check;
+    // only the socket's directory must (systemd's RuntimeDirectory makes /run/cgi-fpm):
+    // it is moved to a temporary one here.
+    let page = read("cgi-fpm.conf.5");
+    let example: String = page
+        .split(".SH EXAMPLE\n")
+        .nth(1)
+        .and_then(|rest| rest.split(".EX\n").nth(1))
+        .and_then(|rest| rest.split(".EE").next())
+        .expect("an EXAMPLE section")
+        .lines()
+        .filter(|l| !l.starts_with('.'))
+        .map(|l| l.replace("\\-", "-") + "\n")
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = example.replace("/run/cgi-fpm/", &format!("{}/", dir.path().display()));
+    let config = dir.path().join("example.conf");
+    std::fs::write(&config, example).expect("write");
+    let mut command = Command::new(common::BIN);
+    command.arg("-t").arg("-y").arg(&config);
+    if nix::unistd::geteuid().is_root() {
+        command.arg("-R");
+    }
+    let out = command.output().expect("run cgi-fpm -t");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("'/srv/www/cgi-bin' does not exist"), "{text}");
+}
