@@ -289,6 +289,34 @@ fn the_cut_note_counts_a_line_longer_than_the_read_buffer() {
 }
 
 #[test]
+fn captured_stderr_is_a_warning_that_log_level_error_drops() {
+    // cgi-fpm.conf(5): each captured stderr line is a WARNING entry; undecorated lines
+    // are kept whatever the level.
+    let fpm = start_with_global("log_level = error", "cgi.stderr = log");
+    let script = fpm.script(
+        "warn.sh",
+        "#!/bin/sh\necho 'dropped line' >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    assert_eq!(fpm.get(&script, &[]).body(), b"ok");
+    let undecorated = start_with_global(
+        "log_level = error",
+        "catch_workers_output = yes\ndecorate_workers_output = no",
+    );
+    let script = undecorated.script(
+        "warn.sh",
+        "#!/bin/sh\necho 'kept line' >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    assert_eq!(undecorated.get(&script, &[]).body(), b"ok");
+    undecorated.wait_for_log("kept line", Duration::from_secs(5));
+    // The first pool's worker logged (or dropped) its line before it answered.
+    assert!(
+        !fpm.log_text().contains("dropped line"),
+        "{}",
+        fpm.log_text()
+    );
+}
+
+#[test]
 fn log_limit_cuts_undecorated_worker_output_too() {
     let fpm = start_with_global(
         "log_limit = 512",

@@ -1117,11 +1117,14 @@ fn environment_is_read_for_variables() {
         "main.conf",
         "[www]\nlisten = ${PORT}\npm = static\npm.max_children = 1\ncgi.allowed_roots = /\nenv[A] = 'x${PORT}'\nenv[B] = \"${PORT}\"\nenv[C] = $PORT\nenv[D] = ${UNSET}x\nenv[E] = '${PORT}'\n",
     );
-    let www = &files.loaded("main.conf").pools[0];
+    let config = files.loaded("main.conf");
+    let www = &config.pools[0];
     assert_eq!(www.listen, ListenAddress::AnyPort(9100));
     let values: Vec<_> = www.env.iter().map(|(_, v)| v.as_str()).collect();
     // E: a value starting with `$` names a variable, here `{PORT}`, as php-fpm reads it.
     assert_eq!(values, ["x${PORT}", "9100", "9100", "x", ""]);
+    // Unset variables give empty values without a word, as in php-fpm (documented).
+    assert!(files.warnings(&config).is_empty(), "{:?}", config.warnings);
 }
 
 #[test]
