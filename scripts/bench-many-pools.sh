@@ -9,6 +9,8 @@
 #   cold     the first request to each pool (no worker yet): median, p99 and max across
 #            pools, timed from connect to END_REQUEST by one client process
 #            (scripts/fcgi-cold.py); cgi-fpm runs hello.sh, php-fpm hello.php.
+#   warm     the same requests again, every pool's worker started: the cold figure
+#            minus this is what starting a worker costs.
 #
 # usage: scripts/bench-many-pools.sh [-p POOLS] [-w REST_SECONDS] [-s SOFT] [-H HARD]
 #   defaults: -p 500 -w 10 -s 1024 -H the current hard limit (ulimit -Hn)
@@ -25,7 +27,7 @@ while getopts "p:w:s:H:h" opt; do
     w) REST=$OPTARG ;;
     s) SOFT=$OPTARG ;;
     H) HARD=$OPTARG ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
     esac
 done
 for v in "$POOLS" "$REST" "$SOFT" "$HARD"; do
@@ -124,17 +126,21 @@ measure() {
     for ((i = 1; i <= POOLS; i++)); do sockets+=("$dir/p$i.sock"); done
     cold=$(python3 "$ROOT/scripts/fcgi-cold.py" "$WWW/$script" "${sockets[@]}")
     read -r median p99 max failures <<<"$cold"
-    printf '| %s | %d | %d | %s | %d | %s | %d | %s | %s | %s | %s |\n' \
+    # The same requests again, each pool's worker started now: what is left is the
+    # script and the machine's noise, which tells how much of the cold figure the start is.
+    warm=$(python3 "$ROOT/scripts/fcgi-cold.py" "$WWW/$script" "${sockets[@]}")
+    read -r warm_median warm_p99 _ warm_failures <<<"$warm"
+    printf '| %s | %d | %d | %s | %d | %s | %d | %s | %s | %s | %s | %s | %s |\n' \
         "$kind" "$POOLS" "$((ready - started))" \
         "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" "$fds" \
         "$(awk -v a="$c0" -v b="$c1" -v s="$REST" 'BEGIN {printf "%.1f", (b - a) / s}')" \
-        "$((t1 - t0))" "$median" "$p99" "$max" "$failures"
+        "$((t1 - t0))" "$median" "$p99" "$max" "$warm_median" "$warm_p99" "$((failures + warm_failures))"
     stop_pid "$pid"
 }
 
 say "$POOLS ondemand pools, ulimit -n $SOFT (hard $HARD), $REST s at rest"
-echo "| server | pools | start ms | master RSS MiB | master fds | wake-ups/s at rest | reload ms | cold median ms | cold p99 ms | cold max ms | failed |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | pools | start ms | master RSS MiB | master fds | wake-ups/s at rest | reload ms | cold median ms | cold p99 ms | cold max ms | warm median ms | warm p99 ms | failed |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 measure cgi-fpm "$FPM_BIN" hello.sh
 if [ -n "$PHP_FPM_BIN" ]; then
     measure php-fpm "$PHP_FPM_BIN" hello.php
