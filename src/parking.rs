@@ -29,12 +29,27 @@ pub fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
     )
 }
 
+/// Why a worker hands a connection to the master: the byte each message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An idle kept connection: the web server's to hold, for as long as it likes.
+    Idle = 0,
+    /// A new connection whose request head has not arrived: cgi.request_header_timeout
+    /// runs from now.
+    AwaitingHead = 1,
+}
+
 /// Send `fd` over `channel` without blocking. The caller still owns `fd` and closes its
 /// copy afterwards.
 pub fn send(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> nix::Result<()> {
+    send_as(channel, fd, Kind::Idle)
+}
+
+/// [`send`], saying why.
+pub fn send_as(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>, kind: Kind) -> nix::Result<()> {
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    let byte = [0u8];
+    let byte = [kind as u8];
     let iov = [IoSlice::new(&byte)];
     loop {
         match sendmsg::<()>(
@@ -51,6 +66,55 @@ pub fn send(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> nix::Result<()> {
     }
 }
 
+/// Most of a connection's first bytes looked at to judge whether its request head is
+/// complete: nginx's heads are a few KiB. A head longer than this is handed to a worker
+/// as it stands, which reads the rest under cgi.request_header_timeout.
+pub const PEEK_LIMIT: usize = 32 * 1024;
+
+/// What a connection's socket holds, looked at without taking anything from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// A complete request head, or something else a worker must see (see `fastcgi::head`),
+    /// or more than `PEEK_LIMIT` bytes.
+    Ready,
+    /// Part of a head (`Some(bytes)`), or nothing yet (`None`).
+    Partial(Option<usize>),
+    /// The peer closed, or the socket failed.
+    Closed,
+}
+
+/// Peek at `fd` without blocking and judge its request head.
+pub fn peek_head(fd: BorrowedFd<'_>) -> Peeked {
+    let mut buf = [0u8; PEEK_LIMIT];
+    loop {
+        return match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => Peeked::Partial(None),
+            Err(_) | Ok(0) => Peeked::Closed,
+            Ok(n) if n == PEEK_LIMIT => Peeked::Ready,
+            Ok(n) => match crate::fastcgi::head::scan(&buf[..n]) {
+                crate::fastcgi::head::Head::Ready => Peeked::Ready,
+                // Data waiting hides the peer's close from a peek: ask poll.
+                crate::fastcgi::head::Head::Partial if peer_closed(fd) => Peeked::Closed,
+                crate::fastcgi::head::Head::Partial => Peeked::Partial(Some(n)),
+            },
+        };
+    }
+}
+
+/// Whether the peer has shut down its side (or the socket failed), without waiting.
+fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    use crate::worker::poll::{ERR, HUP, PollSet, RDHUP};
+    let mut set = PollSet::default();
+    let index = set.add(fd, RDHUP);
+    set.wait(Some(std::time::Duration::ZERO)).is_err()
+        || set.revents(index) & (RDHUP | HUP | ERR) != 0
+}
+
 /// What a non-blocking receive found.
 #[derive(Debug)]
 pub enum Received {
@@ -63,6 +127,11 @@ pub enum Received {
 
 /// Take one descriptor from `channel` without blocking.
 pub fn receive(channel: BorrowedFd<'_>) -> nix::Result<Received> {
+    receive_with_kind(channel).map(|(received, _)| received)
+}
+
+/// [`receive`], with why it was sent (an unknown byte counts as [`Kind::Idle`]).
+pub fn receive_with_kind(channel: BorrowedFd<'_>) -> nix::Result<(Received, Kind)> {
     let mut byte = [0u8; 1];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     loop {
@@ -74,12 +143,12 @@ pub fn receive(channel: BorrowedFd<'_>) -> nix::Result<Received> {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Ok(Received::Empty),
+            Err(Errno::EAGAIN) => return Ok((Received::Empty, Kind::Idle)),
             Err(e) => return Err(e),
             Ok(msg) => msg,
         };
         if msg.bytes == 0 {
-            return Ok(Received::Closed);
+            return Ok((Received::Closed, Kind::Idle));
         }
         let mut received = None;
         for cmsg in msg.cmsgs()? {
@@ -98,7 +167,12 @@ pub fn receive(channel: BorrowedFd<'_>) -> nix::Result<Received> {
         }
         // A message without a descriptor carries nothing for us; look at the next one.
         if let Some(fd) = received {
-            return Ok(Received::Fd(fd));
+            let kind = if byte[0] == Kind::AwaitingHead as u8 {
+                Kind::AwaitingHead
+            } else {
+                Kind::Idle
+            };
+            return Ok((Received::Fd(fd), kind));
         }
     }
 }

@@ -654,3 +654,106 @@ fn output_held_for_an_incomplete_body_stops_at_its_limit() {
         "in order"
     );
 }
+
+/// Median and worst time of `n` requests for hello.sh, one after the other.
+fn latencies(fpm: &Fpm, n: usize) -> (Duration, Duration) {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(fpm.get(&hello(), &[]).status(), 200);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    (times[n / 2], times[n - 1])
+}
+
+#[test]
+fn slow_clients_wait_for_their_head_in_the_master_not_in_a_worker() {
+    let fpm = Fpm::start(3, "cgi.request_header_timeout = 20s");
+    warm_up(&fpm, 3);
+    let (base_median, base_worst) = latencies(&fpm, 10);
+    let master_fds = open_fds(fpm.pid());
+
+    // 60 connections that trickle a request head: BEGIN_REQUEST, then a PARAMS record a
+    // byte at a time.
+    let mut head = Vec::new();
+    write_begin_request(&mut head, 1, Role::Responder, 0);
+    let mut params = Vec::new();
+    write_pair(&mut params, b"SCRIPT_FILENAME", b"/srv/never/arrives.sh");
+    write_record(&mut head, RecordType::Params, 1, &params);
+    let mut slow: Vec<Client> = (0..60).map(|_| fpm.client()).collect();
+    for client in &mut slow {
+        client.send_raw(&head[..10]).expect("start a head");
+    }
+    // 20 kept connections, parked with the master after one request, then 3 bytes of
+    // their next request.
+    let script = hello().display().to_string();
+    let mut kept: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = fpm.client();
+            let r = c
+                .request(&[("SCRIPT_FILENAME", &script)], b"", true)
+                .expect("first request on a kept connection");
+            assert_eq!(r.status(), 200);
+            c
+        })
+        .collect();
+    for client in &mut kept {
+        client
+            .send_raw(&head[..3])
+            .expect("3 bytes of the next request");
+    }
+    wait_until(
+        "the master holds the 80 slow connections",
+        Duration::from_secs(10),
+        || open_fds(fpm.pid()) >= master_fds + 80,
+    );
+    let trickle = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let rest = head[10..].to_vec();
+        let thread = std::thread::spawn(move || {
+            let mut at = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && at < rest.len() {
+                for client in &mut slow {
+                    let _ = client.send_raw(&rest[at..at + 1]);
+                }
+                at += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            slow
+        });
+        (stop, thread)
+    };
+    let (median, worst) = latencies(&fpm, 10);
+    println!(
+        "hello.sh with 3 workers: median {base_median:?}, worst {base_worst:?} alone; \
+         median {median:?}, worst {worst:?} beside 60 trickling and 20 half-sent kept connections"
+    );
+    assert!(
+        median < base_median + Duration::from_millis(100),
+        "slow clients delayed requests: median {median:?} (alone {base_median:?})"
+    );
+    assert!(worst < Duration::from_secs(2), "worst {worst:?}");
+    trickle.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(trickle.1.join());
+    // The kept connections still carry their request once it is complete.
+    let mut rest = Vec::new();
+    write_record(&mut rest, RecordType::Params, 1, &{
+        let mut p = Vec::new();
+        write_pair(&mut p, b"SCRIPT_FILENAME", script.as_bytes());
+        p
+    });
+    let mut full = Vec::new();
+    write_begin_request(&mut full, 1, Role::Responder, 1);
+    full.extend_from_slice(&rest);
+    cgi_fpm::fastcgi::record::write_stream_end(&mut full, RecordType::Params, 1);
+    cgi_fpm::fastcgi::record::write_stream_end(&mut full, RecordType::Stdin, 1);
+    let client = &mut kept[0];
+    client
+        .send_raw(&full[3..])
+        .expect("the rest of the request");
+    let r = client.read_response(1).expect("answered once complete");
+    assert_eq!(r.status(), 200);
+}

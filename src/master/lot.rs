@@ -2,12 +2,13 @@
 //! them from workers, watches them in its event loop without ever reading them, and hands
 //! each to the pool's idle workers once the web server sends the next request on it.
 
-use crate::parking::{self, Received};
+use crate::parking::{self, Peeked, Received};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{MsgFlags, recv};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::{CHANNEL_TOKENS, PARKED_TOKENS};
 
@@ -85,6 +86,16 @@ impl Channels {
 struct Parked {
     fd: OwnedFd,
     pool: usize,
+    /// Part of a request head has arrived on it since then (the master waits for the
+    /// rest, never a worker); the pool's cgi.request_header_timeout runs from here.
+    head_since: Option<Instant>,
+}
+
+/// A pool's name and cgi.request_header_timeout, for heads the master waits for.
+#[derive(Debug, Clone)]
+pub struct HeadLimit {
+    pub pool: String,
+    pub timeout: Duration,
 }
 
 /// What an event on a parking token asks of the master.
@@ -100,6 +111,10 @@ pub enum LotEvent {
 
 pub struct Lot {
     parked: HashMap<Token, Parked>,
+    /// By pool index; a pool missing here has no limit.
+    limits: Vec<HeadLimit>,
+    /// How many parked connections have part of a head (`head_since` is set).
+    partial: usize,
     /// Oldest first, to make room when full; may hold tokens already gone.
     order: VecDeque<Token>,
     next: usize,
@@ -112,10 +127,76 @@ impl Lot {
     pub fn new(capacity: usize) -> Lot {
         Lot {
             parked: HashMap::new(),
+            limits: Vec::new(),
+            partial: 0,
             order: VecDeque::new(),
             next: 0,
             capacity: capacity.max(1),
         }
+    }
+
+    /// The pools' names and head timeouts, by pool index.
+    pub fn set_limits(&mut self, limits: Vec<HeadLimit>) {
+        self.limits = limits;
+    }
+
+    fn limit(&self, pool: usize) -> Option<Duration> {
+        self.limits
+            .get(pool)
+            .map(|l| l.timeout)
+            .filter(|t| !t.is_zero())
+    }
+
+    /// When the next partial head runs out of time.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.partial == 0 {
+            return None;
+        }
+        self.parked
+            .values()
+            .filter_map(|p| Some(p.head_since? + self.limit(p.pool)?))
+            .min()
+    }
+
+    /// Close the connections whose head did not complete in time, as a worker would.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        if self.partial == 0 {
+            return;
+        }
+        let late: Vec<Token> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| {
+                p.head_since
+                    .zip(self.limit(p.pool))
+                    .is_some_and(|(since, limit)| now >= since + limit)
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        for token in late {
+            if let Some(gone) = self.remove(registry, token) {
+                // Closing with unread bytes would reset the connection; what the peer sent
+                // is less than PEEK_LIMIT, so one read takes it.
+                let mut sink = [0u8; parking::PEEK_LIMIT];
+                let _ = recv(gone.fd.as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT);
+                let limit = &self.limits[gone.pool];
+                log::warn!(
+                    "[pool {}] the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
+                    limit.pool,
+                    limit.timeout.as_secs()
+                );
+            }
+        }
+    }
+
+    /// Forget a parked connection (dropping it closes it unless the caller keeps it).
+    fn remove(&mut self, registry: &Registry, token: Token) -> Option<Parked> {
+        let parked = self.parked.remove(&token)?;
+        let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
+        if parked.head_since.is_some() {
+            self.partial -= 1;
+        }
+        Some(parked)
     }
 
     /// Handle an event on `token`, if it is a parking one.
@@ -144,20 +225,26 @@ impl Lot {
             return;
         };
         loop {
-            let fd = match parking::receive(ch.master.as_fd()) {
-                Ok(Received::Fd(fd)) => fd,
-                Ok(Received::Empty) | Ok(Received::Closed) => return,
+            let (fd, kind) = match parking::receive_with_kind(ch.master.as_fd()) {
+                Ok((Received::Fd(fd), kind)) => (fd, kind),
+                Ok((Received::Empty | Received::Closed, _)) => return,
                 Err(e) => {
                     log::debug!("receiving a parked connection failed: {e}");
                     return;
                 }
             };
-            self.park(registry, fd, pool);
+            self.park_as(registry, fd, pool, kind);
         }
     }
 
     /// Watch `fd`, an idle kept connection of pool `pool`, until a request arrives on it.
     pub fn park(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
+        self.park_as(registry, fd, pool, parking::Kind::Idle);
+    }
+
+    /// [`Lot::park`]; a connection still awaiting its head has cgi.request_header_timeout
+    /// to complete it, counted from now.
+    fn park_as(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, kind: parking::Kind) {
         if self.parked.len() >= self.capacity {
             self.evict_oldest(registry);
         }
@@ -171,7 +258,17 @@ impl Lot {
         {
             return;
         }
-        self.parked.insert(token, Parked { fd, pool });
+        self.parked.insert(
+            token,
+            Parked {
+                fd,
+                pool,
+                head_since: (kind == parking::Kind::AwaitingHead).then(Instant::now),
+            },
+        );
+        if kind == parking::Kind::AwaitingHead {
+            self.partial += 1;
+        }
         self.order.push_back(token);
         // `order` keeps tokens of connections gone since; drop them now and then.
         if self.order.len() > 2 * self.capacity {
@@ -194,35 +291,43 @@ impl Lot {
 
     fn evict_oldest(&mut self, registry: &Registry) {
         while let Some(oldest) = self.order.pop_front() {
-            if let Some(old) = self.parked.remove(&oldest) {
-                let _ = registry.deregister(&mut SourceFd(&old.fd.as_raw_fd()));
+            if self.remove(registry, oldest).is_some() {
                 return;
             }
         }
     }
 
-    /// A parked connection woke: closed by the web server (forget it), or a request
-    /// arrived (hand it out).
+    /// A parked connection woke: closed by the web server (forget it), part of a request
+    /// head arrived (wait for the rest: it stays registered, and the next bytes wake us
+    /// again), or a whole head (hand it out, unread).
     fn on_parked_ready(
         &mut self,
         registry: &Registry,
         token: Token,
         channels: &mut [Option<Channels>],
     ) -> LotEvent {
-        let Some(parked) = self.parked.remove(&token) else {
+        let Some(parked) = self.parked.get_mut(&token) else {
             return LotEvent::None;
         };
-        let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
-        let mut probe = [0u8; 1];
-        match recv(
-            parked.fd.as_raw_fd(),
-            &mut probe,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(n) if n > 0 => {}
-            // Closed (0) or broken: it is done with.
-            Ok(_) | Err(_) => return LotEvent::Parked,
+        match parking::peek_head(parked.fd.as_fd()) {
+            Peeked::Ready => {}
+            Peeked::Partial(None) => return LotEvent::Parked,
+            Peeked::Partial(Some(_)) => {
+                if parked.head_since.is_none() {
+                    parked.head_since = Some(Instant::now());
+                    self.partial += 1;
+                }
+                return LotEvent::Parked;
+            }
+            // Closed or broken: it is done with.
+            Peeked::Closed => {
+                self.remove(registry, token);
+                return LotEvent::Parked;
+            }
         }
+        let Some(parked) = self.remove(registry, token) else {
+            return LotEvent::None;
+        };
         let Some(ch) = channels.get_mut(parked.pool).and_then(Option::as_mut) else {
             return LotEvent::Parked;
         };

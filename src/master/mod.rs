@@ -400,6 +400,18 @@ impl Master {
                 log::warn!("cannot watch the channel for idle kept connections: {e}");
             }
         }
+        // Parked connections that start a request wait here until its head is complete.
+        let limits = self
+            .pools
+            .iter()
+            .map(|pool| lot::HeadLimit {
+                pool: pool.name.clone(),
+                timeout: self.config.pools[pool.config_index]
+                    .cgi
+                    .request_header_timeout,
+            })
+            .collect();
+        self.lot.set_limits(limits);
         for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
             self.lot.park(self.poll.registry(), fd, index);
         }
@@ -491,6 +503,7 @@ impl Master {
             }
             self.old_workers.escalate_if_due();
             let now = Instant::now();
+            self.lot.expire(self.poll.registry(), now);
             let tick = self.next_tick.is_some_and(|at| now >= at);
             if tick {
                 self.next_tick = None;
@@ -574,6 +587,9 @@ impl Master {
             sooner(at);
         }
         if let Some(at) = self.old_workers.deadline() {
+            sooner(at);
+        }
+        if let Some(at) = self.lot.next_deadline() {
             sooner(at);
         }
         for pool in &self.pools {

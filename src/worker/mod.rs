@@ -4,7 +4,7 @@
 mod account;
 mod conn;
 mod output;
-mod poll;
+pub(crate) mod poll;
 mod pump;
 mod request;
 mod signals;
@@ -27,7 +27,7 @@ use poll::PollSet;
 use pump::Outcome;
 use signals::{Request as SignalRequest, WorkerSignals};
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -616,6 +616,14 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         if !isolation::clients::admit(ctx.pool, &fd) {
             continue;
         }
+        // A head that is not there at once waits with the master, not with a worker: a
+        // client that trickles it then costs a descriptor in the master, never a worker.
+        if ctx.parking.is_some()
+            && !head_arrives_within(fd.as_fd(), HEAD_PATIENCE)
+            && park(ctx, fd.as_fd(), crate::parking::Kind::AwaitingHead)
+        {
+            continue;
+        }
         ctx.go_busy();
         if serve_connection(fd, ctx) == ConnEnd::Exit {
             return 0;
@@ -675,15 +683,41 @@ fn channel_is_broken(error: Errno) -> bool {
     )
 }
 
-/// Hand an idle kept connection to the master; false if that is not possible (the
-/// caller keeps it).
-fn park(ctx: &WorkerCtx<'_>, conn: &Conn) -> bool {
+/// How long a worker waits for the request head of a connection it accepted before it
+/// hands the connection to the master to wait for it. A web server writes the head right
+/// after connecting, so it is nearly always there at once; this only absorbs the gap.
+const HEAD_PATIENCE: Duration = Duration::from_millis(5);
+
+/// Whether `fd`'s request head is complete (or the peer closed, or sent something else a
+/// worker must answer) within `patience`, judged by peeking: nothing is read.
+fn head_arrives_within(fd: BorrowedFd<'_>, patience: Duration) -> bool {
+    use crate::parking::{Peeked, peek_head};
+    let deadline = Instant::now() + patience;
+    loop {
+        if !matches!(peek_head(fd), Peeked::Partial(_)) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut set = PollSet::default();
+        set.add(fd, poll::IN);
+        if set.wait(Some(left)).is_err() {
+            return true;
+        }
+    }
+}
+
+/// Hand a connection without a request in hand to the master (an idle kept one, or one
+/// whose head has not arrived); false if that is not possible (the caller keeps it).
+fn park(ctx: &WorkerCtx<'_>, fd: BorrowedFd<'_>, kind: crate::parking::Kind) -> bool {
     let Some(parking) = ctx.parking else {
         return false;
     };
     // SAFETY: the master keeps the channel open for the worker's lifetime.
     let channel = unsafe { BorrowedFd::borrow_raw(parking.park) };
-    match crate::parking::send(channel, conn.fd()) {
+    match crate::parking::send_as(channel, fd, kind) {
         Ok(()) => true,
         Err(e) => {
             log::debug!("{} cannot park a kept connection: {e}", ctx.log_prefix());
@@ -758,7 +792,7 @@ fn serve_requests(conn: &mut Conn, ctx: &mut WorkerCtx<'_>) -> ConnEnd {
             Outcome::Answered { keep_conn: true } if keep_conn => {
                 // Idle kept connections wait with the master, not here, so they never
                 // pin a worker; one that is leaving hands its connection on as well.
-                if conn.buffered_input() == 0 && park(ctx, conn) {
+                if conn.buffered_input() == 0 && park(ctx, conn.fd(), crate::parking::Kind::Idle) {
                     return end;
                 }
                 if leaving || ctx.quit {
