@@ -27,6 +27,9 @@ const WANT_HELD: u64 = 1024;
 const RAISE_BELOW_HELD: u64 = 256;
 /// A pool's channel for idle kept connections: one socket pair (`lot::Channels`).
 pub const CHANNEL_FDS: u64 = 2;
+/// With `catch_workers_output`, what each worker's output costs: the read ends of its
+/// stdout and stderr pipes (`capture::pipes`).
+const OUTPUT_PIPE_FDS: u64 = 2;
 
 /// What a configuration costs in descriptors, apart from held connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,19 +54,22 @@ impl Budget {
 }
 
 /// The descriptors one pool costs the master while it runs: its listening socket, its
-/// channel, its log files, its status socket, and with `catch_workers_output` one pipe
-/// end per worker.
+/// channel, its log files, its status socket, and with `catch_workers_output` the read
+/// ends of each worker's stdout and stderr pipes.
 pub fn pool_cost(pool: &PoolConfig) -> u64 {
     let mut cost = 1 + CHANNEL_FDS;
     cost += u64::from(pool.access_log.is_some());
     cost += u64::from(pool.slowlog.is_some() && !pool.request_slowlog_timeout.is_zero());
+    let pipes = if pool.catch_workers_output {
+        OUTPUT_PIPE_FDS
+    } else {
+        0
+    };
     if pool.pm_status_listen.is_some() {
-        // Its socket, and its one worker's output pipe.
-        cost += 1 + u64::from(pool.catch_workers_output);
+        // Its socket, and its one worker's output pipes.
+        cost += 1 + pipes;
     }
-    if pool.catch_workers_output {
-        cost += u64::from(pool.pm_max_children);
-    }
+    cost += u64::from(pool.pm_max_children) * pipes;
     cost
 }
 
@@ -240,6 +246,26 @@ mod tests {
         let b = pools(100);
         let soft = b.base() + RAISE_BELOW_HELD;
         assert_eq!(decide(&b, soft, 1 << 20, None), Ok(Verdict::Enough));
+    }
+
+    #[test]
+    fn a_pool_costs_its_socket_channel_logs_status_socket_and_output_pipes() {
+        use crate::config::ListenAddress;
+        let listen = |p: &str| ListenAddress::Unix(p.into());
+        let mut pool = PoolConfig::new("www", listen("/run/www.sock"));
+        assert_eq!(pool_cost(&pool), 1 + CHANNEL_FDS);
+        pool.access_log = Some("/var/log/www.access".into());
+        // A slowlog without a timeout is never opened.
+        pool.slowlog = Some("/var/log/www.slow".into());
+        assert_eq!(pool_cost(&pool), 2 + CHANNEL_FDS);
+        pool.request_slowlog_timeout = std::time::Duration::from_secs(5);
+        assert_eq!(pool_cost(&pool), 3 + CHANNEL_FDS);
+        pool.pm_status_listen = Some(listen("/run/www-status.sock"));
+        assert_eq!(pool_cost(&pool), 4 + CHANNEL_FDS);
+        pool.catch_workers_output = true;
+        pool.pm_max_children = 10;
+        // Two pipe ends per worker, the status worker's included.
+        assert_eq!(pool_cost(&pool), 4 + CHANNEL_FDS + 2 * (10 + 1));
     }
 
     #[test]
