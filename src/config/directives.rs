@@ -404,6 +404,17 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         Ok(())
     }),
     pool_array("cgi.interpreter[]", Implemented, set_interpreter),
+    pool_array("cgi.fastcgi_app[]", Implemented, |p, key, v, _| {
+        let extension = extension(key)?;
+        set_fastcgi_app(p, extension, v)
+    }),
+    pool("cgi.fastcgi_app", Implemented, |p, v, _| {
+        set_fastcgi_app(p, String::new(), v)
+    }),
+    pool("cgi.fastcgi_app_max_requests", Implemented, |p, v, _| {
+        p.cgi.fastcgi_app_max_requests = integer(v, 0, u64::MAX)?;
+        Ok(())
+    }),
     pool("cgi.allowed_roots", Implemented, |p, v, _| {
         p.cgi.allowed_roots = v.split_whitespace().map(Into::into).collect();
         Ok(())
@@ -436,9 +447,11 @@ pub(super) fn lookup(key: &str, as_array: bool, scope: Scope) -> Lookup {
     let mut candidates = DIRECTIVES
         .iter()
         .filter(|directive| directive.key().eq_ignore_ascii_case(key));
+    // `cgi.fastcgi_app` has both shapes: prefer the one written.
     let in_scope = candidates
         .clone()
-        .find(|directive| directive.scope == scope);
+        .filter(|directive| directive.scope == scope)
+        .min_by_key(|directive| directive.is_array() != as_array);
     match (in_scope, candidates.next()) {
         (Some(directive), _) if directive.is_array() == as_array => Lookup::Found(directive),
         (Some(directive), _) => Lookup::WrongShape(directive),
@@ -510,6 +523,22 @@ fn set_interpreter(pool: &mut PoolConfig, key: &str, value: &str, _: &mut ValueC
     let interpreters = &mut pool.cgi.interpreters;
     interpreters.retain(|interpreter| interpreter.extension != extension);
     interpreters.push(Interpreter { extension, argv });
+    Ok(())
+}
+
+/// `cgi.fastcgi_app[.EXT] = /program args...` (an empty extension: the whole pool); a later
+/// line for the same extension replaces it.
+fn set_fastcgi_app(pool: &mut PoolConfig, extension: String, value: &str) -> Outcome {
+    let argv = command_words(value)?;
+    let Some(program) = argv.first() else {
+        return Err("a program is needed: cgi.fastcgi_app[.ext] = /path/to/program".to_string());
+    };
+    if !program.starts_with('/') {
+        return Err(format!("the program '{program}' must be an absolute path"));
+    }
+    let apps = &mut pool.cgi.fastcgi_apps;
+    apps.retain(|app| app.extension != extension);
+    apps.push(Interpreter { extension, argv });
     Ok(())
 }
 
@@ -647,6 +676,9 @@ mod tests {
         }
         for ours in [
             "cgi.interpreter[]",
+            "cgi.fastcgi_app[]",
+            "cgi.fastcgi_app",
+            "cgi.fastcgi_app_max_requests",
             "cgi.allowed_roots",
             "cgi.stderr",
             "cgi.request_header_timeout",
@@ -714,6 +746,9 @@ mod tests {
             (Scope::Pool, "env[]"),
             (Scope::Pool, "security.limit_extensions"),
             (Scope::Pool, "cgi.interpreter[]"),
+            (Scope::Pool, "cgi.fastcgi_app[]"),
+            (Scope::Pool, "cgi.fastcgi_app"),
+            (Scope::Pool, "cgi.fastcgi_app_max_requests"),
             (Scope::Pool, "cgi.allowed_roots"),
             (Scope::Pool, "cgi.stderr"),
             (Scope::Global, "syslog.ident"),
@@ -856,6 +891,44 @@ mod tests {
         );
         assert!(apply(&mut p, "php_flag", Some("x"), "maybe").is_err());
         assert!(apply(&mut p, "php_value", Some(""), "x").is_err());
+    }
+
+    #[test]
+    fn fastcgi_apps_per_extension_and_for_the_whole_pool() {
+        let mut p = pool();
+        apply(&mut p, "cgi.fastcgi_app", Some(".php"), "/usr/bin/php-cgi").unwrap();
+        apply(&mut p, "cgi.fastcgi_app", Some(".fcgi"), "/srv/a -x").unwrap();
+        apply(
+            &mut p,
+            "cgi.fastcgi_app",
+            Some(".php"),
+            "/usr/bin/php-cgi8.2",
+        )
+        .unwrap();
+        apply(&mut p, "cgi.fastcgi_app_max_requests", None, "500").unwrap();
+        let php = std::path::Path::new("/srv/www/index.php");
+        assert_eq!(
+            p.fastcgi_app_for(php).unwrap().argv,
+            ["/usr/bin/php-cgi8.2"]
+        );
+        assert!(
+            p.fastcgi_app_for(std::path::Path::new("/x.php.txt"))
+                .is_none()
+        );
+        assert!(p.fastcgi_app_for(std::path::Path::new(".php")).is_none());
+        assert!(p.whole_pool_app().is_none());
+        assert_eq!(p.cgi.fastcgi_app_max_requests, 500);
+        apply(&mut p, "cgi.fastcgi_app", None, "/usr/bin/python3 app.py").unwrap();
+        assert_eq!(
+            p.whole_pool_app().unwrap().argv,
+            ["/usr/bin/python3", "app.py"]
+        );
+        // The whole-pool app never answers for an extension.
+        assert_eq!(p.fastcgi_app_for(php).unwrap().extension, ".php");
+        assert!(apply(&mut p, "cgi.fastcgi_app", None, "python3").is_err());
+        assert!(apply(&mut p, "cgi.fastcgi_app", Some("php"), "/x").is_err());
+        assert!(apply(&mut p, "cgi.fastcgi_app", None, "").is_err());
+        assert!(apply(&mut p, "cgi.fastcgi_app_max_requests", None, "-1").is_err());
     }
 
     #[test]

@@ -220,6 +220,17 @@ impl Dump {
             let name = format!("cgi.interpreter[{}]", interpreter.extension);
             self.line(&name, command_line(&interpreter.argv));
         }
+        for app in &pool.cgi.fastcgi_apps {
+            let name = match app.extension.as_str() {
+                "" => "cgi.fastcgi_app".to_string(),
+                extension => format!("cgi.fastcgi_app[{extension}]"),
+            };
+            self.line(&name, command_line(&app.argv));
+        }
+        self.line(
+            "cgi.fastcgi_app_max_requests",
+            pool.cgi.fastcgi_app_max_requests.to_string(),
+        );
         let roots: Vec<String> = pool
             .cgi
             .allowed_roots
@@ -261,6 +272,10 @@ mod tests {
             admin: true,
         });
         pool.access_suppress_path.push("/ping".into());
+        pool.cgi.fastcgi_apps.push(Interpreter {
+            extension: ".php".into(),
+            argv: vec!["/usr/bin/php-cgi".into()],
+        });
         pool.cgi.interpreters.push(Interpreter {
             extension: ".x".into(),
             argv: vec!["/opt/my app/run".into(), "-q".into()],
@@ -293,6 +308,8 @@ mod tests {
         assert!(text.contains("env[PATH] = /bin\n"));
         assert!(text.contains("php_admin_value[memory_limit] = 32M\n"));
         assert!(text.contains("cgi.interpreter[.x] = \"/opt/my app/run\" -q\n"));
+        assert!(text.contains("cgi.fastcgi_app[.php] = /usr/bin/php-cgi\n"));
+        assert!(text.contains("cgi.fastcgi_app_max_requests = 0\n"));
         assert!(text.contains("cgi.stderr = fastcgi\n"));
         assert!(text.contains("cgi.request_header_timeout = 30s\n"));
         assert!(text.contains("cgi.held_output_limit = 64M\n"));

@@ -242,6 +242,12 @@ pub const DEFAULT_HELD_OUTPUT_LIMIT: u64 = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgiConfig {
     pub interpreters: Vec<Interpreter>,
+    /// `cgi.fastcgi_app[.EXT]` (and `cgi.fastcgi_app`, whose extension is empty): commands
+    /// run as resident FastCGI applications, one per worker, instead of a CGI child per
+    /// request.
+    pub fastcgi_apps: Vec<Interpreter>,
+    /// `cgi.fastcgi_app_max_requests`: restart an app after this many requests; 0 never.
+    pub fastcgi_app_max_requests: u64,
     /// Canonical directories scripts must lie under; empty means anywhere.
     pub allowed_roots: Vec<PathBuf>,
     pub stderr: StderrMode,
@@ -408,6 +414,8 @@ impl PoolConfig {
             apparmor_hat: None,
             cgi: CgiConfig {
                 interpreters: Vec::new(),
+                fastcgi_apps: Vec::new(),
+                fastcgi_app_max_requests: 0,
                 allowed_roots: Vec::new(),
                 stderr: StderrMode::Fastcgi,
                 request_header_timeout: Duration::from_secs(30),
@@ -425,6 +433,30 @@ impl PoolConfig {
             || self.security_limit_extensions.iter().any(|extension| {
                 script.len() > extension.len() && script.ends_with(extension.as_bytes())
             })
+    }
+
+    /// `cgi.fastcgi_app` without an extension: the app that takes every request of the
+    /// pool as it came, without script resolution.
+    pub fn whole_pool_app(&self) -> Option<&Interpreter> {
+        self.cgi
+            .fastcgi_apps
+            .iter()
+            .find(|app| app.extension.is_empty())
+    }
+
+    /// The `cgi.fastcgi_app[.EXT]` for `script`, by the longest matching extension, as for
+    /// interpreters. A resident app wins over a `cgi.interpreter[]` of the same script.
+    pub fn fastcgi_app_for(&self, script: &Path) -> Option<&Interpreter> {
+        let script = script.as_os_str().as_bytes();
+        self.cgi
+            .fastcgi_apps
+            .iter()
+            .filter(|app| {
+                !app.extension.is_empty()
+                    && script.len() > app.extension.len()
+                    && script.ends_with(app.extension.as_bytes())
+            })
+            .max_by_key(|app| app.extension.len())
     }
 
     /// The `cgi.interpreter[]` mapping for `script`, by the longest matching extension

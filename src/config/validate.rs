@@ -449,14 +449,30 @@ impl PoolChecks<'_> {
         self.config().cgi.allowed_roots = canonical_roots;
         self.check_interpreters_exist();
         self.check_php_settings();
+        self.check_fastcgi_apps();
+    }
+
+    /// A whole-pool app takes every request, so an app per extension beside it could
+    /// never run: that is a mistake worth stopping on.
+    fn check_fastcgi_apps(&mut self) {
+        let apps = &self.pool.config.cgi.fastcgi_apps;
+        if apps.len() > 1 && apps.iter().any(|app| app.extension.is_empty()) {
+            self.fail(
+                "cgi.fastcgi_app",
+                "a pool-wide cgi.fastcgi_app serves every request, so it cannot be combined \
+                 with cgi.fastcgi_app[.ext]"
+                    .to_string(),
+            );
+        }
     }
 
     /// php-fpm applies `php_value[]` and friends inside PHP; cgi-fpm hands them to php-cgi,
     /// so without a php-cgi interpreter they do nothing, which deserves a word.
     fn check_php_settings(&mut self) {
         let config = &self.pool.config;
-        if config.php_settings.is_empty() || config.cgi.interpreters.iter().any(|i| i.is_php_cgi())
-        {
+        let cgi = &config.cgi;
+        let php_cgi = cgi.interpreters.iter().chain(&cgi.fastcgi_apps);
+        if config.php_settings.is_empty() || php_cgi.clone().any(|i| i.is_php_cgi()) {
             return;
         }
         let keys = [
@@ -510,6 +526,7 @@ impl PoolChecks<'_> {
             .cgi
             .interpreters
             .iter()
+            .chain(&self.pool.config.cgi.fastcgi_apps)
             .filter_map(|interpreter| {
                 let program = interpreter.argv.first()?;
                 let seen_from_here = match &jail {
