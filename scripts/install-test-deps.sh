@@ -3,9 +3,10 @@
 # nginx, Apache httpd (apache2, for mod_proxy_fcgi) and cgi-fcgi (libfcgi-bin) as independent
 # FastCGI peers, php-cgi, perl and python3
 # for the example scripts (python3 with prometheus_client for the OpenMetrics check), a C
-# compiler with a static libc for the compiled-CGI and chroot tests, and groff to check
-# that the manual pages render cleanly; then cargo-deb (from crates.io, with cargo) and
-# dpkg-dev for the Debian package test.
+# compiler with a static libc for the compiled-CGI and chroot tests, groff to check that
+# the manual pages render cleanly, resident FastCGI apps nobody here wrote (a Perl FCGI.pm
+# loop from libfcgi-perl, a flup WSGI app from PyPI); then cargo-deb (from crates.io, with
+# cargo) and dpkg-dev for the Debian package test.
 set -eu
 
 # cargo-deb is a cargo subcommand: cargo installs it for the user who runs the tests
@@ -59,17 +60,38 @@ fi
 have gdb      || need="$need gdb"
 # cargo-deb's Depends: $auto asks dpkg-shlibdeps.
 have dpkg-shlibdeps || need="$need dpkg-dev"
+# Resident-app interop (tests/resident.rs).
+if ! have perl || ! perl -MFCGI -e 1 >/dev/null 2>&1; then need="$need libfcgi-perl"; fi
+need_flup=""
+if have python3 && ! python3 -c 'import flup.server.fcgi' >/dev/null 2>&1; then
+    need_flup=yes
+    python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
+fi
 
+# flup is on PyPI only. A Debian python refuses pip outside a virtualenv (PEP 668,
+# "externally-managed-environment"); the test machines are throwaway, so then it is
+# installed with --break-system-packages.
+install_flup() {
+    have python3 || return 0
+    echo "installing: flup (pip)"
+    $SUDO python3 -m pip install -q flup 2>/dev/null ||
+        $SUDO python3 -m pip install -q --break-system-packages flup
+}
+
+SUDO=""
 if [ -z "$need" ]; then
     echo "test dependencies: all packages present"
     install_cargo_deb
+    if [ -n "$need_flup" ]; then
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        install_flup
+    fi
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "missing:$need; this script knows only apt-get (Debian/Ubuntu); install them by hand" >&2
     exit 1
 fi
-SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install:$need" >&2; exit 1; }
     SUDO="sudo"
@@ -94,5 +116,6 @@ trap cleanup EXIT
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+if [ -n "$need_flup" ]; then install_flup; fi
 echo "test dependencies installed"
 install_cargo_deb

@@ -226,6 +226,16 @@ pub fn resolve(req: &ScriptRequest<'_>, pool: &PoolConfig) -> Result<Resolved, R
         )));
     }
     let argv = match pool.interpreter_for(&script_filename) {
+        // A resident FastCGI app reads the script itself, as an interpreter does.
+        _ if pool.fastcgi_app_for(&script_filename).is_some() => {
+            if nix::unistd::access(&canonical, nix::unistd::AccessFlags::R_OK).is_err() {
+                return Err(Refusal::forbidden(format!(
+                    "script '{}' is not readable",
+                    script_filename.display()
+                )));
+            }
+            Vec::new()
+        }
         Some(interp) => {
             if nix::unistd::access(&canonical, nix::unistd::AccessFlags::R_OK).is_err() {
                 return Err(Refusal::forbidden(format!(

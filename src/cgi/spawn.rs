@@ -48,32 +48,6 @@ pub fn spawn(
     env: &[(OsString, OsString)],
     stderr: StderrMode,
 ) -> io::Result<CgiChild> {
-    let mut argv = StringBlock::default();
-    for arg in &script.argv {
-        if !argv.push(&[arg.as_bytes()]) {
-            return Err(nul_error());
-        }
-    }
-    let mut dir = StringBlock::default();
-    if !dir.push(&[script.directory().as_os_str().as_bytes()]) {
-        return Err(nul_error());
-    }
-    let size = env.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-    let mut envp = StringBlock::with_capacity(size, env.len());
-    for (name, value) in env {
-        let name = name.as_bytes();
-        // What exec cannot carry is left out: an empty name, `=` in it, a NUL anywhere.
-        if !name.is_empty() && !name.contains(&b'=') {
-            envp.push(&[name, b"=", value.as_bytes()]);
-        }
-    }
-    // The blocks outlive the child's use of these pointers: it has exec'd before `spawn`
-    // returns.
-    let (argv_ptrs, dir_ptrs, envp_ptrs) = (argv.pointers(), dir.pointers(), envp.pointers());
-    let (Some(&program), Some(&dir)) = (argv_ptrs.first(), dir_ptrs.first()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
-    };
-
     let (child_stdin, stdin) = pipe()?;
     let (stdout, child_stdout) = pipe()?;
     let (stderr_ours, child_stderr) = if stderr == StderrMode::Discard {
@@ -88,31 +62,12 @@ pub fn spawn(
     {
         set_nonblocking(fd)?;
     }
-    let plan = ChildPlan {
-        program,
-        argv: argv_ptrs.as_ptr(),
-        envp: envp_ptrs.as_ptr(),
-        dir,
-        stdio: [
-            child_stdin.as_raw_fd(),
-            child_stdout.as_raw_fd(),
-            child_stderr.as_raw_fd(),
-        ],
-        reset: ptr::null(),
-        reset_len: 0,
-        internal: 0..0,
-        error: 0,
-    };
-    let (pid, pidfd) = SPAWNER.with(|cell| {
-        let mut spawner = cell.borrow_mut();
-        if spawner.is_none() {
-            *spawner = Some(Spawner::new()?);
-        }
-        match spawner.as_mut() {
-            Some(s) => s.start(plan),
-            None => Err(io::Error::other("no spawner")),
-        }
-    })?;
+    let stdio = [
+        child_stdin.as_raw_fd(),
+        child_stdout.as_raw_fd(),
+        child_stderr.as_raw_fd(),
+    ];
+    let (pid, pidfd) = spawn_program(&script.argv, script.directory(), env, stdio, None)?;
     // The child has its copies (or has failed); ours of its ends close here.
     drop((child_stdin, child_stdout, child_stderr));
     Ok(CgiChild {
@@ -121,6 +76,67 @@ pub fn spawn(
         stdout: Some(stdout),
         stderr: stderr_ours,
         pidfd,
+    })
+}
+
+/// Start `argv` in `dir` with exactly `env`, in a new process group, with `stdio` as its
+/// descriptors 0, 1 and 2 (each above 2, see `above_stdio`) and nothing else of ours.
+/// With `parent_death`, the kernel sends it that signal when the calling worker ends,
+/// however it ends: for resident programs, which must not outlive their worker.
+/// Returns the pid and, on Linux 5.2+, a pidfd.
+pub fn spawn_program(
+    argv: &[OsString],
+    dir: &std::path::Path,
+    env: &[(OsString, OsString)],
+    stdio: [RawFd; 3],
+    parent_death: Option<Signal>,
+) -> io::Result<(Pid, Option<OwnedFd>)> {
+    let mut args = StringBlock::default();
+    for arg in argv {
+        if !args.push(&[arg.as_bytes()]) {
+            return Err(nul_error());
+        }
+    }
+    let mut directory = StringBlock::default();
+    if !directory.push(&[dir.as_os_str().as_bytes()]) {
+        return Err(nul_error());
+    }
+    let size = env.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut envp = StringBlock::with_capacity(size, env.len());
+    for (name, value) in env {
+        let name = name.as_bytes();
+        // What exec cannot carry is left out: an empty name, `=` in it, a NUL anywhere.
+        if !name.is_empty() && !name.contains(&b'=') {
+            envp.push(&[name, b"=", value.as_bytes()]);
+        }
+    }
+    // The blocks outlive the child's use of these pointers: it has exec'd before this
+    // function returns.
+    let (argv_ptrs, dir_ptrs, envp_ptrs) = (args.pointers(), directory.pointers(), envp.pointers());
+    let (Some(&program), Some(&dir)) = (argv_ptrs.first(), dir_ptrs.first()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
+    };
+    let plan = ChildPlan {
+        program,
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        dir,
+        stdio,
+        parent_death: parent_death.map_or(0, |s| s as c_int),
+        reset: ptr::null(),
+        reset_len: 0,
+        internal: 0..0,
+        error: 0,
+    };
+    SPAWNER.with(|cell| {
+        let mut spawner = cell.borrow_mut();
+        if spawner.is_none() {
+            *spawner = Some(Spawner::new()?);
+        }
+        match spawner.as_mut() {
+            Some(s) => s.start(plan),
+            None => Err(io::Error::other("no spawner")),
+        }
     })
 }
 
@@ -226,7 +242,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
-fn dev_null() -> io::Result<OwnedFd> {
+pub fn dev_null() -> io::Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -236,7 +252,7 @@ fn dev_null() -> io::Result<OwnedFd> {
 
 /// The child moves its ends onto 0, 1 and 2 in that order; none of them may already be
 /// one of those numbers (possible only if the worker's own stdio were closed).
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+pub fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
@@ -262,6 +278,8 @@ struct ChildPlan {
     envp: *const *const c_char,
     dir: *const c_char,
     stdio: [RawFd; 3],
+    /// PR_SET_PDEATHSIG's signal, or 0 for none.
+    parent_death: c_int,
     reset: *const c_int,
     reset_len: usize,
     /// glibc's own signals (32 and 33), which its sigaction refuses to touch.
@@ -453,6 +471,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             libc::syscall(libc::SYS_rt_sigaction, sig, zeros.as_ptr(), 0usize, 8usize);
         }
         if libc::setpgid(0, 0) != 0 {
+            child_fail(plan);
+        }
+        if plan.parent_death != 0
+            && libc::prctl(libc::PR_SET_PDEATHSIG, plan.parent_death as libc::c_ulong) != 0
+        {
             child_fail(plan);
         }
         for (target, &fd) in plan.stdio.iter().enumerate() {

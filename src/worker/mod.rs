@@ -7,6 +7,7 @@ mod output;
 pub(crate) mod poll;
 mod pump;
 mod request;
+mod resident;
 mod signals;
 mod slowlog;
 mod status;
@@ -128,6 +129,8 @@ pub struct WorkerCtx<'a> {
     /// Out of descriptors at accept, and at starting scripts (see `shortage`).
     accept_shortage: Episode,
     pub spawn_shortage: Episode,
+    /// Resident FastCGI applications this worker has started.
+    residents: resident::Residents,
 }
 
 /// `[pool www] child 1234,`: how every log line of a worker about its own work starts,
@@ -353,10 +356,13 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         },
         accept_shortage: Episode::default(),
         spawn_shortage: Episode::default(),
+        residents: resident::Residents::default(),
     };
     // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
     let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
     let code = accept_loop(&mut ctx, listener);
+    let mut residents = std::mem::take(&mut ctx.residents);
+    residents.stop_all(&ctx);
     exit(code)
 }
 

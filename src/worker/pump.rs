@@ -848,7 +848,7 @@ fn app_status(status: WaitStatus) -> u32 {
     }
 }
 
-fn start_slow_record(
+pub(super) fn start_slow_record(
     ctx: &WorkerCtx<'_>,
     cgi_pid: i32,
     script: &str,
@@ -885,7 +885,7 @@ fn start_slow_record(
     )
 }
 
-fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
+pub(super) fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
     if let Some(fd) = ctx.slowlog_fd {
         crate::logging::write_all_fd(fd, &record.finish());
     }
@@ -903,7 +903,7 @@ fn log_held_output_full(ctx: &WorkerCtx<'_>, script: &str, limit: u64, logged: &
     );
 }
 
-fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
+pub(super) fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
     log::warn!(
         "{} cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
         ctx.log_prefix()
@@ -912,7 +912,7 @@ fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
 
 /// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit;
 /// we cut, noting how many bytes of the line were left out).
-fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
+pub(super) fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
     let line = if hidden == 0 {
         line.strip_suffix(b"\r").unwrap_or(line)
     } else {

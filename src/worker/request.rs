@@ -6,7 +6,8 @@ use super::conn::Conn;
 use super::pump::{Outcome, Pump, Summary};
 use crate::accesslog::Entry;
 use crate::cgi::proxy_path::script_path;
-use crate::cgi::{CgiChild, ScriptRequest, build_env, resolve, spawn};
+use crate::cgi::{CgiChild, EnvPolicy, ScriptRequest, build_env, resolve, spawn};
+use crate::config::Interpreter;
 use crate::fastcgi::{Request, Session};
 use crate::scoreboard::{WorkerState, now_us};
 use std::sync::atomic::Ordering;
@@ -44,49 +45,83 @@ pub fn serve(
             .or_else(|| params.get_str("SCRIPT_NAME"))
             .unwrap_or("-")
     );
-    let mut pump = Pump::new(
-        conn,
-        session,
-        request.id,
-        ctx,
-        started,
-        script.clone(),
-        request_line.clone(),
-    );
-    match start_child(&request, ctx) {
-        Ok(child) => {
-            ctx.slot()
-                .cgi_pid
-                .store(child.pid.as_raw(), Ordering::Relaxed);
-            pump.attach(child);
-            if let Some(failures) = ctx.spawn_shortage.succeeded() {
-                log::info!(
-                    "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
-                    ctx.pool.name,
-                    std::process::id()
-                );
-            }
-        }
-        Err((SHORTAGE, reason)) => {
-            // Out of descriptors: answered at once, logged once per episode.
-            if ctx.spawn_shortage.failed().first {
-                log_refusal(
+    let prepared = prepare(&request, ctx);
+    let (outcome, summary) = if let Ok(Prepared::Resident { command, params }) = &prepared {
+        let relayed = super::resident::relay(
+            conn,
+            session,
+            &request,
+            ctx,
+            command,
+            params,
+            started,
+            script.clone(),
+            request_line.clone(),
+        );
+        match relayed {
+            Ok(done) => done,
+            Err(reason) => {
+                log_refusal(ctx, &request_line, 502, &reason);
+                let mut pump = Pump::new(
+                    conn,
+                    session,
+                    request.id,
                     ctx,
-                    &request_line,
-                    SHORTAGE,
-                    &format!(
-                        "{reason}; out of descriptors, answering 503 until scripts start again"
-                    ),
+                    started,
+                    script.clone(),
+                    request_line,
                 );
+                pump.answer_without_child(502);
+                pump.run(ctx, request.keep_conn)
             }
-            pump.answer_without_child(SHORTAGE);
         }
-        Err((status, reason)) => {
-            log_refusal(ctx, &request_line, status, &reason);
-            pump.answer_without_child(status);
+    } else {
+        let mut pump = Pump::new(
+            conn,
+            session,
+            request.id,
+            ctx,
+            started,
+            script.clone(),
+            request_line.clone(),
+        );
+        match prepared {
+            Ok(Prepared::Child(child)) => {
+                ctx.slot()
+                    .cgi_pid
+                    .store(child.pid.as_raw(), Ordering::Relaxed);
+                pump.attach(child);
+                if let Some(failures) = ctx.spawn_shortage.succeeded() {
+                    log::info!(
+                        "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
+                        ctx.pool.name,
+                        std::process::id()
+                    );
+                }
+            }
+            Err((SHORTAGE, reason)) => {
+                // Out of descriptors: answered at once, logged once per episode.
+                if ctx.spawn_shortage.failed().first {
+                    log_refusal(
+                        ctx,
+                        &request_line,
+                        SHORTAGE,
+                        &format!(
+                            "{reason}; out of descriptors, answering 503 until scripts start again"
+                        ),
+                    );
+                }
+                pump.answer_without_child(SHORTAGE);
+            }
+            // Taken above.
+            Ok(Prepared::Resident { .. }) => {}
+            Err((status, reason)) => {
+                log_refusal(ctx, &request_line, status, &reason);
+                pump.answer_without_child(status);
+            }
         }
-    }
-    let (outcome, summary) = pump.run(ctx, request.keep_conn);
+        pump.run(ctx, request.keep_conn)
+    };
     ctx.slot().cgi_pid.store(0, Ordering::Relaxed);
     ctx.last_usage = Some(summary.usage);
     write_access_log(ctx, &request, &script, started_wall, &summary);
@@ -109,9 +144,27 @@ fn log_refusal(ctx: &WorkerCtx<'_>, request_line: &str, status: u16, reason: &st
 /// server is short for a while, the request itself is fine.
 const SHORTAGE: u16 = 503;
 
-/// Resolve and spawn the script, or say which status to answer with and why.
-fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16, String)> {
+/// Where a request goes.
+enum Prepared {
+    Child(CgiChild),
+    /// A resident FastCGI app, with the params it is to get.
+    Resident {
+        command: Interpreter,
+        params: Vec<u8>,
+    },
+}
+
+/// Resolve the script and spawn it (or pick its resident app), or say which status to
+/// answer with and why.
+fn prepare(request: &Request, ctx: &WorkerCtx<'_>) -> Result<Prepared, (u16, String)> {
     let params = &request.params;
+    // A pool-wide app is the handler: requests go to it as they came.
+    if let Some(app) = ctx.pool.whole_pool_app() {
+        return Ok(Prepared::Resident {
+            command: app.clone(),
+            params: params.encoded().to_vec(),
+        });
+    }
     let script_request = ScriptRequest {
         script_filename: params.get("SCRIPT_FILENAME"),
         document_root: params.get("DOCUMENT_ROOT"),
@@ -119,20 +172,31 @@ fn start_child(request: &Request, ctx: &WorkerCtx<'_>) -> Result<CgiChild, (u16,
         query_string: params.get("QUERY_STRING"),
     };
     let script = resolve(&script_request, ctx.pool).map_err(|r| (r.status, r.reason))?;
+    if let Some(app) = ctx.pool.fastcgi_app_for(&script.script_filename) {
+        // What cgi-fpm decided about the script (SCRIPT_FILENAME, PATH_INFO) with the
+        // request's params; the pool's env[] is the app's environment instead.
+        let env = build_env(params, &EnvPolicy::default(), &script);
+        return Ok(Prepared::Resident {
+            command: app.clone(),
+            params: super::resident::encode_params(&env),
+        });
+    }
     let env = build_env(params, &ctx.env_policy, &script);
-    spawn(&script, &env, ctx.pool.cgi.stderr).map_err(|e| {
-        let program = script
-            .argv
-            .first()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let status = if crate::shortage::is_io_shortage(&e) {
-            SHORTAGE
-        } else {
-            502
-        };
-        (status, format!("cannot execute '{program}': {e}"))
-    })
+    spawn(&script, &env, ctx.pool.cgi.stderr)
+        .map(Prepared::Child)
+        .map_err(|e| {
+            let program = script
+                .argv
+                .first()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let status = if crate::shortage::is_io_shortage(&e) {
+                SHORTAGE
+            } else {
+                502
+            };
+            (status, format!("cannot execute '{program}': {e}"))
+        })
 }
 
 /// One access-log line for a request: scripts, refusals, and the status and ping pages

@@ -1,0 +1,255 @@
+//! Resident FastCGI applications: php-cgi, a flup/WSGI app, a Perl FCGI.pm loop, any
+//! program that accepts FastCGI connections on descriptor 0. A worker starts at most one
+//! per command, on the first request that needs it, and relays each request over one
+//! kept connection; the worker stays the unit of concurrency and of accounting, so the
+//! status page, deadlines, the slowlog and the access log work as for CGI children.
+
+mod app;
+pub mod records;
+mod relay;
+
+use super::WorkerCtx;
+use super::conn::Conn;
+use super::pump::{Outcome, Summary};
+use crate::cgi::php;
+use crate::config::Interpreter;
+use crate::fastcgi::Session;
+use crate::fastcgi::params::write_pair;
+use app::{App, Launch};
+use nix::sys::wait::WaitStatus;
+use records::AppInput;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The worker's apps, one per command.
+#[derive(Default)]
+pub struct Residents {
+    apps: Vec<Resident>,
+}
+
+impl Residents {
+    /// Take the app for `command` out (made if new), to be put back with `restore`.
+    fn take(&mut self, command: &Interpreter, ctx: &WorkerCtx<'_>) -> Resident {
+        match self.apps.iter().position(|r| r.command == command.argv) {
+            Some(index) => self.apps.swap_remove(index),
+            None => Resident::new(command, ctx),
+        }
+    }
+
+    fn restore(&mut self, resident: Resident) {
+        self.apps.push(resident);
+    }
+
+    /// The worker is leaving: its apps go with it.
+    pub fn stop_all(&mut self, ctx: &WorkerCtx<'_>) {
+        for mut resident in self.apps.drain(..) {
+            resident.discard(ctx, true);
+        }
+    }
+}
+
+/// One command's app in this worker, and what its restarts have taught us.
+pub struct Resident {
+    command: Vec<String>,
+    launch: Launch,
+    app: Option<App>,
+    input: AppInput,
+    /// Starts in a row whose app ended before it completed a request.
+    failures: u32,
+    not_before: Option<Instant>,
+    last_failure: String,
+}
+
+impl Resident {
+    fn new(command: &Interpreter, ctx: &WorkerCtx<'_>) -> Resident {
+        let mut argv: Vec<OsString> = command.argv.iter().map(OsString::from).collect();
+        if command.is_php_cgi() {
+            argv.extend(php::ini_arguments(&ctx.pool.php_settings));
+        }
+        let dir = ctx.pool.chdir.clone().unwrap_or_else(|| PathBuf::from("/"));
+        Resident {
+            command: command.argv.clone(),
+            launch: Launch {
+                argv,
+                env: Launch::environment(&ctx.env_policy),
+                dir,
+            },
+            app: None,
+            input: AppInput::default(),
+            failures: 0,
+            not_before: None,
+            last_failure: String::new(),
+        }
+    }
+
+    fn command_line(&self) -> String {
+        self.command.join(" ")
+    }
+
+    /// Make sure a usable app is running: one that ended between requests (php-cgi after
+    /// PHP_FCGI_MAX_REQUESTS, a crash, a kill) is replaced here, before the request is
+    /// sent, so it costs no request. Err: why no app can serve (for a 502).
+    fn ready(&mut self, ctx: &WorkerCtx<'_>) -> Result<(), String> {
+        if let Some(app) = &mut self.app {
+            if app.is_usable() {
+                return Ok(());
+            }
+            let how = app
+                .exit_status()
+                .map(describe_exit)
+                .unwrap_or_else(|| "closed its connection".into());
+            let pid = app.pid;
+            log::info!(
+                "[pool {}] child {}, FastCGI app {pid} ('{}') {how} between requests; starting a fresh one",
+                ctx.pool.name,
+                std::process::id(),
+                self.command_line()
+            );
+            self.discard(ctx, false);
+        }
+        if let Some(at) = self.not_before
+            && Instant::now() < at
+        {
+            return Err(format!(
+                "FastCGI app '{}' is not restarted for {} ms after {} failed starts ({})",
+                self.command_line(),
+                at.saturating_duration_since(Instant::now()).as_millis(),
+                self.failures,
+                self.last_failure
+            ));
+        }
+        match App::start(&self.launch) {
+            Ok(app) => {
+                log::info!(
+                    "[pool {}] child {}, FastCGI app {} started: '{}'",
+                    ctx.pool.name,
+                    std::process::id(),
+                    app.pid,
+                    self.command_line()
+                );
+                self.app = Some(app);
+                self.input.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("cannot start FastCGI app '{}': {e}", self.command_line());
+                self.note_failure(reason.clone());
+                Err(reason)
+            }
+        }
+    }
+
+    fn note_failure(&mut self, reason: String) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = records::restart_delay(self.failures);
+        self.not_before = Some(Instant::now() + delay);
+        self.last_failure = reason;
+    }
+
+    /// Stop and forget the app (TERM first with `grace`).
+    fn discard(&mut self, ctx: &WorkerCtx<'_>, grace: bool) {
+        let Some(app) = self.app.take() else {
+            return;
+        };
+        if records::failed_start(app.served, app.started.elapsed()) {
+            self.note_failure(format!(
+                "app {} ended right after its start, before completing a request",
+                app.pid
+            ));
+        }
+        log::debug!(
+            "[pool {}] child {}, stopping FastCGI app {}",
+            ctx.pool.name,
+            std::process::id(),
+            app.pid
+        );
+        app.stop(grace);
+        self.input.clear();
+    }
+
+    /// The request is over: count it, and retire the app if it has served enough or the
+    /// request left it in a state nobody knows.
+    fn after_request(&mut self, ctx: &WorkerCtx<'_>, clean: bool) {
+        let Some(app) = &mut self.app else {
+            return;
+        };
+        if clean {
+            app.served += 1;
+            self.failures = 0;
+            self.not_before = None;
+        }
+        let max = ctx.pool.cgi.fastcgi_app_max_requests;
+        if records::retire_after(app.served, max, clean) {
+            if clean {
+                log::debug!(
+                    "[pool {}] child {}, FastCGI app {} has served cgi.fastcgi_app_max_requests ({max}); restarting it",
+                    ctx.pool.name,
+                    std::process::id(),
+                    app.pid
+                );
+            }
+            self.discard(ctx, true);
+        }
+    }
+}
+
+fn describe_exit(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        WaitStatus::Signaled(_, sig, _) => {
+            format!("was killed by signal {} ({})", sig as i32, sig.as_str())
+        }
+        other => format!("ended ({other:?})"),
+    }
+}
+
+/// The params as FastCGI name-value pairs.
+pub fn encode_params(env: &[(OsString, OsString)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        write_pair(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    out
+}
+
+/// Relay `request` to the app for `command`. Err: no app could be started (the caller
+/// answers 502 with the reason).
+#[allow(clippy::too_many_arguments)]
+pub fn relay(
+    conn: &mut Conn,
+    session: &mut Session,
+    request: &crate::fastcgi::Request,
+    ctx: &mut WorkerCtx<'_>,
+    command: &Interpreter,
+    encoded_params: &[u8],
+    started: Instant,
+    script: String,
+    request_line: String,
+) -> Result<(Outcome, Summary), String> {
+    let mut residents = std::mem::take(&mut ctx.residents);
+    let mut resident = residents.take(command, ctx);
+    ctx.residents = residents;
+    if let Err(reason) = resident.ready(ctx) {
+        ctx.residents.restore(resident);
+        return Err(reason);
+    }
+    let pid = resident.app.as_ref().map_or(0, |a| a.pid.as_raw());
+    ctx.slot().cgi_pid.store(pid, Ordering::Relaxed);
+    let relay = relay::Relay::new(
+        conn,
+        session,
+        request.id,
+        &mut resident,
+        ctx,
+        started,
+        script,
+        request_line,
+        encoded_params,
+    );
+    let result = relay.run(ctx, request.keep_conn);
+    ctx.residents.restore(resident);
+    Ok(result)
+}

@@ -1,0 +1,423 @@
+//! Resident FastCGI applications (`cgi.fastcgi_app`): php-cgi, a Perl FCGI.pm loop and a
+//! flup WSGI app run once per worker and serve every request over a kept connection; the
+//! faults (an app that exits between requests, dies in one, hangs, cannot start) each
+//! cost at most the request in hand.
+
+mod common;
+
+use common::{Fpm, alive, children_of, wait_until};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn php_cgi() -> Option<String> {
+    common::require_tool("php-cgi").then(|| {
+        common::which("php-cgi")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The pid a test script printed as the first word of its body.
+fn pid_of(body: &[u8]) -> i32 {
+    String::from_utf8_lossy(body)
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {:?}", String::from_utf8_lossy(body)))
+}
+
+/// Every process below the master: workers and their apps.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut all = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for child in children_of(p) {
+            all.push(child);
+            next.push(child);
+        }
+    }
+    all
+}
+
+const PID_PHP: &str =
+    "<?php echo getmypid(), ' ', ini_get('memory_limit'), ' ', getenv('FROM_POOL'), \"\\n\";";
+
+#[test]
+fn php_cgi_serves_forty_requests_with_one_app_per_worker_beside_cgi_scripts() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(
+        2,
+        &format!(
+            "cgi.fastcgi_app[.php] = {php}\nphp_admin_value[memory_limit] = 77M\nenv[FROM_POOL] = pool-env\n"
+        ),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let shell = fpm.script(
+        "hi.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nshell %s\\n' $$\n",
+    );
+    let workers: HashSet<i32> = fpm.worker_pids().into_iter().collect();
+    let mut apps = HashSet::new();
+    for _ in 0..40 {
+        let response = fpm.get(&page, &[]);
+        assert_eq!(response.status(), 200, "{response:?}");
+        let body = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(
+            body.contains(" 77M pool-env"),
+            "PHP settings and env[] reach the app: {body}"
+        );
+        let pid = pid_of(response.body());
+        assert!(!workers.contains(&pid), "the app is not a worker");
+        apps.insert(pid);
+        // The CGI script in the same pool still runs as a child of its own per request.
+        let cgi = fpm.get(&shell, &[]);
+        assert!(cgi.body().starts_with(b"shell "), "{cgi:?}");
+    }
+    assert!(
+        apps.len() <= 2,
+        "40 requests were served by {} apps for 2 workers: {apps:?}",
+        apps.len()
+    );
+    for app in &apps {
+        let parent = common::parent_of(*app).unwrap_or(0);
+        assert!(workers.contains(&parent), "app {app} is a worker's child");
+    }
+    // A missing script is still the resolver's 404, not the app's business.
+    let missing = fpm.get(&fpm.path("www/none.php"), &[]);
+    assert_eq!(missing.status(), 404);
+}
+
+#[test]
+fn an_app_that_exits_between_requests_costs_no_request() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(
+        1,
+        &format!("cgi.fastcgi_app[.php] = {php}\nenv[PHP_FCGI_MAX_REQUESTS] = 3\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let mut apps = HashSet::new();
+    for i in 0..10 {
+        let response = fpm.get(&page, &[]);
+        assert_eq!(response.status(), 200, "request {i}: {response:?}");
+        apps.insert(pid_of(response.body()));
+    }
+    assert!(apps.len() >= 3, "php-cgi stops after 3 requests: {apps:?}");
+    // A kill between requests is no different.
+    let last = pid_of(fpm.get(&page, &[]).body());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(last),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_until("the killed app is gone", Duration::from_secs(5), || {
+        !alive(last) || common::parent_of(last).is_none()
+    });
+    let response = fpm.get(&page, &[]);
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert_ne!(pid_of(response.body()), last);
+    assert!(
+        !fpm.log_text().contains("answered 502"),
+        "{}",
+        fpm.log_text()
+    );
+}
+
+#[test]
+fn an_app_that_dies_in_a_request_fails_that_request_only() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(1, &format!("cgi.fastcgi_app[.php] = {php}\n"));
+    let page = fpm.script("pid.php", PID_PHP);
+    let die = fpm.script(
+        "die.php",
+        "<?php echo 'partial'; flush(); posix_kill(getmypid(), 9); sleep(5);",
+    );
+    let die_quiet = fpm.script("quiet.php", "<?php posix_kill(getmypid(), 9); sleep(5);");
+    let before = pid_of(fpm.get(&page, &[]).body());
+    let quiet = fpm.get(&die_quiet, &[]);
+    assert_eq!(quiet.status(), 502, "{quiet:?}");
+    fpm.wait_for_log("ended in the middle of the request", Duration::from_secs(5));
+    let after = fpm.get(&page, &[]);
+    assert_eq!(after.status(), 200);
+    assert_ne!(pid_of(after.body()), before);
+    // Output already sent stays, cut short.
+    let _ = fpm.get(&die, &[]);
+    assert_eq!(fpm.get(&page, &[]).status(), 200);
+}
+
+#[test]
+fn a_timed_out_request_kills_the_app_and_the_next_one_gets_a_fresh_app() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(
+        1,
+        &format!("cgi.fastcgi_app[.php] = {php}\nrequest_terminate_timeout = 1s\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let slow = fpm.script("slow.php", "<?php sleep(30); echo 'late';");
+    let first = pid_of(fpm.get(&page, &[]).body());
+    let started = Instant::now();
+    let response = fpm.get(&slow, &[]);
+    assert_eq!(response.status(), 504, "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    fpm.wait_for_log("execution timed out", Duration::from_secs(5));
+    wait_until("the timed-out app is gone", Duration::from_secs(5), || {
+        !alive(first)
+    });
+    let next = fpm.get(&page, &[]);
+    assert_eq!(next.status(), 200);
+    assert_ne!(pid_of(next.body()), first);
+}
+
+#[test]
+fn an_app_that_cannot_start_is_a_502_with_the_reason_and_backs_off() {
+    let fpm = Fpm::start(1, "cgi.fastcgi_app[.php] = /nonexistent/app\n");
+    let page = fpm.script("pid.php", PID_PHP);
+    assert_eq!(fpm.get(&page, &[]).status(), 502);
+    fpm.wait_for_log(
+        "cannot start FastCGI app '/nonexistent/app'",
+        Duration::from_secs(5),
+    );
+    assert_eq!(fpm.get(&page, &[]).status(), 502);
+    fpm.wait_for_log("is not restarted for", Duration::from_secs(5));
+    // An app that starts and exits at once: retried once, then 502, then backing off.
+    let fpm = Fpm::start(1, "cgi.fastcgi_app[.php] = /bin/true\n");
+    let page = fpm.script("pid.php", PID_PHP);
+    assert_eq!(fpm.get(&page, &[]).status(), 502);
+    fpm.wait_for_log("answered 502", Duration::from_secs(5));
+    let starts = |fpm: &Fpm| {
+        fpm.log_text()
+            .matches("FastCGI app")
+            .filter(|_| true)
+            .count()
+    };
+    let before = starts(&fpm);
+    for _ in 0..20 {
+        assert_eq!(fpm.get(&page, &[]).status(), 502);
+    }
+    let started = fpm.log_text().matches("started: '/bin/true'").count();
+    assert!(
+        started <= 4,
+        "a broken app backs off: {started} starts (log had {before} lines)"
+    );
+}
+
+#[test]
+fn apps_go_with_their_workers_and_the_master() {
+    let Some(php) = php_cgi() else { return };
+    let mut fpm = Fpm::start(
+        1,
+        &format!("cgi.fastcgi_app[.php] = {php}\npm.max_requests = 2\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let first = pid_of(fpm.get(&page, &[]).body());
+    let _ = fpm.get(&page, &[]);
+    // pm.max_requests: the worker leaves, and its app with it.
+    wait_until(
+        "the app of the worker that left is gone",
+        Duration::from_secs(5),
+        || !alive(first),
+    );
+    let second = pid_of(fpm.get(&page, &[]).body());
+    assert_ne!(first, second);
+    // A worker killed outright takes its app along (parent-death signal).
+    let worker = common::parent_of(second).unwrap_or(0);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_until(
+        "the app of the killed worker is gone",
+        Duration::from_secs(5),
+        || !alive(second),
+    );
+    fpm.wait_workers(1);
+    let third = pid_of(fpm.get(&page, &[]).body());
+    let everyone = descendants(fpm.pid());
+    assert!(everyone.contains(&third));
+    fpm.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert_eq!(fpm.wait_exit(Duration::from_secs(10)), Some(0));
+    for pid in everyone {
+        wait_until(
+            &format!("process {pid} is gone after the stop"),
+            Duration::from_secs(5),
+            || !alive(pid),
+        );
+    }
+}
+
+// FCGI.pm replaces %ENV with each request's params, so the pool's env[] is read first.
+const PERL_APP: &str = r#"use FCGI;
+my $from_pool = $ENV{FROM_POOL};
+my $request = FCGI::Request();
+while ($request->Accept() >= 0) {
+    my $body = '';
+    read(STDIN, $body, $ENV{CONTENT_LENGTH} || 0);
+    print "Content-Type: text/plain\r\n\r\n$$ perl $ENV{REQUEST_URI} $from_pool [$body]\n";
+}
+"#;
+
+const FLUP_APP: &str = r#"import os
+from flup.server.fcgi import WSGIServer
+
+def app(environ, start_response):
+    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    text = '%d wsgi %s %s [%s]\n' % (os.getpid(), environ['REQUEST_URI'],
+                                     os.environ.get('FROM_POOL'), body.decode())
+    return [text.encode()]
+
+WSGIServer(app).run()
+"#;
+
+/// `cgi.fastcgi_app = …` for a whole pool: the app sees every request as it came (no
+/// script resolution: there is no SCRIPT_FILENAME at all), directly and behind nginx.
+fn serves_a_whole_pool(program: &str, app_file: &str, app_text: &str, marker: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join(app_file);
+    std::fs::write(&app, app_text).expect("write app");
+    let config = format!(
+        "[global]\n\n[app]\nlisten = {sock}\npm = static\npm.max_children = 2\n\
+         cgi.fastcgi_app = {program} {app}\nenv[FROM_POOL] = pool-env\n\
+         env[PATH] = /usr/local/bin:/usr/bin:/bin\n",
+        sock = dir.path().join("app.sock").display(),
+        app = app.display()
+    );
+    let address = dir.path().join("app.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let mut apps = HashSet::new();
+    for i in 0..20 {
+        let uri = format!("/hello/{i}");
+        let body = format!("body{i}");
+        let length = body.len().to_string();
+        let response = fpm
+            .client()
+            .request(
+                &[
+                    ("REQUEST_METHOD", "POST"),
+                    ("REQUEST_URI", &uri),
+                    ("PATH_INFO", &uri),
+                    ("CONTENT_LENGTH", &length),
+                    ("SERVER_PROTOCOL", "HTTP/1.1"),
+                ],
+                body.as_bytes(),
+                false,
+            )
+            .expect("FastCGI request");
+        let text = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(
+            text.contains(&format!("{marker} {uri} pool-env [{body}]")),
+            "request {i}: {response:?}\nlog:\n{}",
+            fpm.log_text()
+        );
+        apps.insert(pid_of(response.body()));
+    }
+    assert!(apps.len() <= 2, "{} apps for 2 workers", apps.len());
+
+    let docroot = fpm.path("www");
+    std::fs::create_dir_all(&docroot).expect("docroot");
+    let upstream = common::nginx::Upstream {
+        server: format!("unix:{}", fpm.address),
+        keepalive: Some(2),
+    };
+    let Some(nginx) = common::nginx::Nginx::start(&upstream, &docroot) else {
+        return;
+    };
+    for i in 0..20 {
+        let response = common::http::get(&nginx.socket, &format!("/via/nginx/{i}"))
+            .expect("request through nginx");
+        assert_eq!(response.status, 200, "{}", nginx.error_log());
+        assert!(
+            response
+                .text()
+                .contains(&format!("{marker} /via/nginx/{i}")),
+            "{response:?}"
+        );
+        apps.insert(pid_of(&response.body));
+    }
+    assert!(apps.len() <= 2, "{} apps for 2 workers", apps.len());
+}
+
+#[test]
+fn a_perl_fcgi_loop_serves_a_whole_pool() {
+    if !common::require_tool("perl") {
+        return;
+    }
+    let has_module = std::process::Command::new("perl")
+        .args(["-MFCGI", "-e", "1"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_module {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FCGI.pm (libfcgi-perl) is required in CI"
+        );
+        eprintln!("SKIPPED: FCGI.pm is not installed (apt-get install libfcgi-perl)");
+        return;
+    }
+    serves_a_whole_pool("/usr/bin/perl", "app.pl", PERL_APP, "perl");
+}
+
+#[test]
+fn a_flup_wsgi_app_serves_a_whole_pool() {
+    let Some(python) = common::which("python3") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 is required in CI"
+        );
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    };
+    let has_flup = std::process::Command::new(&python)
+        .args(["-c", "import flup.server.fcgi"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_flup {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "flup is required in CI (scripts/install-test-deps.sh)"
+        );
+        eprintln!("SKIPPED: flup is not installed (pip install flup)");
+        return;
+    }
+    serves_a_whole_pool(&python.display().to_string(), "app.py", FLUP_APP, "wsgi");
+}
+
+#[test]
+fn php_cgi_behind_nginx_with_keepalive() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(2, &format!("cgi.fastcgi_app[.php] = {php}\n"));
+    fpm.script("pid.php", PID_PHP);
+    fpm.script(
+        "echo.php",
+        "<?php echo getmypid(), ' ', strlen(file_get_contents('php://input')), \"\\n\";",
+    );
+    let upstream = common::nginx::Upstream {
+        server: format!("unix:{}", fpm.address),
+        keepalive: Some(4),
+    };
+    let Some(nginx) = common::nginx::Nginx::start(&upstream, &fpm.path("www")) else {
+        return;
+    };
+    let body = vec![b'x'; 300 * 1024];
+    let mut apps = HashSet::new();
+    for i in 0..40 {
+        let response = if i % 4 == 0 {
+            common::http::request(&nginx.socket, "POST", "/echo.php", &[], &body)
+        } else {
+            common::http::get(&nginx.socket, "/pid.php")
+        }
+        .expect("request through nginx");
+        assert_eq!(response.status, 200, "{}", nginx.error_log());
+        if i % 4 == 0 {
+            assert!(
+                response.text().ends_with(&format!(" {}\n", body.len())),
+                "{}",
+                response.text()
+            );
+        }
+        apps.insert(pid_of(&response.body));
+    }
+    assert!(
+        apps.len() <= 2,
+        "40 requests, {} apps for 2 workers",
+        apps.len()
+    );
+}
