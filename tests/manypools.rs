@@ -317,3 +317,28 @@ fn a_worker_out_of_descriptors_at_accept_backs_off_and_logs_once() {
         "not logged once per episode:\n{log}"
     );
 }
+
+#[test]
+fn a_reload_to_1100_pools_raises_the_limit_before_opening_their_sockets() {
+    const MANY: usize = 1100;
+    let (dir, config) = setup(3);
+    let address = dir.path().join("p1.sock").display().to_string();
+    let fpm = Fpm::spawn_with_command(dir, &config, &address, &[], |c| limit_files(c, 1024, 8192));
+    fpm.wait_for_log("ready to handle connections", Duration::from_secs(10));
+    let script = hello(&fpm);
+    std::fs::write(&fpm.config, many_pools(fpm.dir.path(), MANY)).unwrap();
+    fpm.signal(nix::sys::signal::Signal::SIGUSR2);
+    // The old image opens the new pools' sockets itself: under the old soft limit of
+    // 1024 it ran out of descriptors part of the way and the reload was aborted.
+    wait_until(
+        "the last of 1100 pools answers after the reload",
+        Duration::from_secs(30),
+        || ask(&fpm, MANY, &script).as_deref() == Ok("pool p1100\n"),
+    );
+    let log = fpm.log_text();
+    assert!(!log.contains("reload aborted"), "{log}");
+    assert!(
+        log.contains("raised the soft limit of open files (RLIMIT_NOFILE) from 1024"),
+        "{log}"
+    );
+}

@@ -164,11 +164,15 @@ impl Master {
             return;
         }
         // The new image would refuse to start with too few descriptors: refuse here,
-        // while the old configuration can still keep serving.
-        if let Err(e) = crate::fdplan::check(&config) {
-            log::error!("{e}");
-            log::error!("reload aborted; the running configuration stays in effect");
-            return;
+        // while the old configuration can still keep serving. When the soft limit must
+        // grow, it grows now: this image opens the new pools' sockets before the exec.
+        match crate::fdplan::apply(&config) {
+            Ok(notice) => notice.iter().for_each(|n| log::info!("{n}")),
+            Err(e) => {
+                log::error!("{e}");
+                log::error!("reload aborted; the running configuration stays in effect");
+                return;
+            }
         }
 
         // Every socket the new configuration listens on: kept, or opened now so that an
