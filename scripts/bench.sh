@@ -4,7 +4,8 @@
 #   nginx + cgi-fpm      (static pool of W workers, unix socket)
 #   nginx + fcgiwrap     (-c W, unix socket)
 #   exec floor           (W processes spawning the script and draining its stdout; no server)
-#   nginx + php-fpm      (static W, hello.php) next to cgi-fpm running php-cgi, if php-fpm is there
+#   nginx + php-fpm      (static W, hello.php) next to cgi-fpm running php-cgi, if php-fpm is there,
+#                        as CGI and as a resident app (cgi.fastcgi_app), and spawn-fcgi + php-cgi
 # on hello.sh, a compiled hello (examples/cgi-bin/hello.c), hello.py and a 1 MiB POST echoed
 # back by echo.sh. Each is measured RUNS times (interleaved) and the medians are printed as a
 # Markdown table with the ratios cgi-fpm/fcgiwrap and cgi-fpm/floor; then idle memory and
@@ -57,6 +58,7 @@ install_missing() {
     [ -x /usr/bin/python3 ] || need="$need python3"
     [ -n "$(php_fpm_bin)" ] || optional="$optional php-fpm"
     have php-cgi || optional="$optional php-cgi"
+    have spawn-fcgi || optional="$optional spawn-fcgi"
     [ -z "$need$optional" ] && return 0
     if ! have apt-get; then
         [ -z "$need" ] && { say "not installed (optional):$optional"; return 0; }
@@ -98,6 +100,8 @@ NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 FCGIWRAP_BIN=$(command -v fcgiwrap || echo /usr/sbin/fcgiwrap)
 PHP_FPM_BIN=$(php_fpm_bin)
 PHP_CGI_BIN=$(command -v php-cgi || true)
+SPAWN_FCGI_BIN=$(command -v spawn-fcgi || echo /usr/bin/spawn-fcgi)
+[ -x "$SPAWN_FCGI_BIN" ] || SPAWN_FCGI_BIN=""
 [ -n "$PHP_FPM_BIN" ] && [ -n "$PHP_CGI_BIN" ] && WITH_PHP=1 || WITH_PHP=""
 wanted php || WITH_PHP=""
 
@@ -214,6 +218,34 @@ EOF
     PIDS+=("$PHP_FPM_PID")
 fi
 
+# --- PHP as resident FastCGI apps: cgi-fpm (one php-cgi per worker), spawn-fcgi ---------
+if [ -n "$WITH_PHP" ]; then
+    cat >"$TMP/resident.conf" <<EOF
+[global]
+error_log = $TMP/resident.log
+
+[resident]
+listen = $TMP/resident.sock
+pm = static
+pm.max_children = $WORKERS
+cgi.allowed_roots = $WWW
+cgi.fastcgi_app[.php] = $PHP_CGI_BIN
+EOF
+    RES_ARGS=(-F -y "$TMP/resident.conf")
+    [ "$(id -u)" -eq 0 ] && RES_ARGS+=(-R)
+    "$FPM_BIN" "${RES_ARGS[@]}" </dev/null >>"$TMP/resident.log" 2>&1 &
+    RESIDENT_PID=$!
+    PIDS+=("$RESIDENT_PID")
+    if [ -n "$SPAWN_FCGI_BIN" ]; then
+        # The classic set-up: one php-cgi that forks W children (PHP_FCGI_CHILDREN), all
+        # accepting on one socket; -n keeps it in the foreground with our pid.
+        setsid "$SPAWN_FCGI_BIN" -n -s "$TMP/spawn.sock" -C "$WORKERS" -- "$PHP_CGI_BIN" \
+            </dev/null >>"$TMP/spawn-fcgi.log" 2>&1 &
+        SPAWN_PID=$!
+        PIDS+=("-$SPAWN_PID")
+    fi
+fi
+
 # --- nginx: one server block per upstream, HTTP on loopback ---------------------------
 PORT_FPM=$(pick_port 18080)
 PORT_WRAP=$(pick_port $((PORT_FPM + 1)))
@@ -221,6 +253,9 @@ PORT_PHP=$(pick_port $((PORT_WRAP + 1)))
 PORT_FPM_KA=$(pick_port $((PORT_PHP + 1)))
 PORT_PHP_KA=$(pick_port $((PORT_FPM_KA + 1)))
 PORT_FPM_KA2=$(pick_port $((PORT_PHP_KA + 1)))
+PORT_RES=$(pick_port $((PORT_FPM_KA2 + 1)))
+PORT_RES_KA=$(pick_port $((PORT_RES + 1)))
+PORT_SPAWN=$(pick_port $((PORT_RES_KA + 1)))
 server_block() { # port upstream keep_conn
     cat <<EOF
     server {
@@ -278,6 +313,9 @@ http {
     upstream cgi_fpm_ka { server unix:$TMP/cgi-fpm.sock; keepalive 8; keepalive_timeout 1s; }
     upstream cgi_fpm_ka2 { server unix:$TMP/cgi-fpm.sock; keepalive 2; keepalive_timeout 1s; }
     upstream php_fpm_ka { server unix:$TMP/php-fpm.sock; keepalive 8; keepalive_timeout 1s; }
+    upstream resident { server unix:$TMP/resident.sock; }
+    upstream resident_ka { server unix:$TMP/resident.sock; keepalive 8; keepalive_timeout 1s; }
+    upstream spawn_fcgi { server unix:$TMP/spawn.sock; }
 EOF
     server_block "$PORT_FPM" cgi_fpm off
     server_block "$PORT_WRAP" fcgiwrap off
@@ -285,6 +323,9 @@ EOF
     server_block "$PORT_FPM_KA" cgi_fpm_ka on
     server_block "$PORT_PHP_KA" php_fpm_ka on
     server_block "$PORT_FPM_KA2" cgi_fpm_ka2 on
+    server_block "$PORT_RES" resident off
+    server_block "$PORT_RES_KA" resident_ka on
+    server_block "$PORT_SPAWN" spawn_fcgi off
     echo "}"
 } >"$TMP/nginx.conf"
 "$NGINX_BIN" -p "$TMP" -c "$TMP/nginx.conf" </dev/null >>"$TMP/nginx-stderr.log" 2>&1 &
@@ -299,6 +340,8 @@ for s in hello hello.py; do
     check_hello "$PORT_FPM" "$s" || { say "bench.sh: cgi-fpm cannot serve $s"; exit 1; }
 done
 [ -n "$WITH_PHP" ] && { check_hello "$PORT_FPM" hello.php || { say "bench.sh: cgi-fpm cannot serve hello.php"; exit 1; }; }
+[ -n "$WITH_PHP" ] && wait_for "nginx + cgi-fpm with resident php-cgi answering" check_hello "$PORT_RES" hello.php
+[ -n "$WITH_PHP" ] && [ -n "$SPAWN_FCGI_BIN" ] && wait_for "nginx + spawn-fcgi answering" check_hello "$PORT_SPAWN" hello.php
 
 # ---------------------------------------------------------------------------------------
 # Measurements. Each result file holds one line: req/s p50_ms p99_ms errors.
@@ -361,6 +404,8 @@ for ((run = 1; run <= RUNS; run++)); do
         say "run $run/$RUNS: hello.php"
         run_wrk "$PORT_FPM" hello.php >"$TMP/results/hello_php.fpm.$run"
         run_wrk "$PORT_PHP" hello.php >"$TMP/results/hello_php.phpfpm.$run"
+        run_wrk "$PORT_RES" hello.php >"$TMP/results/hello_php.resident.$run"
+        [ -n "$SPAWN_FCGI_BIN" ] && run_wrk "$PORT_SPAWN" hello.php >"$TMP/results/hello_php.spawn.$run"
     fi
     if wanted keepalive; then
         # An idle kept connection holds a worker (as in php-fpm): let nginx's cached
@@ -372,6 +417,8 @@ for ((run = 1; run <= RUNS; run++)); do
         sleep 2
         if [ -n "$WITH_PHP" ]; then
             run_wrk "$PORT_PHP_KA" hello.php >"$TMP/results/hello_php.phpfpm_ka.$run"
+            sleep 2
+            run_wrk "$PORT_RES_KA" hello.php >"$TMP/results/hello_php.resident_ka.$run"
             sleep 2
         fi
     fi
@@ -472,6 +519,17 @@ if [ -n "$WITH_PHP" ]; then
     echo "|---|---:|---:|---:|---:|"
     echo "| cgi-fpm running php-cgi as CGI | $(fmt_rps "$f_rps") | $f_p50 | $f_p99 | $f_err |"
     echo "| php-fpm (PHP in the worker) | $(fmt_rps "$p_rps") | $p_p50 | $p_p99 | $p_err |"
+    read -r r_rps r_p50 r_p99 r_err <<<"$(stats hello_php resident)"
+    echo "| cgi-fpm, resident php-cgi (cgi.fastcgi_app) | $(fmt_rps "$r_rps") | $r_p50 | $r_p99 | $r_err |"
+    s_rps=""
+    if [ -n "$SPAWN_FCGI_BIN" ]; then
+        read -r s_rps s_p50 s_p99 s_err <<<"$(stats hello_php spawn)"
+        echo "| spawn-fcgi + php-cgi (PHP_FCGI_CHILDREN=$WORKERS) | $(fmt_rps "$s_rps") | $s_p50 | $s_p99 | $s_err |"
+    fi
+    echo
+    echo "Targets for the resident php-cgi:"
+    echo "- req/s >= 0.8 x php-fpm: $(ratio "$r_rps" "$p_rps") x, $(verdict "$(ratio "$r_rps" "$p_rps")" 0.8)"
+    [ -n "$s_rps" ] && echo "- req/s >= 1.0 x spawn-fcgi + php-cgi: $(ratio "$r_rps" "$s_rps") x, $(verdict "$(ratio "$r_rps" "$s_rps")" 1.0)"
 fi
 
 if wanted keepalive; then
@@ -487,6 +545,8 @@ if wanted keepalive; then
     if [ -n "$WITH_PHP" ]; then
         read -r a b c d <<<"$(stats hello_php phpfpm_ka)"
         echo "| php-fpm | hello.php | 8 | $(fmt_rps "$a") | $b | $c | $d |"
+        read -r a b c d <<<"$(stats hello_php resident_ka)"
+        echo "| cgi-fpm, resident php-cgi | hello.php | 8 | $(fmt_rps "$a") | $b | $c | $d |"
     fi
 fi
 
@@ -501,6 +561,20 @@ echo "|---|---:|---:|---:|---:|"
 rest_figures cgi-fpm "$FPM_PID"
 rest_figures fcgiwrap "$FCGIWRAP_PID"
 [ -n "$WITH_PHP" ] && rest_figures php-fpm "$PHP_FPM_PID"
+if [ -n "$WITH_PHP" ]; then
+    rest_figures "cgi-fpm, resident php-cgi (workers)" "$RESIDENT_PID"
+    # The apps themselves: each worker's php-cgi.
+    app_rss=0 apps=0
+    for w in $(children_of "$RESIDENT_PID"); do
+        for a in $(children_of "$w"); do
+            r=$(status_kib "$a" VmRSS)
+            ((r > app_rss)) && app_rss=$r
+            apps=$((apps + 1))
+        done
+    done
+    awk -v w="$app_rss" -v n="$apps" 'BEGIN { printf "| resident php-cgi apps | - | %.1f | %d | - |\n", w / 1024, n }'
+    [ -n "$SPAWN_FCGI_BIN" ] && rest_figures "spawn-fcgi + php-cgi" "$SPAWN_PID"
+fi
 if wanted rest; then
     # One master per pool manager, each with one pool and nothing to do: after a 3 s
     # settle (the first maintenance round, ondemand reaping its idle timeout of 1 s), how
