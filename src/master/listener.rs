@@ -22,6 +22,8 @@ pub struct Listener {
     fd: OwnedFd,
     /// The socket file we created, removed again when we stop.
     unix_path: Option<PathBuf>,
+    /// systemd created it and keeps it open across our restarts.
+    from_systemd: bool,
 }
 
 impl Listener {
@@ -32,6 +34,12 @@ impl Listener {
     /// The socket file this listener created (and removes when closed).
     pub fn owned_path(&self) -> Option<&Path> {
         self.unix_path.as_deref()
+    }
+
+    /// Whether systemd holds this socket too (socket activation): it keeps queueing
+    /// connections for the next start, so it must never be shut down.
+    pub fn held_by_systemd(&self) -> bool {
+        self.from_systemd
     }
 
     /// Close the socket and remove its file.
@@ -64,6 +72,7 @@ pub fn open_at(
             address: address.clone(),
             fd: socket.fd,
             unix_path,
+            from_systemd: matches!(socket.origin, Origin::Systemd),
         });
     }
     create(pool, address)
@@ -84,6 +93,7 @@ fn create(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String
                 address: address.clone(),
                 fd,
                 unix_path: None,
+                from_systemd: false,
             })
         }
         ListenAddress::AnyPort(port) => {
@@ -102,6 +112,7 @@ fn create(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String
                 address: address.clone(),
                 fd,
                 unix_path: None,
+                from_systemd: false,
             })
         }
     }
@@ -185,6 +196,7 @@ fn open_unix(
         address: address.clone(),
         fd,
         unix_path: Some(path.to_path_buf()),
+        from_systemd: false,
     };
     if let Some((uid, gid)) = owner
         && let Err(e) = chown(path, uid, gid)

@@ -289,6 +289,16 @@ impl Lot {
         self.parked.values().map(|p| (p.pool, p.fd.as_raw_fd()))
     }
 
+    /// Close every parked connection (stopping): nginx drops a cached connection that
+    /// closes while idle and opens another, to a server that still listens, rather than
+    /// send its next request into one that would be reset when this master exits.
+    pub fn close_all(&mut self, registry: &Registry) {
+        for (_, parked) in self.parked.drain() {
+            let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
+        }
+        self.order.clear();
+    }
+
     fn evict_oldest(&mut self, registry: &Registry) {
         while let Some(oldest) = self.order.pop_front() {
             if self.remove(registry, oldest).is_some() {

@@ -535,6 +535,9 @@ impl Master {
                     self.sleep_or_schedule();
                 }
                 _ => {
+                    // Stopping: no kept connection stays parked here (workers that
+                    // finish their last request may still park theirs).
+                    self.lot.close_all(self.poll.registry());
                     if self.children.is_empty() && self.old_workers.is_empty() {
                         return 0;
                     }
@@ -653,6 +656,33 @@ impl Master {
             escalate_at: (!timeout.is_zero()).then(|| Instant::now() + timeout),
         };
         self.signal_children(Signal::SIGQUIT);
+        self.stop_listening();
+    }
+
+    /// On a graceful stop, refuse new connections at once on the sockets this master
+    /// made. A web server with another upstream then retries there straight away, a POST
+    /// too (nothing was sent), instead of waiting in the listen queue until this master
+    /// exits and being reset then. shutdown() reaches the socket the workers share as well.
+    /// Sockets systemd holds stay open: they queue connections for the next start.
+    fn stop_listening(&mut self) {
+        for pool in &self.pools {
+            if pool.listener.held_by_systemd() {
+                continue;
+            }
+            let fd = pool.listener.raw_fd();
+            // An ondemand pool's socket must not wake the master for connections
+            // nobody will take (deregistering one that was never watched is harmless).
+            if pool.settings.pm == ProcessManager::Ondemand {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
+            if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read) {
+                log::warn!(
+                    "[pool {}] cannot stop listening on {} (new connections wait until exit): {e}",
+                    pool.name,
+                    pool.listener.address
+                );
+            }
+        }
     }
 
     fn escalate_stop(&mut self) {

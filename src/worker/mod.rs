@@ -607,6 +607,9 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
                 accept_paused_until = Some(Instant::now() + failure.backoff);
                 continue;
             }
+            // The socket no longer listens: the master shut it down on a graceful stop
+            // (its QUIT may not have reached this worker yet). Nothing more to take.
+            Err(Errno::EINVAL) => return 0,
             Err(e) => {
                 log::warn!("[pool {}] accept() failed: {e}", ctx.pool.name);
                 continue;
