@@ -297,6 +297,7 @@ impl Lot {
             let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
         }
         self.order.clear();
+        self.partial = 0;
     }
 
     fn evict_oldest(&mut self, registry: &Registry) {
