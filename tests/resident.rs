@@ -421,3 +421,69 @@ fn php_cgi_behind_nginx_with_keepalive() {
         apps.len()
     );
 }
+
+/// The web server aborts a request (ABORT_REQUEST), or closes its connection, while the
+/// app works on it: php-cgi does not notice either, so after a short grace the app is
+/// stopped, and the next request gets a fresh one.
+#[test]
+fn an_aborted_or_abandoned_request_stops_an_app_that_does_not_end_it() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(1, &format!("cgi.fastcgi_app[.php] = {php}\n"));
+    let page = fpm.script("pid.php", PID_PHP);
+    let slow = fpm.script("slow.php", "<?php sleep(30); echo 'late';");
+    let slow_path = slow.display().to_string();
+    let params = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_FILENAME", slow_path.as_str()),
+        ("REQUEST_URI", "/slow.php"),
+    ];
+    for abandon in [false, true] {
+        let app = pid_of(fpm.get(&page, &[]).body());
+        let mut client = fpm.client();
+        client.send_request(1, &params, b"", true).expect("send");
+        wait_until(
+            "the app has the slow request",
+            Duration::from_secs(5),
+            || {
+                fpm.log_text().matches("execution").count() == 0
+                    && common::children_of(app).is_empty()
+                    && std::fs::read_to_string(format!("/proc/{app}/wchan"))
+                        .is_ok_and(|w| w.contains("nanosleep") || w.contains("hrtimer"))
+            },
+        );
+        let started = Instant::now();
+        if abandon {
+            drop(client);
+        } else {
+            let mut abort = Vec::new();
+            cgi_fpm::fastcgi::record::write_record(
+                &mut abort,
+                cgi_fpm::fastcgi::record::RecordType::AbortRequest,
+                1,
+                &[],
+            );
+            client.send_raw(&abort).expect("send abort");
+            let answer = client
+                .read_response(1)
+                .expect("END_REQUEST after the abort");
+            assert!(answer.stdout.is_empty(), "{answer:?}");
+        }
+        wait_until(
+            "the app that ignored the abort is stopped",
+            Duration::from_secs(5),
+            || !alive(app),
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let next = fpm.get(&page, &[]);
+        assert_eq!(next.status(), 200, "{next:?}");
+        assert_ne!(pid_of(next.body()), app);
+    }
+    assert_eq!(
+        fpm.log_text()
+            .matches("did not end the aborted request")
+            .count(),
+        2,
+        "{}",
+        fpm.log_text()
+    );
+}

@@ -174,6 +174,11 @@ impl<'a> Relay<'a> {
                 return Outcome::Close;
             }
             self.check_deadlines(ctx);
+            // A deadline may have just stopped the app: with the web server gone too,
+            // nothing is left to wait for.
+            if self.broken && self.app_done {
+                return Outcome::Close;
+            }
             if self.conn.output_held() && self.stdin_settled() {
                 self.conn.release_output();
             }
