@@ -25,6 +25,8 @@ pub const MIN_HELD: u64 = 64;
 const WANT_HELD: u64 = 1024;
 /// Below this room for held connections the soft limit is raised, if the hard one allows.
 const RAISE_BELOW_HELD: u64 = 256;
+/// The master endpoint's open connections at most (`metrics.listen`).
+pub const METRICS_CONNECTIONS: u64 = 64;
 /// A pool's channel for idle kept connections: one socket pair (`lot::Channels`).
 pub const CHANNEL_FDS: u64 = 2;
 /// With `catch_workers_output`, what each worker's output costs: the read ends of its
@@ -76,7 +78,14 @@ pub fn pool_cost(pool: &PoolConfig) -> u64 {
 pub fn budget(config: &Config) -> Budget {
     let syslog = matches!(config.global.error_log, ErrorLog::Syslog);
     Budget {
-        fixed: MASTER_FIXED + TRANSIENT + u64::from(syslog),
+        fixed: MASTER_FIXED
+            + TRANSIENT
+            + u64::from(syslog)
+            + match config.global.metrics_listen {
+                // Its socket and its connections (`master::endpoint::MAX_CONNECTIONS`).
+                Some(_) => 1 + METRICS_CONNECTIONS,
+                None => 0,
+            },
         pools: config.pools.iter().map(pool_cost).sum(),
         pool_count: config.pools.len(),
     }

@@ -33,6 +33,20 @@ pub struct Handover {
     pub channels: Vec<PoolChannels>,
     /// Idle kept connections parked with the old image.
     pub parked: Vec<Parked>,
+    /// The master's figures for `metrics.listen`, so that a reload does not reset them
+    /// (absent from an older image: the new one starts counting).
+    pub master: Option<MasterFigures>,
+}
+
+/// The master's own figures, as the endpoint shows them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MasterFigures {
+    /// When the first image started, in microseconds since the epoch.
+    pub started_at_us: u64,
+    /// Reloads so far, counting the one this value crosses.
+    pub reloads: u64,
+    pub emergency_restarts: u64,
 }
 
 /// A listening socket: `key` is its path or `ip:port` (see `master::inherit::socket_key`).
@@ -155,6 +169,11 @@ mod tests {
                 pool: "www".into(),
                 fd: 11,
             }],
+            master: Some(MasterFigures {
+                started_at_us: 1_700_000_000_000_000,
+                reloads: 3,
+                emergency_restarts: 1,
+            }),
         }
     }
 

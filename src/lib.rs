@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod endpoint;
 pub mod exit_code;
 pub mod fastcgi;
 pub mod fdplan;

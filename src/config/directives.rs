@@ -183,6 +183,17 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         g.proctitle_prefix = optional_text(v);
         Ok(())
     }),
+    global("metrics.listen", Implemented, |g, v, _| {
+        g.metrics_listen = match v.trim() {
+            "" => None,
+            v => Some(listen_address(v)?),
+        };
+        Ok(())
+    }),
+    global("metrics.allowed_clients", Implemented, |g, v, _| {
+        g.metrics_allowed_clients = allowed_clients(v)?;
+        Ok(())
+    }),
     include(Scope::Global),
     // Pools, in php-fpm's order (fpm_conf.c, www.conf.in).
     pool("prefix", Implemented, |p, v, _| {
@@ -792,6 +803,9 @@ mod tests {
             (Scope::Pool, "php_admin_flag[]"),
             (Scope::Pool, "cgi.request_header_timeout"),
             (Scope::Pool, "cgi.held_output_limit"),
+            // The master's own endpoint.
+            (Scope::Global, "metrics.listen"),
+            (Scope::Global, "metrics.allowed_clients"),
         ]
         .into_iter()
         .collect();

@@ -104,6 +104,17 @@ impl Dump {
             "proctitle_prefix",
             or_undefined(global.proctitle_prefix.as_ref()),
         );
+        self.line(
+            "metrics.listen",
+            or_undefined(global.metrics_listen.as_ref()),
+        );
+        let clients: Vec<String> = global
+            .metrics_allowed_clients
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let clients = (!clients.is_empty()).then(|| clients.join(","));
+        self.line("metrics.allowed_clients", or_undefined(clients));
     }
 
     fn pool(&mut self, pool: &PoolConfig) {

@@ -98,6 +98,11 @@ pub struct GlobalConfig {
     pub systemd_interval: Duration,
     /// Prefix of the process titles; unset means `cgi-fpm`.
     pub proctitle_prefix: Option<String>,
+    /// `metrics.listen`: where the master itself answers `/metrics`, `/status` and `/ping`
+    /// over HTTP; unset, it does not listen.
+    pub metrics_listen: Option<ListenAddress>,
+    /// `metrics.allowed_clients`: TCP peers let in; empty means any.
+    pub metrics_allowed_clients: Vec<std::net::IpAddr>,
 }
 
 impl Default for GlobalConfig {
@@ -121,6 +126,8 @@ impl Default for GlobalConfig {
             events_mechanism: None,
             systemd_interval: Duration::from_secs(10),
             proctitle_prefix: None,
+            metrics_listen: None,
+            metrics_allowed_clients: Vec::new(),
         }
     }
 }

@@ -77,6 +77,9 @@ pub(super) fn finish(
         checked.push(pool);
     }
     check_listen_conflicts(&checked, &mut errors);
+    if let Some(metrics) = &global.metrics_listen {
+        check_metrics_conflicts(&checked, metrics, &mut errors);
+    }
     if !errors.is_empty() {
         return Err((errors, warnings));
     }
@@ -691,6 +694,28 @@ fn check_listen_conflicts(pools: &[PoolDraft], errors: &mut Vec<ConfigError>) {
                 format!("'{address}' overlaps '{other_address}' of pool '{other_name}'")
             };
             errors.push(pool.error(key, message));
+        }
+    }
+}
+
+/// The master's own endpoint cannot share an address with a pool.
+fn check_metrics_conflicts(
+    pools: &[PoolDraft],
+    metrics: &ListenAddress,
+    errors: &mut Vec<ConfigError>,
+) {
+    for pool in pools.iter().filter(|pool| pool.seen.contains_key("listen")) {
+        let addresses = std::iter::once(("listen", &pool.config.listen)).chain(
+            pool.config
+                .pm_status_listen
+                .iter()
+                .map(|a| ("pm.status_listen", a)),
+        );
+        for (key, address) in addresses {
+            if addresses_overlap(address, metrics) {
+                let message = format!("'{address}' overlaps metrics.listen '{metrics}'");
+                errors.push(pool.error(key, message));
+            }
         }
     }
 }

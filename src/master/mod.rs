@@ -4,6 +4,7 @@
 
 mod capture;
 mod emergency;
+mod endpoint;
 mod handed_over;
 mod inherit;
 mod listener;
@@ -92,6 +93,9 @@ struct Pool {
     /// Out of descriptors or processes when starting workers (see `shortage`).
     spawn_shortage: crate::shortage::Episode,
     respawn_at: Option<Instant>,
+    /// For the endpoint: workers started, and ended by cause (`exposition::CAUSES`).
+    workers_started: u64,
+    workers_died: [u64; 3],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +164,10 @@ pub struct Master {
     handed_over_parked: Vec<(usize, std::os::fd::OwnedFd)>,
     /// Reads the pools' listen queues through one kept netlink socket.
     prober: Prober,
+    /// `metrics.listen`, when set.
+    endpoint: Option<endpoint::Endpoint>,
+    /// The master's figures that outlive a reload.
+    figures: crate::handover::MasterFigures,
 }
 
 /// Start the master on a checked configuration and run until stopped. `report` is told
@@ -232,6 +240,8 @@ impl Master {
                         quick_failures: 0,
                         spawn_shortage: Default::default(),
                         respawn_at: None,
+                        workers_started: 0,
+                        workers_died: [0; 3],
                     });
                     if let Some((listener, scoreboard)) = status {
                         log::debug!(
@@ -255,6 +265,8 @@ impl Master {
                             quick_failures: 0,
                             spawn_shortage: Default::default(),
                             respawn_at: None,
+                            workers_started: 0,
+                            workers_died: [0; 3],
                         });
                     }
                 }
@@ -265,12 +277,29 @@ impl Master {
                 }
             }
         }
+        let endpoint = match &config.global.metrics_listen {
+            None => None,
+            Some(address) => match endpoint::open(address, &mut inherited) {
+                Ok(listener) => {
+                    log::debug!("metrics listening on {}", listener.address);
+                    Some(endpoint::Endpoint::new(
+                        listener,
+                        config.global.metrics_allowed_clients.clone(),
+                    ))
+                }
+                Err(e) => {
+                    pools.into_iter().for_each(|p| p.listener.close());
+                    return Err(e.replacen("[pool metrics] listen", "metrics.listen", 1));
+                }
+            },
+        };
         inherited.close_unused();
         let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
         let poll = match Poll::new() {
             Ok(p) => p,
             Err(e) => {
                 pools.into_iter().for_each(|p| p.listener.close());
+                endpoint.into_iter().for_each(endpoint::Endpoint::close);
                 return Err(format!("epoll_create failed: {e}"));
             }
         };
@@ -322,6 +351,13 @@ impl Master {
             })
             .collect();
         let lot_capacity = lot_capacity(&config);
+        let figures = match handover.master {
+            Some(figures) => figures,
+            None => crate::handover::MasterFigures {
+                started_at_us: now_us(),
+                ..Default::default()
+            },
+        };
         let master = Master {
             config,
             pools,
@@ -345,6 +381,8 @@ impl Master {
             lot: Lot::new(lot_capacity),
             handed_over_parked,
             prober: Prober::open(),
+            endpoint,
+            figures,
         };
         if let Some(path) = &master.pid_file
             && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -359,6 +397,9 @@ impl Master {
     fn close_listeners(self) {
         for pool in self.pools {
             pool.listener.close();
+        }
+        if let Some(endpoint) = self.endpoint {
+            endpoint.close();
         }
     }
 
@@ -412,6 +453,14 @@ impl Master {
             })
             .collect();
         self.lot.set_limits(limits);
+        if let Some(endpoint) = &self.endpoint
+            && let Err(e) = endpoint.register(self.poll.registry())
+        {
+            let message = format!("metrics.listen: failed to watch the listening socket: {e}");
+            log::error!("{message}");
+            report.failed(&message);
+            return crate::exit_code::OS_ERROR;
+        }
         for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
             self.lot.park(self.poll.registry(), fd, index);
         }
@@ -473,6 +522,10 @@ impl Master {
                     self.capture.on_readable(self.poll.registry(), token);
                     continue;
                 }
+                if endpoint::Endpoint::owns(token) {
+                    self.on_endpoint_event(token);
+                    continue;
+                }
                 match self
                     .lot
                     .on_event(self.poll.registry(), token, &mut self.channels)
@@ -488,6 +541,9 @@ impl Master {
                         }
                     }
                 }
+            }
+            if let Some(endpoint) = &mut self.endpoint {
+                endpoint.expire(self.poll.registry());
             }
             for signal in signals.pending() {
                 self.on_signal(signal);
@@ -593,6 +649,13 @@ impl Master {
             sooner(at);
         }
         if let Some(at) = self.lot.next_deadline() {
+            sooner(at);
+        }
+        if let Some(at) = self
+            .endpoint
+            .as_ref()
+            .and_then(endpoint::Endpoint::deadline)
+        {
             sooner(at);
         }
         for pool in &self.pools {
@@ -771,6 +834,7 @@ impl Master {
             match self.emergency.record_crash(std::time::SystemTime::now()) {
                 Verdict::Nothing => {}
                 Verdict::Reload { crashes } => {
+                    self.figures.emergency_restarts += 1;
                     log::error!(
                         target: crate::logging::ALERT,
                         "failed processes threshold ({crashes} in {} sec) is reached, initiating reload",
@@ -811,6 +875,12 @@ impl Master {
         if !child.stopping && !stopping {
             pool.pm.to_replace += 1;
         }
+        let cause = match status {
+            WaitStatus::Exited(_, 0) => 0,
+            WaitStatus::Exited(..) => 1,
+            _ => 2,
+        };
+        pool.workers_died[cause] += 1;
         if let Some(slot) = pool.scoreboard.slot(child.slot) {
             // A worker that died abruptly leaves its CGI child behind; nobody else will
             // ever read its output or stop it.
@@ -1138,6 +1208,7 @@ impl Master {
                         killed_as_stuck: false,
                     },
                 );
+                self.pools[index].workers_started += 1;
                 Ok(())
             }
             Err(e) => {
@@ -1244,6 +1315,68 @@ impl Master {
             self.signal_children(Signal::SIGKILL);
             all_gone(self, Instant::now() + Duration::from_secs(1));
         }
+    }
+
+    /// A request or a connection on the master's endpoint.
+    fn on_endpoint_event(&mut self, token: Token) {
+        let Master {
+            endpoint,
+            pools,
+            prober,
+            lot,
+            figures,
+            poll,
+            config,
+            ..
+        } = self;
+        let Some(endpoint) = endpoint else { return };
+        let open = endpoint.open_connections() as u64;
+        endpoint.on_event(poll.registry(), token, |render| {
+            let now = now_us();
+            let mut parked = vec![0u64; pools.len()];
+            for (index, _) in lot.parked_fds() {
+                if let Some(count) = parked.get_mut(index) {
+                    *count += 1;
+                }
+            }
+            let gathered: Vec<(usize, crate::scoreboard::PoolSnapshot, _)> = pools
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.kind == PoolKind::Workers)
+                .map(|(index, p)| {
+                    let queue = p.queue_figures(prober).unwrap_or_default();
+                    (index, p.scoreboard.snapshot(), queue)
+                })
+                .collect();
+            let views: Vec<crate::endpoint::exposition::PoolView<'_>> = gathered
+                .iter()
+                .map(|(index, snapshot, queue)| {
+                    let pool = &pools[*index];
+                    crate::endpoint::exposition::PoolView {
+                        report: crate::status::Report {
+                            pool: &pool.name,
+                            settings: crate::status::PmSettings::from(
+                                &config.pools[pool.config_index],
+                            ),
+                            snapshot,
+                            queue: *queue,
+                            now_us: now,
+                        },
+                        parked: parked[*index],
+                        workers_started: pool.workers_started,
+                        workers_died: pool.workers_died,
+                    }
+                })
+                .collect();
+            let master = crate::endpoint::exposition::MasterView {
+                now_us: now,
+                started_at_us: figures.started_at_us,
+                reloads: figures.reloads,
+                emergency_restarts: figures.emergency_restarts,
+                endpoint_connections: open,
+            };
+            render(&views, &master)
+        });
     }
 
     fn shutdown(self) {

@@ -186,10 +186,9 @@ impl Master {
         let ours: std::collections::HashMap<String, std::os::fd::RawFd> = self
             .pools
             .iter()
-            .filter_map(|p| {
-                let fd = p.listener.raw_fd();
-                Some((inherit::socket_key(fd)?, fd))
-            })
+            .map(|p| p.listener.raw_fd())
+            .chain(self.endpoint.as_ref().map(|e| e.raw_fd()))
+            .filter_map(|fd| Some((inherit::socket_key(fd)?, fd)))
             .collect();
         for pool in &config.pools {
             let addresses = std::iter::once(&pool.listen).chain(pool.pm_status_listen.as_ref());
@@ -222,14 +221,46 @@ impl Master {
             }
         }
 
+        // The master's endpoint, the same way.
+        if let Some(address) = &config.global.metrics_listen {
+            let keys = inherit::address_keys(address);
+            match keys
+                .iter()
+                .find_map(|k| ours.get(k).map(|&fd| (k.clone(), fd)))
+            {
+                Some((key, fd)) => listeners.push(handover::Listener { key, fd }),
+                None => match super::endpoint::open(address, &mut none_inherited) {
+                    Ok(l) => {
+                        if let Some(key) = inherit::socket_key(l.raw_fd()) {
+                            listeners.push(handover::Listener {
+                                key,
+                                fd: l.raw_fd(),
+                            });
+                        }
+                        opened.push(l);
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "{}",
+                            e.replacen("[pool metrics] listen", "metrics.listen", 1)
+                        );
+                        log::error!("reload aborted; the running configuration stays in effect");
+                        opened.into_iter().for_each(listener::Listener::close);
+                        return;
+                    }
+                },
+            }
+        }
+
         // The socket files of addresses the new configuration drops are handed over too,
         // and the new image closes them and removes the files. Removing them here, before
         // the exec, left pools that nobody could reach when the exec failed. (Sockets
         // without a file of ours, systemd's or TCP, just close at the exec.)
-        for pool in &self.pools {
-            let fd = pool.listener.raw_fd();
+        let endpoint = self.endpoint.as_ref().map(|e| e.listener());
+        for listener in self.pools.iter().map(|p| &p.listener).chain(endpoint) {
+            let fd = listener.raw_fd();
             if !listeners.iter().any(|l| l.fd == fd)
-                && pool.listener.owned_path().is_some()
+                && listener.owned_path().is_some()
                 && let Some(key) = inherit::socket_key(fd)
             {
                 listeners.push(handover::Listener { key, fd });
@@ -245,6 +276,10 @@ impl Master {
             emergency: self.emergency.handover(),
             channels: self.channels_to_hand_over(),
             parked: self.parked_to_hand_over(),
+            master: Some(crate::handover::MasterFigures {
+                reloads: self.figures.reloads + 1,
+                ..self.figures
+            }),
         };
         handover.put_in_environment();
         for fd in handover.fds() {

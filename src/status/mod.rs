@@ -5,7 +5,7 @@
 //! After php-fpm's pool fields come ours: `max children` and the pool manager's settings,
 //! which php-fpm's page leaves out (php-src#16221).
 
-mod openmetrics;
+pub mod openmetrics;
 
 use crate::config::{PoolConfig, ProcessManager};
 use crate::listen_queue::QueueFigures;
@@ -138,6 +138,20 @@ impl Report<'_> {
 
     fn max_listen_queue(&self) -> u32 {
         self.snapshot.max_listen_queue.max(self.queue.queued)
+    }
+
+    /// The pool's figures as `"key":value` members, php-fpm's json keys.
+    pub fn json_members(&self) -> String {
+        json_object(&self.pool_fields())
+    }
+
+    /// One `{...}` per worker, php-fpm's json keys.
+    pub fn json_processes(&self) -> Vec<String> {
+        self.snapshot
+            .workers
+            .iter()
+            .map(|w| format!("{{{}}}", json_object(&self.process_fields(w))))
+            .collect()
     }
 
     fn pool_fields(&self) -> Vec<Field> {

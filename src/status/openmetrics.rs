@@ -11,18 +11,37 @@ use std::fmt::Write as _;
 
 pub const PREFIX: &str = "cgifpm_";
 
-#[derive(Clone, Copy)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     Counter,
     Gauge,
 }
 
-struct Metric {
-    name: &'static str,
-    kind: Kind,
-    unit: Option<&'static str>,
-    help: &'static str,
-    value: u64,
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+
+    /// The sample's name: counters' samples end in `_total`.
+    pub fn sample(self, family: &str) -> String {
+        match self {
+            Kind::Counter => format!("{family}_total"),
+            Kind::Gauge => family.to_string(),
+        }
+    }
+}
+
+/// One of a pool's figures, named without the prefix.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<&'static str>,
+    pub help: &'static str,
+    pub value: u64,
 }
 
 fn metric(name: &'static str, kind: Kind, help: &'static str, value: u64) -> Metric {
@@ -36,7 +55,7 @@ fn metric(name: &'static str, kind: Kind, help: &'static str, value: u64) -> Met
 }
 
 /// A label value with OpenMetrics escapes.
-fn escape_label(value: &str) -> String {
+pub fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -49,11 +68,12 @@ fn escape_label(value: &str) -> String {
     out
 }
 
-pub(super) fn render(report: &Report<'_>) -> String {
+/// The pool's figures, in the order the page shows them (the info metric apart).
+pub fn pool_metrics(report: &Report<'_>) -> Vec<Metric> {
     use Kind::{Counter, Gauge};
     let s = report.snapshot;
     let settings = &report.settings;
-    let metrics = [
+    vec![
         metric("up", Gauge, "Whether the pool could be reached.", 1),
         Metric {
             unit: Some("seconds"),
@@ -169,7 +189,12 @@ pub(super) fn render(report: &Report<'_>) -> String {
             "The pm.max_requests setting (0: no limit).",
             settings.max_requests,
         ),
-    ];
+    ]
+}
+
+pub(super) fn render(report: &Report<'_>) -> String {
+    let metrics = pool_metrics(report);
+    let settings = &report.settings;
     let pool = escape_label(report.pool);
     let mut out = String::new();
     // The process manager is a string: an info metric carries it as a label.
@@ -181,10 +206,8 @@ pub(super) fn render(report: &Report<'_>) -> String {
         settings.pm.as_str()
     );
     for m in &metrics {
-        let (kind, sample) = match m.kind {
-            Kind::Counter => ("counter", format!("{PREFIX}{}_total", m.name)),
-            Kind::Gauge => ("gauge", format!("{PREFIX}{}", m.name)),
-        };
+        let kind = m.kind.as_str();
+        let sample = m.kind.sample(&format!("{PREFIX}{}", m.name));
         let _ = writeln!(out, "# TYPE {PREFIX}{} {kind}", m.name);
         if let Some(unit) = m.unit {
             let _ = writeln!(out, "# UNIT {PREFIX}{} {unit}", m.name);

@@ -1,0 +1,303 @@
+//! The master's own HTTP endpoint (`metrics.listen`): accepts, reads one request head,
+//! answers from figures the master gathers, closes. Everything is non-blocking and
+//! bounded (a head size limit, a deadline per connection, a cap on open connections), so
+//! a slow or idle client costs a descriptor and never delays a reap, a signal or a spawn.
+//! The protocol and pages are `crate::endpoint`'s.
+
+use super::listener::{self, Listener};
+use crate::config::{ListenAddress, PoolConfig};
+use crate::endpoint::exposition::{MasterView, PoolView};
+use crate::endpoint::http::MAX_HEAD;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::errno::Errno;
+use nix::sys::socket::{SockFlag, SockaddrStorage, accept4, getpeername};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// The listening socket's token; its connections take the ones above.
+pub const LISTENER_TOKEN: Token = Token(1 << 62);
+const CONNECTION_TOKENS: std::ops::Range<usize> = (1 << 62) + 1..1 << 63;
+/// Open connections at most; a new one past this closes the oldest, so idle clients
+/// cannot lock a scraper out.
+pub const MAX_CONNECTIONS: usize = crate::fdplan::METRICS_CONNECTIONS as usize;
+/// From accept to the last byte written.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Accepted per wake-up at most, so a flood of connections cannot hold the loop; the
+/// listener is re-armed to come back for the rest.
+const ACCEPT_BATCH: usize = 128;
+
+struct Connection {
+    fd: OwnedFd,
+    read: Vec<u8>,
+    /// The response, once there is one, and how much of it went out.
+    out: Option<(Vec<u8>, usize)>,
+    deadline: Instant,
+}
+
+pub struct Endpoint {
+    listener: Listener,
+    allowed: Vec<IpAddr>,
+    connections: HashMap<Token, Connection>,
+    /// Oldest first; may hold tokens gone since.
+    order: VecDeque<Token>,
+    next: usize,
+}
+
+/// The socket `metrics.listen` names: inherited across a reload when it is there.
+pub fn open(
+    address: &ListenAddress,
+    inherited: &mut super::inherit::Inherited,
+) -> Result<Listener, String> {
+    listener::open_at(&listen_settings(address), address, inherited)
+}
+
+/// The socket settings of the endpoint, as if of a pool named `metrics`: mode 0660,
+/// owned by the master's user, the default backlog.
+fn listen_settings(address: &ListenAddress) -> PoolConfig {
+    PoolConfig::new("metrics", address.clone())
+}
+
+impl Endpoint {
+    pub fn new(listener: Listener, allowed: Vec<IpAddr>) -> Endpoint {
+        Endpoint {
+            listener,
+            allowed,
+            connections: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.listener.raw_fd()
+    }
+
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
+    pub fn close(self) {
+        self.listener.close();
+    }
+
+    pub fn register(&self, registry: &Registry) -> std::io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.listener.raw_fd()),
+            LISTENER_TOKEN,
+            Interest::READABLE,
+        )
+    }
+
+    pub fn owns(token: Token) -> bool {
+        token == LISTENER_TOKEN || CONNECTION_TOKENS.contains(&token.0)
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The earliest deadline of an open connection.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.connections.values().map(|c| c.deadline).min()
+    }
+
+    /// Close the connections past their deadline, unanswered.
+    pub fn expire(&mut self, registry: &Registry) {
+        if self.connections.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let late: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            self.close_connection(registry, token);
+        }
+    }
+
+    /// Handle an event on one of our tokens. `figures` renders a page from the master's
+    /// figures, and is called only for requests that need them.
+    pub fn on_event<F>(&mut self, registry: &Registry, token: Token, figures: F)
+    where
+        F: FnOnce(&mut dyn FnMut(&[PoolView<'_>], &MasterView) -> Vec<u8>) -> Vec<u8>,
+    {
+        if token == LISTENER_TOKEN {
+            return self.accept(registry);
+        }
+        let Some(conn) = self.connections.get_mut(&token) else {
+            return;
+        };
+        if conn.out.is_none() {
+            match read_some(conn) {
+                ReadOutcome::Open => {}
+                ReadOutcome::Closed => return self.close_connection(registry, token),
+            }
+            match crate::endpoint::answer(&conn.read, figures) {
+                None if conn.read.len() < MAX_HEAD => return,
+                None => return self.close_connection(registry, token),
+                Some(response) => conn.out = Some((response, 0)),
+            }
+        }
+        match write_some(conn) {
+            WriteOutcome::Done | WriteOutcome::Failed => self.close_connection(registry, token),
+            WriteOutcome::Blocked => {
+                let _ = registry.reregister(
+                    &mut SourceFd(&conn.fd.as_raw_fd()),
+                    token,
+                    Interest::WRITABLE,
+                );
+            }
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        for _ in 0..ACCEPT_BATCH {
+            let fd = match accept4(
+                self.listener.raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(raw) => unsafe { OwnedFd::from_raw_fd(raw) },
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    // Out of descriptors, most likely: the backlog waits for later.
+                    log::warn!("metrics.listen: accept failed: {e}");
+                    return self.rearm(registry);
+                }
+            };
+            if !self.admit(&fd) {
+                continue;
+            }
+            if self.connections.len() >= MAX_CONNECTIONS {
+                self.close_oldest(registry);
+            }
+            let token = Token(CONNECTION_TOKENS.start + self.next);
+            self.next = (self.next + 1) % CONNECTION_TOKENS.len();
+            if registry
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.connections.insert(
+                token,
+                Connection {
+                    fd,
+                    read: Vec::new(),
+                    out: None,
+                    deadline: Instant::now() + DEADLINE,
+                },
+            );
+            self.order.push_back(token);
+            if self.order.len() > 2 * MAX_CONNECTIONS {
+                let open = &self.connections;
+                self.order.retain(|t| open.contains_key(t));
+            }
+        }
+        // More may wait: come back for them after the rest of this round.
+        self.rearm(registry);
+    }
+
+    fn rearm(&self, registry: &Registry) {
+        let _ = registry.reregister(
+            &mut SourceFd(&self.listener.raw_fd()),
+            LISTENER_TOKEN,
+            Interest::READABLE,
+        );
+    }
+
+    /// `metrics.allowed_clients`, for TCP peers; refused ones are closed unanswered.
+    fn admit(&self, fd: &OwnedFd) -> bool {
+        if self.allowed.is_empty() {
+            return true;
+        }
+        let Ok(peer) = getpeername::<SockaddrStorage>(fd.as_raw_fd()) else {
+            return false;
+        };
+        let client = if let Some(v4) = peer.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = peer.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            return true;
+        };
+        if crate::isolation::clients::is_allowed(&self.allowed, client) {
+            return true;
+        }
+        log::error!(
+            "metrics.listen: Connection disallowed: IP address '{}' has been dropped.",
+            client.to_canonical()
+        );
+        false
+    }
+
+    fn close_oldest(&mut self, registry: &Registry) {
+        while let Some(oldest) = self.order.pop_front() {
+            if self.connections.contains_key(&oldest) {
+                return self.close_connection(registry, oldest);
+            }
+        }
+    }
+
+    fn close_connection(&mut self, registry: &Registry, token: Token) {
+        if let Some(conn) = self.connections.remove(&token) {
+            let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+        }
+    }
+}
+
+enum ReadOutcome {
+    Open,
+    Closed,
+}
+
+/// Read what is there, up to the head limit.
+fn read_some(conn: &mut Connection) -> ReadOutcome {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let room = MAX_HEAD.saturating_sub(conn.read.len());
+        if room == 0 {
+            return ReadOutcome::Open;
+        }
+        let want = room.min(chunk.len());
+        match nix::unistd::read(&conn.fd, &mut chunk[..want]) {
+            Ok(0) => return ReadOutcome::Closed,
+            Ok(n) => conn.read.extend_from_slice(&chunk[..n]),
+            Err(Errno::EAGAIN) => return ReadOutcome::Open,
+            Err(Errno::EINTR) => {}
+            Err(_) => return ReadOutcome::Closed,
+        }
+    }
+}
+
+enum WriteOutcome {
+    Done,
+    Blocked,
+    Failed,
+}
+
+fn write_some(conn: &mut Connection) -> WriteOutcome {
+    let Some((out, sent)) = &mut conn.out else {
+        return WriteOutcome::Failed;
+    };
+    while *sent < out.len() {
+        match nix::sys::socket::send(
+            conn.fd.as_raw_fd(),
+            &out[*sent..],
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => *sent += n,
+            Err(Errno::EAGAIN) => return WriteOutcome::Blocked,
+            Err(Errno::EINTR) => {}
+            Err(_) => return WriteOutcome::Failed,
+        }
+    }
+    WriteOutcome::Done
+}
