@@ -266,7 +266,10 @@ fn status_ping_head_404_405_and_a_reload_keep_their_answers() {
     assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
     assert!(post.contains("\r\nConnection: close\r\n"), "{post}");
 
-    // A reload keeps the socket (same address, no gap) and counts itself.
+    // A reload keeps the socket (the very same one: handed over, not bound again) and
+    // counts itself.
+    let port = metrics.rsplit(':').next().expect("port");
+    let before = tcp_listen_inode(port).expect("the endpoint's socket inode");
     let workers = fpm.worker_pids();
     fpm.signal(nix::sys::signal::Signal::SIGUSR2);
     wait_until("the reload counted", Duration::from_secs(10), || {
@@ -277,11 +280,15 @@ fn status_ping_head_404_405_and_a_reload_keep_their_answers() {
         let now = fpm.worker_pids();
         now.len() == 2 && now.iter().all(|p| !workers.contains(p))
     });
+    assert_eq!(
+        tcp_listen_inode(port).as_ref(),
+        Some(&before),
+        "the socket was replaced"
+    );
     // Workers never hold the endpoint's socket.
     let listener_inode = socket_inodes(fpm.pid());
     for worker in fpm.worker_pids() {
         let theirs = socket_inodes(worker);
-        let port = metrics.rsplit(':').next().expect("port");
         let metrics_inode = tcp_listen_inode(port).expect("the endpoint's socket inode");
         assert!(listener_inode.contains(&metrics_inode));
         assert!(

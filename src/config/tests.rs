@@ -1321,3 +1321,44 @@ fn socket_settings_that_do_not_apply_are_warned_about() {
     let b = &config.pools[1];
     assert_eq!(b.listen_allowed_clients.len(), 2);
 }
+
+#[test]
+fn metrics_listen_parses_dumps_and_may_not_share_a_pool_address() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        &format!(
+            "[global]\nmetrics.listen = 127.0.0.1:9253\nmetrics.allowed_clients = 127.0.0.1, ::1\n{}",
+            pool_with("a", "127.0.0.1:9000", "")
+        ),
+    );
+    let config = files.loaded("main.conf");
+    assert_eq!(
+        config
+            .global
+            .metrics_listen
+            .as_ref()
+            .map(ToString::to_string),
+        Some("127.0.0.1:9253".to_string())
+    );
+    assert_eq!(config.global.metrics_allowed_clients.len(), 2);
+    let dump = crate::config::dump(&config);
+    assert!(dump.contains("metrics.listen = 127.0.0.1:9253\n"), "{dump}");
+    assert!(
+        dump.contains("metrics.allowed_clients = 127.0.0.1,::1\n"),
+        "{dump}"
+    );
+
+    files.write(
+        "clash.conf",
+        &format!(
+            "[global]\nmetrics.listen = 9000\n{}",
+            pool_with("a", "127.0.0.1:9000", "")
+        ),
+    );
+    let errors = files.errors("clash.conf").join("\n");
+    assert!(
+        errors.contains("overlaps metrics.listen '9000'"),
+        "{errors}"
+    );
+}
