@@ -187,9 +187,10 @@ pub struct SlotSnapshot {
     pub user: Vec<u8>,
 }
 
-/// How long a reader retries a slot that keeps changing under it before it settles for
-/// what it has (a worker killed mid-write leaves the counter odd until the master frees
-/// the slot).
+/// How long a reader retries a slot that keeps changing under it before it gives up on
+/// the multi-field values (a worker killed mid-write leaves the counter odd until the
+/// master frees the slot; a live one may be descheduled mid-write for longer than this on
+/// a loaded machine). Bounds what a status request can wait per slot.
 const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Slot {
@@ -293,7 +294,9 @@ impl Slot {
         });
     }
 
-    /// A consistent copy (best effort if the writer died mid-write).
+    /// A consistent copy. If no consistent copy comes within [`READ_PATIENCE`] (the writer
+    /// died or stalls mid-write), only the fields that stand alone: see
+    /// [`Slot::unsettled`]. Never a mix of two writes.
     pub fn snapshot(&self) -> SlotSnapshot {
         let mut attempt = 0u32;
         let mut give_up_at = None;
@@ -312,9 +315,35 @@ impl Slot {
             }
             let now = std::time::Instant::now();
             if *give_up_at.get_or_insert(now + READ_PATIENCE) <= now {
-                return copy;
+                // `copy` failed the check: it may mix two requests' fields.
+                return self.unsettled();
             }
             std::thread::yield_now();
+        }
+    }
+
+    /// What can be told without the sequence check: pid, state and CGI pid are each one
+    /// word that is also written on its own, outside write sections, so each is a value
+    /// some write left. The request's texts and figures only mean something together
+    /// with each other, so they are left empty (the status page shows "-"), as after
+    /// `claim`.
+    fn unsettled(&self) -> SlotSnapshot {
+        SlotSnapshot {
+            pid: self.pid.load(Ordering::Acquire),
+            state: self.state(),
+            cgi_pid: self.cgi_pid.load(Ordering::Relaxed),
+            requests: 0,
+            started_at_us: 0,
+            request_started_at_us: 0,
+            last_idle_at_us: 0,
+            content_length: 0,
+            last_duration_us: 0,
+            last_cpu_us: 0,
+            last_memory: 0,
+            method: Vec::new(),
+            uri: Vec::new(),
+            script: Vec::new(),
+            user: Vec::new(),
         }
     }
 
@@ -690,10 +719,14 @@ mod tests {
         let mut reads = 0;
         loop {
             let s = slot.snapshot();
-            let consistent = match s.content_length {
-                0 => s.uri == b"/aaaaaaaaaaaaaaaaaaaa" && s.script == b"/script-a",
-                _ => s.uri == b"/b" && s.script == b"/script-b-is-longer-than-a",
-            } || s.uri.is_empty();
+            // One of the two writes whole, or nothing of a request at all (as `claim` left
+            // it, or when the reader gave up on a stalled writer), never a mix.
+            let consistent = match (s.uri.as_slice(), s.content_length) {
+                (b"/aaaaaaaaaaaaaaaaaaaa", 0) => s.script == b"/script-a",
+                (b"/b", 1) => s.script == b"/script-b-is-longer-than-a",
+                (b"", 0) => s.script.is_empty(),
+                _ => false,
+            };
             assert!(consistent, "torn read: {s:?}");
             reads += 1;
             if let Ok(WaitStatus::Exited(..)) =
@@ -703,5 +736,38 @@ mod tests {
             }
         }
         assert!(reads > 0);
+    }
+
+    #[test]
+    fn a_writer_stalled_mid_write_yields_no_request_rather_than_a_torn_one() {
+        let sb = Scoreboard::new(1).unwrap();
+        let slot = sb.slot(0).unwrap();
+        slot.claim(7);
+        slot.set_state(WorkerState::Running);
+        slot.set_request_info(&RequestInfo {
+            uri: b"/first".to_vec(),
+            script: b"/srv/first.sh".to_vec(),
+            content_length: 3,
+            ..RequestInfo::default()
+        });
+        // What a worker killed (or descheduled) half way through the next
+        // set_request_info leaves: an odd counter and one field of the new request.
+        slot.seq.fetch_add(1, Ordering::Release);
+        slot.uri.store(b"/second");
+        let started = std::time::Instant::now();
+        let s = slot.snapshot();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "a status request must not hang on a stalled writer"
+        );
+        assert_eq!((s.pid, s.state), (7, WorkerState::Running));
+        assert!(s.uri.is_empty() && s.script.is_empty(), "torn read: {s:?}");
+        assert_eq!(s.content_length, 0);
+        // Once the slot is written whole again, readers see it all.
+        slot.set_request_info(&RequestInfo {
+            uri: b"/third".to_vec(),
+            ..RequestInfo::default()
+        });
+        assert_eq!(slot.snapshot().uri, b"/third");
     }
 }

@@ -200,10 +200,19 @@ impl Report<'_> {
 
     fn process_fields(&self, worker: &SlotSnapshot) -> Vec<Field> {
         let idle = worker.state == WorkerState::Idle;
+        // A zero timestamp is unknown (a slot the reader could not read whole, see
+        // `Slot::snapshot`): show 0, not the time since 1970.
+        let since = |then: u64, now: u64| {
+            if then == 0 {
+                0
+            } else {
+                now.saturating_sub(then)
+            }
+        };
         let duration_us = if idle {
             worker.last_duration_us
         } else {
-            self.now_us.saturating_sub(worker.request_started_at_us)
+            since(worker.request_started_at_us, self.now_us)
         };
         let cpu = if idle && worker.last_duration_us > 0 {
             worker.last_cpu_us as f64 / worker.last_duration_us as f64 * 100.0
@@ -219,10 +228,7 @@ impl Report<'_> {
             field("pid", Value::Int(worker.pid.max(0) as u64)),
             field("state", Value::Text(worker.state.as_str().into())),
             field("start time", Value::Time(started_s)),
-            field(
-                "start since",
-                Value::Int(self.now_s().saturating_sub(started_s)),
-            ),
+            field("start since", Value::Int(since(started_s, self.now_s()))),
             field("requests", Value::Int(worker.requests)),
             field("request duration", Value::Int(duration_us)),
             field("request method", Value::Text(text_or_dash(&worker.method))),

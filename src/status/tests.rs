@@ -171,6 +171,39 @@ fn full_text_adds_a_block_per_process() {
 }
 
 #[test]
+fn a_worker_read_without_its_request_shows_dashes_and_no_1970_times() {
+    // What `Slot::snapshot` gives when the slot's writer stalls mid-write.
+    let unsettled = SlotSnapshot {
+        pid: 103,
+        state: WorkerState::Running,
+        cgi_pid: 0,
+        requests: 0,
+        started_at_us: 0,
+        request_started_at_us: 0,
+        last_idle_at_us: 0,
+        content_length: 0,
+        last_duration_us: 0,
+        last_cpu_us: 0,
+        last_memory: 0,
+        method: Vec::new(),
+        uri: Vec::new(),
+        script: Vec::new(),
+        user: Vec::new(),
+    };
+    let snap = PoolSnapshot {
+        workers: vec![unsettled],
+        ..snapshot()
+    };
+    let body = render(&report(&snap), Query::parse("full")).body;
+    let block = body.split("************************\n").nth(1).unwrap();
+    assert_eq!(text_value(block, "pid"), "103");
+    assert_eq!(text_value(block, "request duration"), "0");
+    assert_eq!(text_value(block, "start since"), "0");
+    assert_eq!(text_value(block, "request URI"), "-");
+    assert_eq!(text_value(block, "script"), "-");
+}
+
+#[test]
 fn json_parses_with_php_fpms_keys() {
     let snap = snapshot();
     let page = render(&report(&snap), Query::parse("json&full"));
