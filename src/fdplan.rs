@@ -14,8 +14,9 @@ use crate::config::{Config, ErrorLog, PoolConfig};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors the master holds whatever the pools: stdio (3), the error log or syslog
-/// socket (1), epoll (1), the signal pipe (2), the listen-queue netlink socket (1).
-const MASTER_FIXED: u64 = 8;
+/// socket (1), epoll (1), the signal pipe (2), the listen-queue netlink socket (1), the
+/// eventfd busy workers wake it with (1).
+const MASTER_FIXED: u64 = 9;
 /// Room for descriptors held for a moment: the pid file, a reload's config files and
 /// new sockets, a worker's output pipe while it is forked, /proc reads.
 const TRANSIENT: u64 = 32;
@@ -32,6 +33,9 @@ pub const CHANNEL_FDS: u64 = 2;
 /// With `catch_workers_output`, what each worker's output costs: the read ends of its
 /// stdout and stderr pipes (`capture::pipes`).
 const OUTPUT_PIPE_FDS: u64 = 2;
+/// A scoreboard's memfd, kept to hand it over across a reload (`Scoreboard::adopt`).
+/// The previous image's, held while its workers finish, fit in `TRANSIENT`.
+pub const SCOREBOARD_FDS: u64 = 1;
 
 /// What a configuration costs in descriptors, apart from held connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +63,7 @@ impl Budget {
 /// channel, its log files, its status socket, and with `catch_workers_output` the read
 /// ends of each worker's stdout and stderr pipes.
 pub fn pool_cost(pool: &PoolConfig) -> u64 {
-    let mut cost = 1 + CHANNEL_FDS;
+    let mut cost = 1 + CHANNEL_FDS + SCOREBOARD_FDS;
     cost += u64::from(pool.access_log.is_some());
     cost += u64::from(pool.slowlog.is_some() && !pool.request_slowlog_timeout.is_zero());
     let pipes = if pool.catch_workers_output {
@@ -68,8 +72,8 @@ pub fn pool_cost(pool: &PoolConfig) -> u64 {
         0
     };
     if pool.pm_status_listen.is_some() {
-        // Its socket, and its one worker's output pipes.
-        cost += 1 + pipes;
+        // Its socket, its scoreboard, and its one worker's output pipes.
+        cost += 1 + SCOREBOARD_FDS + pipes;
     }
     cost += u64::from(pool.pm_max_children) * pipes;
     cost
@@ -258,23 +262,27 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_costs_its_socket_channel_logs_status_socket_and_output_pipes() {
+    fn a_pool_costs_its_socket_channel_scoreboards_logs_status_socket_and_output_pipes() {
         use crate::config::ListenAddress;
         let listen = |p: &str| ListenAddress::Unix(p.into());
         let mut pool = PoolConfig::new("www", listen("/run/www.sock"));
-        assert_eq!(pool_cost(&pool), 1 + CHANNEL_FDS);
+        assert_eq!(pool_cost(&pool), 1 + CHANNEL_FDS + SCOREBOARD_FDS);
         pool.access_log = Some("/var/log/www.access".into());
         // A slowlog without a timeout is never opened.
         pool.slowlog = Some("/var/log/www.slow".into());
-        assert_eq!(pool_cost(&pool), 2 + CHANNEL_FDS);
+        assert_eq!(pool_cost(&pool), 2 + CHANNEL_FDS + SCOREBOARD_FDS);
         pool.request_slowlog_timeout = std::time::Duration::from_secs(5);
-        assert_eq!(pool_cost(&pool), 3 + CHANNEL_FDS);
+        assert_eq!(pool_cost(&pool), 3 + CHANNEL_FDS + SCOREBOARD_FDS);
         pool.pm_status_listen = Some(listen("/run/www-status.sock"));
-        assert_eq!(pool_cost(&pool), 4 + CHANNEL_FDS);
+        // The status worker has a scoreboard of its own.
+        assert_eq!(pool_cost(&pool), 4 + CHANNEL_FDS + 2 * SCOREBOARD_FDS);
         pool.catch_workers_output = true;
         pool.pm_max_children = 10;
         // Two pipe ends per worker, the status worker's included.
-        assert_eq!(pool_cost(&pool), 4 + CHANNEL_FDS + 2 * (10 + 1));
+        assert_eq!(
+            pool_cost(&pool),
+            4 + CHANNEL_FDS + 2 * SCOREBOARD_FDS + 2 * (10 + 1)
+        );
     }
 
     #[test]

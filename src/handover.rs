@@ -36,6 +36,9 @@ pub struct Handover {
     /// The master's figures for `metrics.listen`, so that a reload does not reset them
     /// (absent from an older image: the new one starts counting).
     pub master: Option<MasterFigures>,
+    /// Each pool's scoreboard memfds (its own, then those it showed from before), so the
+    /// new image's status page shows the old workers until they exit.
+    pub scoreboards: Vec<PoolScoreboard>,
 }
 
 /// The master's own figures, as the endpoint shows them.
@@ -47,6 +50,13 @@ pub struct MasterFigures {
     /// Reloads so far, counting the one this value crosses.
     pub reloads: u64,
     pub emergency_restarts: u64,
+}
+
+/// A pool's scoreboard, as a memfd (see `Scoreboard::adopt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolScoreboard {
+    pub pool: String,
+    pub fd: RawFd,
 }
 
 /// A listening socket: `key` is its path or `ip:port` (see `master::inherit::socket_key`).
@@ -95,6 +105,7 @@ impl Handover {
         listeners
             .chain(channels)
             .chain(self.parked.iter().map(|p| p.fd))
+            .chain(self.scoreboards.iter().map(|s| s.fd))
     }
 
     /// Read once, in `main`: `None` when this is not the new image of a reload. The
@@ -174,6 +185,10 @@ mod tests {
                 reloads: 3,
                 emergency_restarts: 1,
             }),
+            scoreboards: vec![PoolScoreboard {
+                pool: "www".into(),
+                fd: 12,
+            }],
         }
     }
 
@@ -186,7 +201,7 @@ mod tests {
     #[test]
     fn every_descriptor_is_listed() {
         let fds: Vec<RawFd> = sample().fds().collect();
-        assert_eq!(fds, vec![5, 6, 7, 8, 11]);
+        assert_eq!(fds, vec![5, 6, 7, 8, 11, 12]);
     }
 
     #[test]
@@ -194,7 +209,7 @@ mod tests {
         let older = Handover::from_json("{\"old_workers\":[7]}").unwrap();
         assert_eq!(older.old_workers, vec![7]);
         assert!(older.listeners.is_empty());
-        let newer = Handover::from_json("{\"old_workers\":[7],\"scoreboards\":[1]}").unwrap();
+        let newer = Handover::from_json("{\"old_workers\":[7],\"from_the_future\":[1]}").unwrap();
         assert_eq!(newer, older);
     }
 

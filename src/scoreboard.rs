@@ -388,6 +388,9 @@ pub struct PoolSnapshot {
     pub start_time_us: u64,
     /// Slots of started workers, in slot order.
     pub workers: Vec<SlotSnapshot>,
+    /// Workers of the image before a reload, still finishing (see
+    /// [`Scoreboard::finishing_workers`]): listed with the others, counted apart.
+    pub previous: Vec<SlotSnapshot>,
 }
 
 impl PoolSnapshot {
@@ -409,46 +412,152 @@ impl PoolSnapshot {
 
 #[repr(C)]
 struct Header {
+    /// [`layout_mark`]: a scoreboard handed over by an image whose layout differs is
+    /// not read.
+    layout: AtomicU64,
     counters: PoolCounters,
 }
 
-/// A pool's shared mapping. It survives fork (workers see the master's) but not exec.
+/// Names this build's scoreboard layout: a reload may run another binary, whose old
+/// workers keep writing the old layout.
+fn layout_mark() -> u64 {
+    const MAGIC: u64 = 0x6367_6966_706d_0000; // "cgifpm"
+    MAGIC ^ ((size_of::<Header>() as u64) << 32) ^ size_of::<Slot>() as u64
+}
+
+/// A pool's shared mapping. It survives fork (workers see the master's); backed by a
+/// memfd, it also survives a reload's exec, so that the new image can show the old
+/// image's workers while they finish (see [`Scoreboard::adopt`]).
 pub struct Scoreboard {
     base: NonNull<u8>,
     len: usize,
     slots: usize,
+    /// The memfd behind the mapping (none if memfd_create failed: an anonymous one).
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Scoreboard {
     pub fn new(slots: usize) -> io::Result<Scoreboard> {
         let len = size_of::<Header>() + slots * size_of::<Slot>();
         let size = NonZeroUsize::new(len).ok_or_else(|| io::Error::other("empty scoreboard"))?;
-        // SAFETY: a fresh anonymous mapping aliases nothing; the kernel zero-fills it, and
-        // all-zero bytes are a valid Header and valid Slots (every field is an atomic
-        // integer). The mapping is page-aligned, which satisfies their alignment.
+        let fd = nix::sys::memfd::memfd_create(
+            c"cgi-fpm scoreboard",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .and_then(|fd| nix::unistd::ftruncate(&fd, len as i64).map(|()| fd))
+        .ok();
+        let protection = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        // SAFETY: a fresh mapping (of a new, zero-filled memfd, or anonymous) aliases
+        // nothing; all-zero bytes are a valid Header and valid Slots (every field is an
+        // atomic integer). The mapping is page-aligned, which satisfies their alignment.
         let base = unsafe {
-            mmap_anonymous(
+            match &fd {
+                Some(fd) => {
+                    nix::sys::mman::mmap(None, size, protection, MapFlags::MAP_SHARED, fd, 0)
+                }
+                None => mmap_anonymous(None, size, protection, MapFlags::MAP_SHARED),
+            }
+        }?;
+        let scoreboard = Scoreboard {
+            base: base.cast(),
+            len,
+            slots,
+            fd,
+        };
+        let header = scoreboard.header();
+        header.layout.store(layout_mark(), Ordering::Release);
+        header
+            .counters
+            .start_time_us
+            .store(now_us(), Ordering::Relaxed);
+        Ok(scoreboard)
+    }
+
+    /// The scoreboard of the image before a reload, from its memfd: its workers are
+    /// still writing their slots. Refused unless it is one of ours with this layout.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Scoreboard> {
+        let len = nix::sys::stat::fstat(&fd)?.st_size as usize;
+        let slots = len.saturating_sub(size_of::<Header>()) / size_of::<Slot>();
+        if len < size_of::<Header>() || size_of::<Header>() + slots * size_of::<Slot>() != len {
+            return Err(io::Error::other("not a scoreboard of this size"));
+        }
+        let size = NonZeroUsize::new(len).ok_or_else(|| io::Error::other("empty scoreboard"))?;
+        // SAFETY: a shared mapping of the whole file; every byte pattern is valid for the
+        // atomics it holds, and the layout mark is checked before any slot is read.
+        let base = unsafe {
+            nix::sys::mman::mmap(
                 None,
                 size,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
+                &fd,
+                0,
             )
         }?;
         let scoreboard = Scoreboard {
             base: base.cast(),
             len,
             slots,
+            fd: Some(fd),
         };
-        scoreboard
-            .counters()
-            .start_time_us
-            .store(now_us(), Ordering::Relaxed);
+        if scoreboard.header().layout.load(Ordering::Acquire) != layout_mark() {
+            return Err(io::Error::other("a scoreboard of another layout"));
+        }
         Ok(scoreboard)
     }
 
-    pub fn counters(&self) -> &PoolCounters {
+    /// The memfd to hand over across a reload's exec.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.fd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    fn header(&self) -> &Header {
         // SAFETY: the mapping starts with a Header and lives as long as `self`.
-        unsafe { &(*self.base.as_ptr().cast::<Header>()).counters }
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    /// The workers of a previous image still at work, as the status page lists them:
+    /// in state Finishing (they finish the request in hand and exit), their request as is.
+    pub fn finishing_workers(&self) -> Vec<SlotSnapshot> {
+        self.slots()
+            .map(Slot::snapshot)
+            .filter(|s| s.pid > 0)
+            .map(|s| SlotSnapshot {
+                state: WorkerState::Finishing,
+                ..s
+            })
+            .collect()
+    }
+
+    /// Free the slot of `pid`, a previous image's worker that exited; whether any slot
+    /// is still in use.
+    pub fn release_pid(&self, pid: i32) -> bool {
+        for slot in self.slots() {
+            if slot.pid.load(Ordering::Acquire) == pid {
+                slot.release();
+            }
+        }
+        self.in_use()
+    }
+
+    /// Whether any slot belongs to a worker.
+    pub fn in_use(&self) -> bool {
+        self.slots().any(|s| s.pid.load(Ordering::Acquire) > 0)
+    }
+
+    /// Free every slot whose pid is not among `live` (workers gone before the handover).
+    pub fn keep_only(&self, live: &[i32]) {
+        for slot in self.slots() {
+            let pid = slot.pid.load(Ordering::Acquire);
+            if pid != 0 && !live.contains(&pid) {
+                slot.release();
+            }
+        }
+    }
+
+    pub fn counters(&self) -> &PoolCounters {
+        &self.header().counters
     }
 
     pub fn slot_count(&self) -> usize {
@@ -543,6 +652,7 @@ impl Scoreboard {
             max_listen_queue: c.max_listen_queue.load(Ordering::Relaxed),
             start_time_us: c.start_time_us.load(Ordering::Relaxed),
             workers,
+            previous: Vec::new(),
         };
         // What is busy now is at least the most ever busy.
         let active = snapshot.active();
@@ -566,6 +676,48 @@ mod tests {
     use super::*;
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
+
+    #[test]
+    fn a_scoreboard_is_adopted_from_its_memfd_and_shows_the_old_workers_as_finishing() {
+        let board = Scoreboard::new(3).unwrap();
+        let fd = board.fd().expect("a memfd");
+        let slot = board.slot(1).unwrap();
+        slot.claim(4242);
+        slot.begin_request(now_us());
+        slot.set_request_info(&RequestInfo {
+            uri: b"/long.sh".to_vec(),
+            ..RequestInfo::default()
+        });
+        board.slot(2).unwrap().claim(99);
+        // SAFETY: a duplicate the test owns, as the new image owns the handed-over one.
+        let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap();
+        let adopted = Scoreboard::adopt(dup).unwrap();
+        adopted.keep_only(&[4242]);
+        let rows = adopted.finishing_workers();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].pid, rows[0].state), (4242, WorkerState::Finishing));
+        assert_eq!(rows[0].uri, b"/long.sh");
+        // Still shared: what the old worker writes, the new image sees.
+        slot.set_state(WorkerState::Running);
+        assert!(adopted.in_use());
+        assert!(!adopted.release_pid(4242), "no worker left");
+        assert_eq!(board.slot(1).unwrap().pid.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_scoreboard_of_this_layout_is_refused() {
+        let board = Scoreboard::new(2).unwrap();
+        board.header().layout.store(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        let dup =
+            nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(board.fd().unwrap()) })
+                .unwrap();
+        assert!(Scoreboard::adopt(dup).is_err());
+        let other =
+            nix::sys::memfd::memfd_create(c"x", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        nix::unistd::ftruncate(&other, 100).unwrap();
+        assert!(Scoreboard::adopt(other).is_err());
+    }
 
     #[test]
     fn the_doorbell_is_rung_once_by_the_first_worker_to_get_busy() {

@@ -589,3 +589,112 @@ fn process_max_caps_workers_across_pools() {
     );
     assert_eq!(fpm.worker_pids().len(), 3);
 }
+
+/// The status page of a pool after a reload, as JSON with every process.
+fn status_full(fpm: &Fpm) -> serde_json::Value {
+    let r = fpm.client().request(
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/status"),
+            ("SCRIPT_FILENAME", "/nonexistent/status"),
+            ("QUERY_STRING", "json&full"),
+            ("REQUEST_URI", "/status?json&full"),
+        ],
+        b"",
+        false,
+    );
+    let r = r.expect("status request");
+    assert_eq!(r.status(), 200, "{r:?}");
+    serde_json::from_slice(r.body()).expect("status json")
+}
+
+fn metrics(fpm: &Fpm) -> String {
+    let r = fpm
+        .client()
+        .request(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/status"),
+                ("SCRIPT_FILENAME", "/nonexistent/status"),
+                ("QUERY_STRING", "openmetrics"),
+            ],
+            b"",
+            false,
+        )
+        .expect("metrics request");
+    String::from_utf8_lossy(r.body()).into_owned()
+}
+
+/// A long request in flight across a reload stays on the status page (its old worker
+/// listed as Finishing, with its request) until the old worker exits; /metrics counts it.
+#[test]
+fn the_status_page_shows_an_old_worker_with_its_request_during_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let config = format!(
+        "[global]\n\n{}",
+        common::pool_section("www", dir.path(), 2, "pm.status_path = /status")
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let gate = fpm.path("gate");
+    let long = fpm.script(
+        "long.sh",
+        &format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.02; done\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone'\n",
+            gate.display()
+        ),
+    );
+    let request = request_in_background(&fpm, &long);
+    let busy = wait_for_busy_worker(&fpm);
+    reload(&fpm);
+
+    let status = status_full(&fpm);
+    let processes = status["processes"].as_array().expect("processes");
+    let old = processes
+        .iter()
+        .find(|p| p["pid"] == busy)
+        .unwrap_or_else(|| panic!("old worker {busy} not on the page: {status}"));
+    assert_eq!(old["state"], "Finishing", "{status}");
+    assert_eq!(old["script"], long.display().to_string(), "{status}");
+    // The pool's own figures are the new image's workers.
+    assert_eq!(status["total processes"], 2, "{status}");
+    // The idle old worker exits at once and leaves; the busy one stays, counted apart.
+    wait_until(
+        "/metrics counts the one old worker still finishing",
+        Duration::from_secs(10),
+        || metrics(&fpm).contains("cgifpm_finishing_after_reload_processes{pool=\"www\"} 1"),
+    );
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    let r = request.join().expect("thread").expect("the long request");
+    assert_eq!(r.body(), b"done");
+    wait_until("the old worker exits", Duration::from_secs(10), || {
+        !alive(busy as i32)
+    });
+    wait_until(
+        "the old worker leaves the page",
+        Duration::from_secs(10),
+        || {
+            let status = status_full(&fpm);
+            !status["processes"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["pid"] == busy))
+        },
+    );
+    assert!(metrics(&fpm).contains("cgifpm_finishing_after_reload_processes{pool=\"www\"} 0"));
+}
+
+/// The pid of the worker whose script runs now.
+fn wait_for_busy_worker(fpm: &Fpm) -> i64 {
+    let mut busy = 0;
+    wait_until("a worker runs the script", Duration::from_secs(10), || {
+        busy = fpm
+            .worker_pids()
+            .into_iter()
+            .find(|w| !common::children_of(*w).is_empty())
+            .map_or(0, i64::from);
+        busy != 0
+    });
+    busy
+}

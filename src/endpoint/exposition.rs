@@ -170,7 +170,10 @@ pub fn openmetrics(pools: &[PoolView<'_>], master: &MasterView) -> String {
         for (cause, count) in CAUSES.iter().zip(pool.workers_died) {
             died.sample("_total", &format!("{label},cause=\"{cause}\""), count);
         }
-        for worker in &pool.report.snapshot.workers {
+        // The previous image's workers still finishing after a reload are listed too,
+        // in state Finishing.
+        let snapshot = pool.report.snapshot;
+        for worker in snapshot.workers.iter().chain(&snapshot.previous) {
             let labels = format!("{label},pid=\"{}\"", worker.pid);
             for s in STATES {
                 state.sample(
@@ -305,6 +308,7 @@ mod tests {
             max_listen_queue: 0,
             start_time_us: 1_000_000,
             workers,
+            previous: Vec::new(),
         }
     }
 

@@ -96,6 +96,9 @@ struct Pool {
     /// For the endpoint: workers started, and ended by cause (`exposition::CAUSES`).
     workers_started: u64,
     workers_died: [u64; 3],
+    /// Scoreboards of earlier images (handed over by a reload) whose workers are still
+    /// finishing: the status page lists them until they exit.
+    previous: Vec<Scoreboard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +245,7 @@ impl Master {
                         respawn_at: None,
                         workers_started: 0,
                         workers_died: [0; 3],
+                        previous: Vec::new(),
                     });
                     if let Some((listener, scoreboard)) = status {
                         log::debug!(
@@ -267,6 +271,7 @@ impl Master {
                             respawn_at: None,
                             workers_started: 0,
                             workers_died: [0; 3],
+                            previous: Vec::new(),
                         });
                     }
                 }
@@ -317,6 +322,7 @@ impl Master {
             config.global.emergency_restart_interval,
             handover.emergency,
         );
+        adopt_scoreboards(&mut pools, handover.scoreboards, &handover.old_workers);
         let mut handed_over = handed_over::take(handover.channels, handover.parked);
         // `main` took the handover out of the environment before anything else ran:
         // workers, and so CGI children, never see it.
@@ -819,6 +825,12 @@ impl Master {
         let Some(pid) = status.pid() else { return };
         let Some(child) = self.children.remove(&pid) else {
             if self.old_workers.remove(pid) {
+                for pool in &mut self.pools {
+                    // Its row leaves the status page; a scoreboard nobody writes any more
+                    // is let go.
+                    pool.previous
+                        .retain(|board| board.release_pid(pid.as_raw()));
+                }
                 log::info!(
                     "child {pid} of the previous configuration {}; {} left",
                     crate::wait_status::describe(status),
@@ -1117,12 +1129,14 @@ impl Master {
             PoolKind::Workers => StatusSource {
                 scoreboard: &pool.scoreboard,
                 listener: pool.listener.raw_fd(),
+                previous: &pool.previous,
             },
             PoolKind::Status { parent } => {
                 let parent = &self.pools[parent];
                 StatusSource {
                     scoreboard: &parent.scoreboard,
                     listener: parent.listener.raw_fd(),
+                    previous: &parent.previous,
                 }
             }
         };
@@ -1345,7 +1359,11 @@ impl Master {
                 .filter(|(_, p)| p.kind == PoolKind::Workers)
                 .map(|(index, p)| {
                     let queue = p.queue_figures(prober).unwrap_or_default();
-                    (index, p.scoreboard.snapshot(), queue)
+                    let mut snapshot = p.scoreboard.snapshot();
+                    for board in &p.previous {
+                        snapshot.previous.extend(board.finishing_workers());
+                    }
+                    (index, snapshot, queue)
                 })
                 .collect();
             let views: Vec<crate::endpoint::exposition::PoolView<'_>> = gathered
@@ -1412,6 +1430,45 @@ impl From<String> for SpawnFailure {
             shortage: false,
         }
     }
+}
+
+/// Map the scoreboards a reload handed over into the pools of the same name, for their
+/// status pages; only the slots of workers still finishing stay. Others are closed.
+fn adopt_scoreboards(
+    pools: &mut [Pool],
+    handed: Vec<crate::handover::PoolScoreboard>,
+    old_workers: &[i32],
+) {
+    for crate::handover::PoolScoreboard { pool, fd } in handed {
+        if fd <= 2 || !is_regular_file(fd) {
+            continue;
+        }
+        // SAFETY: the previous image left this descriptor open for us (checked to be a
+        // regular file above; a memfd is one) and nothing here owns it yet.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        crate::handover::set_cloexec(fd.as_raw_fd(), true);
+        let Some(target) = pools
+            .iter_mut()
+            .find(|p| p.kind == PoolKind::Workers && p.name == pool)
+        else {
+            continue;
+        };
+        match Scoreboard::adopt(fd) {
+            Ok(board) => {
+                board.keep_only(old_workers);
+                if board.in_use() {
+                    target.previous.push(board);
+                }
+            }
+            Err(e) => log::debug!("[pool {pool}] previous scoreboard not shown: {e}"),
+        }
+    }
+}
+
+fn is_regular_file(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: fstat only reads the descriptor's metadata; the borrow ends with the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG)
 }
 
 /// The socket and one-slot scoreboard of a pool's status worker.

@@ -10,7 +10,7 @@
 //! tells the old ones to finish the request in hand and exit.
 
 use super::inherit::{self, Inherited};
-use super::{Master, State, listener};
+use super::{Master, PoolKind, State, listener};
 use crate::handover::{self, Handover, set_cloexec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
@@ -280,6 +280,7 @@ impl Master {
                 reloads: self.figures.reloads + 1,
                 ..self.figures
             }),
+            scoreboards: self.scoreboards_to_hand_over(),
         };
         handover.put_in_environment();
         for fd in handover.fds() {
@@ -318,6 +319,25 @@ impl Master {
 }
 
 impl Master {
+    /// Each pool's scoreboards, by pool name: its own and those of earlier images whose
+    /// workers are still finishing.
+    fn scoreboards_to_hand_over(&self) -> Vec<handover::PoolScoreboard> {
+        self.pools
+            .iter()
+            .filter(|p| p.kind == PoolKind::Workers)
+            .flat_map(|p| {
+                std::iter::once(&p.scoreboard)
+                    .chain(&p.previous)
+                    .filter_map(|board| {
+                        Some(handover::PoolScoreboard {
+                            pool: p.name.clone(),
+                            fd: board.fd()?,
+                        })
+                    })
+            })
+            .collect()
+    }
+
     /// Each pool's parking channels, by pool name.
     fn channels_to_hand_over(&self) -> Vec<handover::PoolChannels> {
         let name = |index: usize| self.pools[index].name.clone();

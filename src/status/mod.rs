@@ -128,6 +128,15 @@ fn field(name: &'static str, value: Value) -> Field {
 }
 
 impl Report<'_> {
+    /// The per-process rows: this image's workers, then those of the image before a
+    /// reload that are still finishing their last request.
+    fn processes(&self) -> impl Iterator<Item = &SlotSnapshot> {
+        self.snapshot
+            .workers
+            .iter()
+            .chain(self.snapshot.previous.iter())
+    }
+
     fn now_s(&self) -> u64 {
         self.now_us / 1_000_000
     }
@@ -326,7 +335,7 @@ fn render_text(report: &Report<'_>, full: bool) -> String {
     let mut out = String::new();
     text_lines(&mut out, &report.pool_fields());
     if full {
-        for worker in &report.snapshot.workers {
+        for worker in report.processes() {
             out.push_str("\n************************\n");
             text_lines(&mut out, &report.process_fields(worker));
         }
@@ -353,9 +362,7 @@ fn render_json(report: &Report<'_>, full: bool) -> String {
     let mut out = format!("{{{}", json_object(&report.pool_fields()));
     if full {
         let processes: Vec<String> = report
-            .snapshot
-            .workers
-            .iter()
+            .processes()
             .map(|w| format!("{{{}}}", json_object(&report.process_fields(w))))
             .collect();
         let _ = write!(out, ", \"processes\":[{}]", processes.join(","));
@@ -376,7 +383,7 @@ fn render_xml(report: &Report<'_>, full: bool) -> String {
     xml_elements(&mut out, &report.pool_fields(), "\n");
     if full {
         out.push_str("<processes>\n");
-        for worker in &report.snapshot.workers {
+        for worker in report.processes() {
             out.push_str("<process>");
             xml_elements(&mut out, &report.process_fields(worker), "");
             out.push_str("</process>\n");
@@ -409,16 +416,15 @@ fn render_html(report: &Report<'_>, full: bool) -> String {
     if full {
         out.push_str("<table border=\"1\">\n<tr>");
         let headings = report
-            .snapshot
-            .workers
-            .first()
+            .processes()
+            .next()
             .map(|w| report.process_fields(w))
             .unwrap_or_else(|| report.process_fields(&placeholder_worker()));
         for f in &headings {
             let _ = write!(out, "<th>{}</th>", f.name.to_lowercase());
         }
         out.push_str("</tr>\n");
-        for worker in &report.snapshot.workers {
+        for worker in report.processes() {
             out.push_str("<tr>");
             for f in report.process_fields(worker) {
                 let _ = write!(out, "<td>{}</td>", html_value(&f.value));

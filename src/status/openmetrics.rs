@@ -127,6 +127,12 @@ pub fn pool_metrics(report: &Report<'_>) -> Vec<Metric> {
             s.total().into(),
         ),
         metric(
+            "finishing_after_reload_processes",
+            Gauge,
+            "The number of processes of the configuration before a reload still finishing their last request (not in total_processes).",
+            s.previous.len() as u64,
+        ),
+        metric(
             "max_active_processes",
             Gauge,
             "The maximum number of active processes since the pool has started.",

@@ -36,6 +36,7 @@ fn snapshot() -> PoolSnapshot {
             worker(101, WorkerState::Idle),
             worker(102, WorkerState::Running),
         ],
+        previous: Vec::new(),
     }
 }
 
@@ -317,5 +318,33 @@ fn responses_carry_no_cache_headers_and_head_has_no_body() {
         String::from_utf8(ping_response("pong", true))
             .unwrap()
             .ends_with("\r\n\r\n")
+    );
+}
+
+#[test]
+fn workers_of_the_previous_image_are_listed_as_finishing_and_counted_apart() {
+    let snap = PoolSnapshot {
+        previous: vec![worker(77, WorkerState::Finishing)],
+        ..snapshot()
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&render(&report(&snap), Query::parse("json&full")).body).unwrap();
+    assert_eq!(json["total processes"], 2, "{json}");
+    let old = &json["processes"][2];
+    assert_eq!(old["pid"], 77, "{json}");
+    assert_eq!(old["state"], "Finishing", "{json}");
+    assert_eq!(old["request uri"], "/app.sh?a=<b>&c=\"d\"", "{json}");
+    for format in ["full", "xml&full", "html&full"] {
+        let body = render(&report(&snap), Query::parse(format)).body;
+        assert!(body.contains("77"), "{format}: {body}");
+    }
+    let metrics = render(&report(&snap), Query::parse("openmetrics")).body;
+    assert!(
+        metrics.contains("cgifpm_finishing_after_reload_processes{pool=\"www\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cgifpm_total_processes{pool=\"www\"} 2"),
+        "{metrics}"
     );
 }

@@ -89,6 +89,8 @@ pub struct StatusSource<'a> {
     pub scoreboard: &'a Scoreboard,
     /// The pool's listening socket, for its queue figures.
     pub listener: RawFd,
+    /// Scoreboards of earlier images whose workers are still finishing (after a reload).
+    pub previous: &'a [Scoreboard],
 }
 
 /// The access log as a worker writes it.

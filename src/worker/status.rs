@@ -76,7 +76,10 @@ pub fn answer(
     let response = match page {
         Page::Ping => status::ping_response(&ctx.pool.ping_response, head_only),
         Page::Status(query) => {
-            let snapshot = ctx.status_source.scoreboard.snapshot();
+            let mut snapshot = ctx.status_source.scoreboard.snapshot();
+            for board in ctx.status_source.previous {
+                snapshot.previous.extend(board.finishing_workers());
+            }
             let report = Report {
                 pool: &ctx.pool.name,
                 settings: PmSettings::from(ctx.pool),
