@@ -31,6 +31,10 @@ impl Listener {
         self.fd.as_raw_fd()
     }
 
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     /// The socket file this listener created (and removes when closed).
     pub fn owned_path(&self) -> Option<&Path> {
         self.unix_path.as_deref()

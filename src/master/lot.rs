@@ -67,10 +67,10 @@ impl Channels {
         self.handed_out.saturating_sub(taken).max(1) as u32
     }
 
-    pub fn for_worker(&self) -> crate::worker::Parking {
+    pub fn for_worker(&self) -> crate::worker::Parking<'_> {
         crate::worker::Parking {
-            park: self.worker.as_raw_fd(),
-            handoff: self.worker.as_raw_fd(),
+            park: self.worker.as_fd(),
+            handoff: self.worker.as_fd(),
         }
     }
 

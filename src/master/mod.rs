@@ -1128,14 +1128,14 @@ impl Master {
         let status_source = match pool.kind {
             PoolKind::Workers => StatusSource {
                 scoreboard: &pool.scoreboard,
-                listener: pool.listener.raw_fd(),
+                listener: pool.listener.as_fd(),
                 previous: &pool.previous,
             },
             PoolKind::Status { parent } => {
                 let parent = &self.pools[parent];
                 StatusSource {
                     scoreboard: &parent.scoreboard,
-                    listener: parent.listener.raw_fd(),
+                    listener: parent.listener.as_fd(),
                     previous: &parent.previous,
                 }
             }
@@ -1181,7 +1181,7 @@ impl Master {
                 pool: config,
                 scoreboard: &pool.scoreboard,
                 slot_index,
-                listener: pool.listener.raw_fd(),
+                listener: pool.listener.as_fd(),
                 inherited_env: self.inherited_env.clone(),
                 access_log_fd: pool.logs.access_fd(),
                 slowlog_fd: pool.logs.slow_fd(),
@@ -1409,10 +1409,7 @@ impl Master {
 impl Pool {
     /// The listening socket's accept queue, when the kernel tells.
     fn queue_figures(&self, prober: &mut Prober) -> Option<crate::listen_queue::QueueFigures> {
-        // SAFETY: the listener is open for as long as the pool exists; the borrow ends
-        // with the call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.listener.raw_fd()) };
-        prober.figures(fd).ok()
+        prober.figures(self.listener.as_fd()).ok()
     }
 }
 

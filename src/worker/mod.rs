@@ -41,7 +41,7 @@ pub struct WorkerSpec<'a> {
     pub scoreboard: &'a Scoreboard,
     pub slot_index: usize,
     /// The pool's listening socket (non-blocking, shared with the master and siblings).
-    pub listener: RawFd,
+    pub listener: BorrowedFd<'a>,
     /// The master's environment, for pools with `clear_env = no`.
     pub inherited_env: Vec<(OsString, OsString)>,
     /// The pool's access log and slowlog, opened by the master (so it can reopen them).
@@ -58,7 +58,7 @@ pub struct WorkerSpec<'a> {
     /// A `pm.status_listen` worker: it answers status and ping only.
     pub status_only: bool,
     /// The pool's channels for idle kept connections (see `parking`).
-    pub parking: Option<Parking>,
+    pub parking: Option<Parking<'a>>,
     /// The master's eventfd, rung when this worker gets busy while the master sleeps.
     pub doorbell: Option<RawFd>,
     /// The master's pid: once `getppid()` says otherwise, the master is gone.
@@ -74,13 +74,14 @@ pub struct WorkerSpec<'a> {
 /// (no limit): bounded all the same, so a stuck script cannot keep it alive for ever.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
-/// A worker's ends of its pool's parking channels.
+/// A worker's ends of its pool's parking channels. The master keeps them open for the
+/// worker's lifetime (the forked copy of its objects is never dropped).
 #[derive(Debug, Clone, Copy)]
-pub struct Parking {
+pub struct Parking<'a> {
     /// Where the worker sends an idle kept connection.
-    pub park: RawFd,
+    pub park: BorrowedFd<'a>,
     /// Where the master hands out parked connections that have a request waiting.
-    pub handoff: RawFd,
+    pub handoff: BorrowedFd<'a>,
 }
 
 /// Where a status page's figures come from.
@@ -88,7 +89,7 @@ pub struct Parking {
 pub struct StatusSource<'a> {
     pub scoreboard: &'a Scoreboard,
     /// The pool's listening socket, for its queue figures.
-    pub listener: RawFd,
+    pub listener: BorrowedFd<'a>,
     /// Scoreboards of earlier images whose workers are still finishing (after a reload).
     pub previous: &'a [Scoreboard],
 }
@@ -118,7 +119,7 @@ pub struct WorkerCtx<'a> {
     status_only: bool,
     /// The request being read has been published in the slot.
     request_begun: bool,
-    parking: Option<Parking>,
+    parking: Option<Parking<'a>>,
     doorbell: Option<RawFd>,
     /// Connection buffers kept between connections.
     buffers: ConnBuffers,
@@ -263,8 +264,8 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         }
     };
     let mut keep = vec![
-        spec.listener,
-        spec.status_source.listener,
+        spec.listener.as_raw_fd(),
+        spec.status_source.listener.as_raw_fd(),
         signals.fd().as_raw_fd(),
     ];
     keep.extend(spec.access_log_fd);
@@ -273,7 +274,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         keep.extend([out, err]);
     }
     if let Some(parking) = spec.parking {
-        keep.extend([parking.park, parking.handoff]);
+        keep.extend([parking.park.as_raw_fd(), parking.handoff.as_raw_fd()]);
     }
     keep.extend(spec.doorbell);
     close_inherited_fds(&keep);
@@ -350,9 +351,9 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         orphan_grace: spec.orphan_grace,
         orphan_deadline: None,
         listeners: {
-            let mut fds = vec![spec.listener];
-            if spec.status_source.listener != spec.listener {
-                fds.push(spec.status_source.listener);
+            let mut fds = vec![spec.listener.as_raw_fd()];
+            if spec.status_source.listener.as_raw_fd() != spec.listener.as_raw_fd() {
+                fds.push(spec.status_source.listener.as_raw_fd());
             }
             fds
         },
@@ -360,8 +361,7 @@ pub fn run(spec: WorkerSpec<'_>) -> ! {
         spawn_shortage: Episode::default(),
         residents: resident::Residents::default(),
     };
-    // SAFETY: the master keeps this descriptor open for us; we never close it ourselves.
-    let listener = unsafe { BorrowedFd::borrow_raw(spec.listener) };
+    let listener = spec.listener;
     let code = accept_loop(&mut ctx, listener);
     let mut residents = std::mem::take(&mut ctx.residents);
     residents.stop_all(&ctx);
@@ -487,9 +487,8 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
         });
     // Like the listener: one idle worker is woken per handed-out connection.
     let registered = registered.and_then(|()| match ctx.parking {
-        // SAFETY: the master keeps the channel open for the worker's lifetime.
         Some(p) => epoll.add(
-            unsafe { BorrowedFd::borrow_raw(p.handoff) },
+            p.handoff,
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, HANDOFF),
         ),
         None => Ok(()),
@@ -646,7 +645,7 @@ fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> i32 {
 fn take_handoff(ctx: &mut WorkerCtx<'_>, epoll: &Epoll) -> Option<OwnedFd> {
     let parking = ctx.parking?;
     // SAFETY: the master keeps the channel open for the worker's lifetime.
-    let channel = unsafe { BorrowedFd::borrow_raw(parking.handoff) };
+    let channel = parking.handoff;
     match crate::parking::receive(channel) {
         Ok(crate::parking::Received::Fd(fd)) => {
             ctx.scoreboard
@@ -726,8 +725,7 @@ fn park(ctx: &WorkerCtx<'_>, fd: BorrowedFd<'_>, kind: crate::parking::Kind) -> 
     let Some(parking) = ctx.parking else {
         return false;
     };
-    // SAFETY: the master keeps the channel open for the worker's lifetime.
-    let channel = unsafe { BorrowedFd::borrow_raw(parking.park) };
+    let channel = parking.park;
     match crate::parking::send_as(channel, fd, kind) {
         Ok(()) => true,
         Err(e) => {

@@ -13,7 +13,6 @@ use crate::fastcgi::{Event, Request, Session};
 use crate::listen_queue::{self, QueueFigures};
 use crate::scoreboard::now_us;
 use crate::status::{self, PmSettings, Query, Report};
-use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 /// How long the web server may take to finish a status request's body.
@@ -109,9 +108,7 @@ pub fn answer(
 /// The accept queue of the pool reported on; its longest is remembered.
 fn queue_figures(ctx: &WorkerCtx<'_>) -> QueueFigures {
     let source = ctx.status_source;
-    // SAFETY: the master keeps the pool's listening socket open for every worker's
-    // lifetime, and this borrow ends with the call.
-    let listener = unsafe { BorrowedFd::borrow_raw(source.listener) };
+    let listener = source.listener;
     match listen_queue::figures(listener) {
         Ok(figures) => {
             source.scoreboard.note_listen_queue(figures.queued);
