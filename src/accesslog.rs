@@ -314,7 +314,7 @@ impl Format {
                 Token::Pid => push_fmt(&mut out, format_args!("{}", entry.worker_pid)),
                 Token::MasterPid => push_fmt(&mut out, format_args!("{}", entry.master_pid)),
                 Token::Query => {
-                    crate::logging::push_escaped(&mut out, param("QUERY_STRING").unwrap_or(b""))
+                    crate::escape::push_escaped(&mut out, param("QUERY_STRING").unwrap_or(b""))
                 }
                 Token::QueryMark => {
                     if param("QUERY_STRING").is_some() {
@@ -349,7 +349,7 @@ fn push_or_dash(out: &mut Vec<u8>, value: Option<&[u8]>) {
     // escape sequence drive the reader's terminal: control bytes are written as nginx
     // writes them (`\x0A`).
     match value {
-        Some(v) => crate::logging::push_escaped(out, v),
+        Some(v) => crate::escape::push_escaped(out, v),
         None => out.push(b'-'),
     }
 }

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod endpoint;
+pub mod escape;
 pub mod exit_code;
 pub mod fastcgi;
 pub mod fdplan;
