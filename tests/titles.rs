@@ -63,8 +63,17 @@ fn assert_titles(fpm: &Fpm, master: &str, worker: &str) {
     wait_until("two workers", Duration::from_secs(10), || {
         fpm.worker_pids().len() == 2
     });
+    // A worker shows the master's title from its fork until it sets its own, so a
+    // worker read right after it was started may not be renamed yet: wait for it.
     for pid in fpm.worker_pids() {
-        assert_eq!(cmdline(pid), worker, "worker {pid}");
+        wait_until(
+            &format!(
+                "worker {pid} titled '{worker}' (at first '{}')",
+                cmdline(pid)
+            ),
+            Duration::from_secs(5),
+            || cmdline(pid) == worker,
+        );
     }
 }
 
