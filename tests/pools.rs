@@ -188,7 +188,11 @@ fn static_holds_max_children() {
     let address = sock(dir.path(), "www");
     let fpm = Fpm::start_with(dir, &config, &address);
     fpm.wait_workers(3);
-    let status = status_json(&address);
+    // A worker is a child before its slot names it (the master or the worker writes the
+    // pid a moment after the fork): wait for the page to count the three.
+    let status = wait_for_status(&address, "the page counts 3 processes", |s| {
+        s["total processes"] == 3
+    });
     assert_eq!(status["process manager"], "static");
     assert_eq!(figure(&status, "total processes"), 3);
     assert_eq!(figure(&status, "max children"), 3);
@@ -493,6 +497,9 @@ fn openmetrics_passes_a_strict_parser_and_ends_with_eof() {
     let address = sock(dir.path(), "www");
     let fpm = Fpm::start_with(dir, &config, &address);
     fpm.wait_workers(2); // pm.start_servers
+    wait_for_status(&address, "the page counts 2 processes", |s| {
+        s["total processes"].as_u64() >= Some(2)
+    });
     for query in ["openmetrics", "openmetrics&full"] {
         let r = page(&address, "/status", query);
         assert_eq!(
