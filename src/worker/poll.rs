@@ -41,11 +41,7 @@ impl PollSet {
     /// Wait until a descriptor is ready or `timeout` passes (`None`: no limit). EINTR
     /// counts as a wake-up with nothing ready.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Errno> {
-        let ms = match timeout {
-            None => -1,
-            // Round up so a deadline is never polled for 0 ms short of its time.
-            Some(t) => i32::try_from(t.as_millis().saturating_add(1)).unwrap_or(i32::MAX),
-        };
+        let ms = poll_millis(timeout);
         for fd in &mut self.fds {
             fd.revents = 0;
         }
@@ -61,5 +57,31 @@ impl PollSet {
 
     pub fn revents(&self, index: usize) -> i16 {
         self.fds.get(index).map_or(0, |f| f.revents)
+    }
+}
+
+/// poll's timeout for `timeout`: whole milliseconds rounded up, so that a deadline is
+/// never polled short of its time, and zero kept zero: a check that must not wait (is
+/// the resident app's connection still fit?) once waited 1 ms on every request.
+fn poll_millis(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::poll_millis;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_round_up_to_whole_milliseconds_and_zero_stays_zero() {
+        assert_eq!(poll_millis(None), -1);
+        assert_eq!(poll_millis(Some(Duration::ZERO)), 0);
+        assert_eq!(poll_millis(Some(Duration::from_micros(1))), 1);
+        assert_eq!(poll_millis(Some(Duration::from_millis(5))), 5);
+        assert_eq!(poll_millis(Some(Duration::from_micros(5_001))), 6);
+        assert_eq!(poll_millis(Some(Duration::from_secs(10_000_000))), i32::MAX);
     }
 }
