@@ -37,64 +37,75 @@ if have cc; then
     esac
 fi
 have groff    || need="$need groff-base"
-# The OpenMetrics test cross-checks the page with prometheus_client's strict parser.
-# Debian's python3 takes Debian's package (pip refuses it: PEP 668); another python3 on
-# PATH (pyenv, a virtualenv) gets it from PyPI.
-pip_need=""
-if ! have python3; then
-    need="$need python3-prometheus-client"
-elif ! python3 -c 'import prometheus_client' 2>/dev/null; then
-    if [ "$(command -v python3)" = /usr/bin/python3 ]; then
-        need="$need python3-prometheus-client"
-    else
-        pip_need="prometheus_client"
-    fi
-fi
-if [ -n "$pip_need" ]; then
-    echo "installing from PyPI: $pip_need"
-    # --user where it works; a virtualenv refuses --user and takes a plain install.
-    python3 -m pip install --quiet --user "$pip_need" 2>/dev/null \
-        || python3 -m pip install --quiet "$pip_need"
-fi
 # A fault test closes the master's epoll descriptor through gdb.
 have gdb      || need="$need gdb"
 # cargo-deb's Depends: $auto asks dpkg-shlibdeps.
 have dpkg-shlibdeps || need="$need dpkg-dev"
-# Resident-app interop (tests/resident.rs).
+# Resident-app interop (tests/resident.rs): a Perl FCGI.pm loop.
 if ! have perl || ! perl -MFCGI -e 1 >/dev/null 2>&1; then need="$need libfcgi-perl"; fi
-need_flup=""
-if have python3 && ! python3 -c 'import flup.server.fcgi' >/dev/null 2>&1; then
-    need_flup=yes
-    python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
+# Python packages: prometheus_client (the OpenMetrics tests cross-check with its strict
+# parser) and flup (a resident WSGI app, tests/resident.rs). Whether pip may install is
+# the python's own word, not its path: a python3 marked externally managed (PEP 668, as
+# Debian's is, wherever PATH finds it) takes Debian's package where there is one and pip
+# only with --break-system-packages (test machines are throwaway); any other python3
+# (pyenv, a virtualenv) takes both from PyPI as the user.
+externally_managed() {
+    python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))' 2>/dev/null
+}
+pip_need=""
+if ! have python3; then
+    # Debian's python3 comes with the packages above: it is externally managed.
+    need="$need python3-prometheus-client python3-pip"
+    pip_need="flup"
+else
+    if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+        if externally_managed; then
+            need="$need python3-prometheus-client"
+        else
+            pip_need="prometheus_client"
+        fi
+    fi
+    if ! python3 -c 'import flup.server.fcgi' >/dev/null 2>&1; then
+        pip_need="$pip_need flup"
+        python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
+    fi
 fi
-
-# flup is on PyPI only. A Debian python refuses pip outside a virtualenv (PEP 668,
-# "externally-managed-environment"); the test machines are throwaway, so then it is
-# installed with --break-system-packages.
-install_flup() {
-    have python3 || return 0
-    echo "installing: flup (pip)"
-    $SUDO python3 -m pip install -q flup 2>/dev/null ||
-        $SUDO python3 -m pip install -q --break-system-packages flup
+pip_install() {
+    [ -n "$pip_need" ] || return 0
+    # The packages just installed bring Debian's python3; should they not have, the
+    # tests that need these name what is missing.
+    if ! have python3; then
+        echo "no python3 after the install: not installing$pip_need" >&2
+        return 0
+    fi
+    echo "installing from PyPI:$pip_need"
+    # shellcheck disable=SC2086
+    if externally_managed; then
+        $SUDO python3 -m pip install -q $pip_need 2>/dev/null ||
+            $SUDO python3 -m pip install -q --break-system-packages $pip_need
+    else
+        # --user where it works; a virtualenv refuses --user and takes a plain install.
+        python3 -m pip install -q --user $pip_need 2>/dev/null ||
+            python3 -m pip install -q $pip_need
+    fi
 }
 
 SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 if [ -z "$need" ]; then
     echo "test dependencies: all packages present"
+    pip_install
     install_cargo_deb
-    if [ -n "$need_flup" ]; then
-        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-        install_flup
-    fi
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "missing:$need; this script knows only apt-get (Debian/Ubuntu); install them by hand" >&2
     exit 1
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install:$need" >&2; exit 1; }
-    SUDO="sudo"
+if [ -n "$SUDO" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "need root or sudo to install:$need" >&2
+    exit 1
 fi
 echo "installing:$need"
 # Keep package scripts from starting a system nginx or php service on public ports: the
@@ -116,6 +127,6 @@ trap cleanup EXIT
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
-if [ -n "$need_flup" ]; then install_flup; fi
+pip_install
 echo "test dependencies installed"
 install_cargo_deb

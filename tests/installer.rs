@@ -63,6 +63,30 @@ impl Machine {
         m
     }
 
+    /// A python3 without prometheus_client or flup whose pip refuses, as PEP 668 says,
+    /// to install into it unless told to break the system's packages when `managed`.
+    fn python(&self, managed: bool) {
+        let log = self.dir.path().join("calls.log");
+        self.stub(
+            "python3",
+            &format!(
+                "case \"$*\" in\n\
+                 \t*EXTERNALLY-MANAGED*) exit {marker} ;;\n\
+                 \t'-m pip --version') exit 0 ;;\n\
+                 \t'-m pip install'*)\n\
+                 \t\techo \"python3 $*\" >> {log}\n\
+                 \t\tcase \"$*\" in *--break-system-packages*) exit 0 ;; esac\n\
+                 \t\t[ {managed} = yes ] && {{ echo externally-managed-environment >&2; exit 1; }}\n\
+                 \t\texit 0 ;;\n\
+                 esac\n\
+                 exit 1\n",
+                marker = if managed { 0 } else { 1 },
+                managed = if managed { "yes" } else { "no" },
+                log = log.display(),
+            ),
+        );
+    }
+
     fn stub(&self, name: &str, body: &str) {
         let path = self.dir.path().join("bin").join(name);
         fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write stub");
@@ -173,4 +197,51 @@ fn a_failed_install_fails_the_run_and_still_removes_its_policy() {
     let out = m.run();
     assert_ne!(out.status.code(), Some(0), "{}", explain(&m, &out));
     assert!(!m.policy().exists(), "{}", explain(&m, &out));
+}
+
+/// Debian's python3 is externally managed wherever PATH finds it (here, not at
+/// /usr/bin/python3): prometheus_client comes from Debian and flup through pip with
+/// --break-system-packages, after the packages, and the run exits 0.
+#[test]
+fn an_externally_managed_python_gets_debians_package_and_pip_past_pep_668() {
+    let m = Machine::new(0, 0);
+    m.python(true);
+    let out = m.run();
+    assert_installed(&m, &out);
+    let calls = m.calls();
+    assert!(
+        calls.contains("python3-prometheus-client"),
+        "prometheus_client not taken from Debian: {}",
+        explain(&m, &out)
+    );
+    let pip = calls
+        .lines()
+        .find(|l| l.starts_with("python3 -m pip install") && l.contains("--break-system-packages"))
+        .unwrap_or_else(|| panic!("flup not installed past PEP 668: {}", explain(&m, &out)));
+    assert!(pip.contains("flup"), "{pip}");
+    assert!(!pip.contains("prometheus_client"), "{pip}");
+    let apt = calls.find("apt-get install").expect("apt-get install");
+    let pip_at = calls.find(pip).expect("pip line");
+    assert!(apt < pip_at, "pip ran before the packages: {calls}");
+}
+
+/// A python3 of its own (pyenv, a virtualenv) takes both packages from PyPI as the user,
+/// never through sudo.
+#[test]
+fn another_python_gets_both_packages_from_pypi_as_the_user() {
+    let m = Machine::new(1000, 0);
+    m.python(false);
+    let out = m.run();
+    assert_installed(&m, &out);
+    let calls = m.calls();
+    let pip = calls
+        .lines()
+        .find(|l| l.starts_with("python3 -m pip install"))
+        .unwrap_or_else(|| panic!("nothing installed with pip: {}", explain(&m, &out)));
+    assert!(
+        pip.contains("--user") && pip.contains("prometheus_client") && pip.contains("flup"),
+        "{pip}"
+    );
+    assert!(!calls.contains("python3-prometheus-client"), "{calls}");
+    assert!(!calls.contains("sudo python3"), "{calls}");
 }
