@@ -187,6 +187,30 @@ pub struct SlotSnapshot {
     pub user: Vec<u8>,
 }
 
+impl SlotSnapshot {
+    /// A worker with no request figures or texts: a slot read without its request, or a
+    /// stand-in where no worker runs.
+    pub fn without_request(pid: i32, state: WorkerState, cgi_pid: i32) -> SlotSnapshot {
+        SlotSnapshot {
+            pid,
+            state,
+            cgi_pid,
+            requests: 0,
+            started_at_us: 0,
+            request_started_at_us: 0,
+            last_idle_at_us: 0,
+            content_length: 0,
+            last_duration_us: 0,
+            last_cpu_us: 0,
+            last_memory: 0,
+            method: Vec::new(),
+            uri: Vec::new(),
+            script: Vec::new(),
+            user: Vec::new(),
+        }
+    }
+}
+
 /// How long a reader retries a slot that keeps changing under it before it gives up on
 /// the multi-field values (a worker killed mid-write leaves the counter odd until the
 /// master frees the slot; a live one may be descheduled mid-write for longer than this on
@@ -328,23 +352,11 @@ impl Slot {
     /// with each other, so they are left empty (the status page shows "-"), as after
     /// `claim`.
     fn unsettled(&self) -> SlotSnapshot {
-        SlotSnapshot {
-            pid: self.pid.load(Ordering::Acquire),
-            state: self.state(),
-            cgi_pid: self.cgi_pid.load(Ordering::Relaxed),
-            requests: 0,
-            started_at_us: 0,
-            request_started_at_us: 0,
-            last_idle_at_us: 0,
-            content_length: 0,
-            last_duration_us: 0,
-            last_cpu_us: 0,
-            last_memory: 0,
-            method: Vec::new(),
-            uri: Vec::new(),
-            script: Vec::new(),
-            user: Vec::new(),
-        }
+        SlotSnapshot::without_request(
+            self.pid.load(Ordering::Acquire),
+            self.state(),
+            self.cgi_pid.load(Ordering::Relaxed),
+        )
     }
 
     fn read_fields(&self) -> SlotSnapshot {

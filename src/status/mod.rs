@@ -439,23 +439,7 @@ fn render_html(report: &Report<'_>, full: bool) -> String {
 
 /// Only for the html table's headings when no worker is running (ondemand at rest).
 fn placeholder_worker() -> SlotSnapshot {
-    SlotSnapshot {
-        pid: 0,
-        state: WorkerState::Idle,
-        cgi_pid: 0,
-        requests: 0,
-        started_at_us: 0,
-        request_started_at_us: 0,
-        last_idle_at_us: 0,
-        content_length: 0,
-        last_duration_us: 0,
-        last_cpu_us: 0,
-        last_memory: 0,
-        method: Vec::new(),
-        uri: Vec::new(),
-        script: Vec::new(),
-        user: Vec::new(),
-    }
+    SlotSnapshot::without_request(0, WorkerState::Idle, 0)
 }
 
 /// The CGI response for a page: php-fpm's no-cache headers, and no body for HEAD.

@@ -174,23 +174,7 @@ fn full_text_adds_a_block_per_process() {
 #[test]
 fn a_worker_read_without_its_request_shows_dashes_and_no_1970_times() {
     // What `Slot::snapshot` gives when the slot's writer stalls mid-write.
-    let unsettled = SlotSnapshot {
-        pid: 103,
-        state: WorkerState::Running,
-        cgi_pid: 0,
-        requests: 0,
-        started_at_us: 0,
-        request_started_at_us: 0,
-        last_idle_at_us: 0,
-        content_length: 0,
-        last_duration_us: 0,
-        last_cpu_us: 0,
-        last_memory: 0,
-        method: Vec::new(),
-        uri: Vec::new(),
-        script: Vec::new(),
-        user: Vec::new(),
-    };
+    let unsettled = SlotSnapshot::without_request(103, WorkerState::Running, 0);
     let snap = PoolSnapshot {
         workers: vec![unsettled],
         ..snapshot()
