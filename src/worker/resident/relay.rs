@@ -70,6 +70,8 @@ pub struct Relay<'a> {
     started: Instant,
     written_before: u64,
     terminate_at: Option<Instant>,
+    /// Set once the master is gone: the request in hand has this long, then the app stops.
+    orphan_deadline: Option<Instant>,
     slow_at: Option<Instant>,
     slow: Option<SlowRecord>,
     abort_deadline: Option<Instant>,
@@ -132,6 +134,7 @@ impl<'a> Relay<'a> {
             started,
             written_before,
             terminate_at: after(pool.request_terminate_timeout),
+            orphan_deadline: ctx.orphan_deadline,
             slow_at: after(pool.request_slowlog_timeout).filter(|_| ctx.slowlog_fd.is_some()),
             slow: None,
             abort_deadline: None,
@@ -249,6 +252,20 @@ impl<'a> Relay<'a> {
 
     fn check_deadlines(&mut self, ctx: &mut WorkerCtx<'_>) {
         let now = Instant::now();
+        if let Some(at) = self.orphan_deadline
+            && now >= at
+        {
+            log::warn!(
+                "{} script '{}' (request: \"{}\") still running {}s after the master died; stopping FastCGI app {}",
+                ctx.log_prefix(),
+                self.script,
+                self.request_line,
+                ctx.orphan_grace.as_secs(),
+                self.app_pid()
+            );
+            self.terminate = true;
+            return;
+        }
         if let Some(at) = self.terminate_at
             && now >= at
             && !self.timed_out
@@ -348,6 +365,7 @@ impl<'a> Relay<'a> {
             self.slow_at.filter(|_| !self.app_done),
             self.abort_deadline.filter(|_| !self.app_done),
             self.slow.as_ref().and_then(SlowRecord::deadline),
+            self.orphan_deadline,
         ]
         .into_iter()
         .flatten()
@@ -415,7 +433,12 @@ impl<'a> Relay<'a> {
         if self.poll_set.revents(signals) != 0 {
             match ctx.signals.take() {
                 Some(SignalRequest::Terminate) => self.terminate = true,
-                Some(SignalRequest::Quit) => ctx.quit = true,
+                // As for CGI children: an orphaned worker stops accepting at once and
+                // gives the request in hand its grace.
+                Some(SignalRequest::Quit) => {
+                    ctx.on_quit();
+                    self.orphan_deadline = ctx.orphan_deadline;
+                }
                 None => {}
             }
         }
