@@ -44,6 +44,11 @@ pub struct Endpoint {
     /// Oldest first; may hold tokens gone since.
     order: VecDeque<Token>,
     next: usize,
+    /// Accept failing (out of descriptors, most likely): logged once, retried after a
+    /// growing pause. Re-arming at once would fire again at once, the backlog being
+    /// still readable: the master would spin on it.
+    shortage: crate::shortage::Episode,
+    retry_at: Option<Instant>,
 }
 
 /// The socket `metrics.listen` names: inherited across a reload when it is there.
@@ -68,6 +73,8 @@ impl Endpoint {
             connections: HashMap::new(),
             order: VecDeque::new(),
             next: 0,
+            shortage: crate::shortage::Episode::default(),
+            retry_at: None,
         }
     }
 
@@ -101,15 +108,23 @@ impl Endpoint {
 
     /// The earliest deadline of an open connection.
     pub fn deadline(&self) -> Option<Instant> {
-        self.connections.values().map(|c| c.deadline).min()
+        self.connections
+            .values()
+            .map(|c| c.deadline)
+            .chain(self.retry_at)
+            .min()
     }
 
     /// Close the connections past their deadline, unanswered.
     pub fn expire(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            self.rearm(registry);
+        }
         if self.connections.is_empty() {
             return;
         }
-        let now = Instant::now();
         let late: Vec<Token> = self
             .connections
             .iter()
@@ -167,11 +182,18 @@ impl Endpoint {
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
-                    // Out of descriptors, most likely: the backlog waits for later.
-                    log::warn!("metrics.listen: accept failed: {e}");
-                    return self.rearm(registry);
+                    // The backlog waits for the retry (`expire` re-arms).
+                    let failure = self.shortage.failed();
+                    if failure.first {
+                        log::warn!("metrics.listen: accept failed: {e}; retrying with backoff");
+                    }
+                    self.retry_at = Some(Instant::now() + failure.backoff);
+                    return;
                 }
             };
+            if let Some(failures) = self.shortage.succeeded() {
+                log::info!("metrics.listen: accepting again after {failures} failed attempts");
+            }
             if !self.admit(&fd) {
                 continue;
             }
