@@ -49,41 +49,6 @@ fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
-/// Where Python's prometheus_client is installed, its strict parser must take the text.
-fn python_strict_parse(text: &str) {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !found.is_ok_and(|s| s.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with prometheus_client not found, and CI requires it (scripts/install-test-deps.sh)"
-        );
-        eprintln!("SKIPPED (in part): python3 with prometheus_client not found");
-        return;
-    }
-    let program = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nlist(p(sys.stdin.read()))\n";
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", program])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3");
-    assert!(
-        out.status.success(),
-        "prometheus_client refuses it: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A script that holds its worker until the gate file exists.
 fn gated(fpm: &Fpm) -> (PathBuf, PathBuf) {
     let gate = fpm.path("gate");
@@ -140,7 +105,7 @@ fn metrics_for_every_pool_pass_a_strict_parser_while_every_worker_is_busy() {
     );
     let text = body(&response);
     let samples = openmetrics::check(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    python_strict_parse(text);
+    openmetrics::python_cross_check(text);
     let value = |name: &str, labels: &[(&str, &str)]| {
         samples
             .iter()

@@ -525,47 +525,8 @@ fn openmetrics_passes_a_strict_parser_and_ends_with_eof() {
                 .iter()
                 .all(|s| s.labels.contains(&("pool".into(), "www".into())))
         );
-        python_cross_check(&text);
+        openmetrics::python_cross_check(&text);
     }
-}
-
-/// Where Python's prometheus_client is installed, its strict parser must agree.
-fn python_cross_check(text: &str) {
-    let program = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nlist(p(sys.stdin.read()))\n";
-    let child = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !child.is_ok_and(|s| s.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with prometheus_client not found, and CI requires it \
-             (scripts/install-test-deps.sh)"
-        );
-        eprintln!(
-            "SKIPPED (in part): python3 with prometheus_client not found; the Rust checker alone ran"
-        );
-        return;
-    }
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", program])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refuses it: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One busy worker, three connections waiting behind it: the status page (served by the

@@ -364,3 +364,44 @@ pub fn refuses_bad_input() -> bool {
     let good = "# TYPE a counter\n# HELP a An \\\\ escaped \\n help.\na_total{x=\"q\\\"\"} 1\n# TYPE b info\nb_info{v=\"1\"} 1\n# EOF\n";
     bad.iter().all(|text| check(text).is_err()) && check(good).is_ok()
 }
+
+/// Where Python's prometheus_client is installed, its strict parser must take `text` too
+/// (a second opinion beside `check`); under CI it must be installed.
+pub fn python_cross_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let found = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stderr(Stdio::null())
+        .status();
+    if !found.is_ok_and(|s| s.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with prometheus_client not found, and CI requires it \
+             (scripts/install-test-deps.sh)"
+        );
+        eprintln!(
+            "SKIPPED (in part): python3 with prometheus_client not found; the Rust checker alone ran"
+        );
+        return;
+    }
+    let program = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nlist(p(sys.stdin.read()))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", program])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python3");
+    assert!(
+        out.status.success(),
+        "prometheus_client refuses it: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
