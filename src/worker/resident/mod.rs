@@ -103,9 +103,8 @@ impl Resident {
                 .unwrap_or_else(|| "closed its connection".into());
             let pid = app.pid;
             log::info!(
-                "[pool {}] child {}, FastCGI app {pid} ('{}') {how} between requests; starting a fresh one",
-                ctx.pool.name,
-                std::process::id(),
+                "{} FastCGI app {pid} ('{}') {how} between requests; starting a fresh one",
+                ctx.log_prefix(),
                 self.command_line()
             );
             self.discard(ctx, false);
@@ -124,9 +123,8 @@ impl Resident {
         match App::start(&self.launch) {
             Ok(app) => {
                 log::info!(
-                    "[pool {}] child {}, FastCGI app {} started: '{}'",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} FastCGI app {} started: '{}'",
+                    ctx.log_prefix(),
                     app.pid,
                     self.command_line()
                 );
@@ -160,12 +158,7 @@ impl Resident {
                 app.pid
             ));
         }
-        log::debug!(
-            "[pool {}] child {}, stopping FastCGI app {}",
-            ctx.pool.name,
-            std::process::id(),
-            app.pid
-        );
+        log::debug!("{} stopping FastCGI app {}", ctx.log_prefix(), app.pid);
         app.stop(grace);
         self.input.clear();
     }
@@ -185,9 +178,8 @@ impl Resident {
         if records::retire_after(app.served, max, clean) {
             if clean {
                 log::debug!(
-                    "[pool {}] child {}, FastCGI app {} has served cgi.fastcgi_app_max_requests ({max}); restarting it",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} FastCGI app {} has served cgi.fastcgi_app_max_requests ({max}); restarting it",
+                    ctx.log_prefix(),
                     app.pid
                 );
             }

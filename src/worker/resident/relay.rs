@@ -209,9 +209,8 @@ impl<'a> Relay<'a> {
                     .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                 if Instant::now() >= deadline {
                     log::warn!(
-                        "[pool {}] child {}, the web server did not finish sending the request body within {}s after the response; closing the connection",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} the web server did not finish sending the request body within {}s after the response; closing the connection",
+                        ctx.log_prefix(),
                         DRAIN_TIMEOUT.as_secs()
                     );
                     self.broken = true;
@@ -220,9 +219,8 @@ impl<'a> Relay<'a> {
             }
             if let Err(e) = self.wait_and_handle(ctx) {
                 log::error!(
-                    "[pool {}] child {}, waiting for the request's descriptors failed: {e}",
-                    ctx.pool.name,
-                    std::process::id()
+                    "{} waiting for the request's descriptors failed: {e}",
+                    ctx.log_prefix(),
                 );
                 self.broken = true;
                 self.stop_app(ctx, false);
@@ -278,9 +276,8 @@ impl<'a> Relay<'a> {
             && !self.app_done
         {
             log::warn!(
-                "[pool {}] child {}, FastCGI app {} did not end the aborted request for '{}' within {} s; stopping it",
-                ctx.pool.name,
-                std::process::id(),
+                "{} FastCGI app {} did not end the aborted request for '{}' within {} s; stopping it",
+                ctx.log_prefix(),
                 self.app_pid(),
                 self.script,
                 ABORT_GRACE.as_secs()
@@ -312,9 +309,8 @@ impl<'a> Relay<'a> {
         self.timed_out = true;
         let elapsed = self.started.elapsed();
         log::warn!(
-            "[pool {}] child {}, script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating FastCGI app {}",
-            ctx.pool.name,
-            std::process::id(),
+            "{} script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating FastCGI app {}",
+            ctx.log_prefix(),
             self.script,
             self.request_line,
             elapsed.as_secs(),
@@ -478,9 +474,8 @@ impl<'a> Relay<'a> {
             Ok(Fill::WouldBlock) => {}
             Ok(Fill::Eof) | Err(_) => {
                 log::info!(
-                    "[pool {}] child {}, the web server closed the connection during the request for '{}'; aborting it in FastCGI app {}",
-                    ctx.pool.name,
-                    std::process::id(),
+                    "{} the web server closed the connection during the request for '{}'; aborting it in FastCGI app {}",
+                    ctx.log_prefix(),
                     self.script,
                     self.app_pid()
                 );
@@ -525,9 +520,8 @@ impl<'a> Relay<'a> {
                 Ok(Some(Event::None)) => {}
                 Ok(Some(Event::Abort)) => {
                     log::info!(
-                        "[pool {}] child {}, the web server aborted the request for '{}'",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} the web server aborted the request for '{}'",
+                        ctx.log_prefix(),
                         self.script
                     );
                     self.aborted = true;
@@ -537,9 +531,8 @@ impl<'a> Relay<'a> {
                 Ok(Some(Event::Request(_) | Event::Rejected { .. })) => {}
                 Err(e) => {
                     log::warn!(
-                        "[pool {}] child {}, protocol error from the web server during the request: {e}",
-                        ctx.pool.name,
-                        std::process::id()
+                        "{} protocol error from the web server during the request: {e}",
+                        ctx.log_prefix(),
                     );
                     self.broken = true;
                     self.abort_app();
@@ -600,9 +593,8 @@ impl<'a> Relay<'a> {
                 Ok(None) => return,
                 Err(e) => {
                     log::warn!(
-                        "[pool {}] child {}, FastCGI app {} broke the protocol ({e}) during the request for '{}'; stopping it",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} FastCGI app {} broke the protocol ({e}) during the request for '{}'; stopping it",
+                        ctx.log_prefix(),
                         self.resident.app.as_ref().map_or(0, |a| a.pid.as_raw()),
                         self.script
                     );
@@ -650,9 +642,8 @@ impl<'a> Relay<'a> {
                     self.forwarding = false;
                     if !self.app_clean {
                         log::warn!(
-                            "[pool {}] child {}, FastCGI app {} refused the request for '{}' ({protocol_status:?})",
-                            ctx.pool.name,
-                            std::process::id(),
+                            "{} FastCGI app {} refused the request for '{}' ({protocol_status:?})",
+                            ctx.log_prefix(),
                             self.app_pid(),
                             self.script
                         );
@@ -684,9 +675,8 @@ impl<'a> Relay<'a> {
         };
         if records::may_retry(gone) && !self.aborted && !self.broken {
             log::info!(
-                "[pool {}] child {}, FastCGI app {pid} was gone before it answered the request for '{}' ({how}, and it {status}); sending the request to a fresh one",
-                ctx.pool.name,
-                std::process::id(),
+                "{} FastCGI app {pid} was gone before it answered the request for '{}' ({how}, and it {status}); sending the request to a fresh one",
+                ctx.log_prefix(),
                 self.script
             );
             self.retried = true;
@@ -702,9 +692,8 @@ impl<'a> Relay<'a> {
                 }
                 Err(reason) => {
                     log::error!(
-                        "[pool {}] child {}, request \"{}\": {reason}; answered 502",
-                        ctx.pool.name,
-                        std::process::id(),
+                        "{} request \"{}\": {reason}; answered 502",
+                        ctx.log_prefix(),
                         self.request_line
                     );
                     self.app_done = true;
@@ -714,9 +703,8 @@ impl<'a> Relay<'a> {
             }
         }
         log::warn!(
-            "[pool {}] child {}, FastCGI app {pid} ended in the middle of the request for '{}': {how}, and it {status}{}",
-            ctx.pool.name,
-            std::process::id(),
+            "{} FastCGI app {pid} ended in the middle of the request for '{}': {how}, and it {status}{}",
+            ctx.log_prefix(),
             self.script,
             if self.stdout_bytes == 0 && !self.aborted && !self.broken {
                 "; answered 502"
