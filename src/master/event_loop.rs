@@ -1,0 +1,306 @@
+//! The master's loop: its set-up, then one pass per wake-up over events, signals,
+//! children and the pools' maintenance; and when to wake next.
+
+use super::capture::Capture;
+use super::lot::LotEvent;
+use super::pm::Trigger;
+use super::systemd_report::SystemdReport;
+use super::{DOORBELL, LISTENER_BASE, Master, SIGNALS, State, TICK, endpoint, lot};
+use crate::config::ProcessManager;
+use crate::daemon::StartupReport;
+use crate::master_signals::{MASTER_SIGNALS, master_signal_set};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use nix::sys::signal::{SigmaskHow, sigprocmask};
+use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook_mio::v1_0::Signals;
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+impl Master {
+    pub(super) fn event_loop(&mut self, report: &mut StartupReport) -> i32 {
+        let mut signals = match Signals::new(MASTER_SIGNALS.map(|s| s as i32)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("failed to install signal handlers: {e}");
+                report.failed(&format!("failed to install signal handlers: {e}"));
+                return crate::exit_code::OS_ERROR;
+            }
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+        {
+            log::error!("failed to watch signals: {e}");
+            report.failed(&format!("failed to watch signals: {e}"));
+            return crate::exit_code::OS_ERROR;
+        }
+        // A reload blocks these across its exec; now that handlers are in place, whatever
+        // arrived meanwhile is delivered.
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&master_signal_set()), None);
+        if let Some(doorbell) = &self.doorbell
+            && let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&doorbell.as_fd().as_raw_fd()),
+                DOORBELL,
+                Interest::READABLE,
+            )
+        {
+            log::warn!("cannot watch the eventfd ({e}); the master will wake every second");
+            self.doorbell = None;
+        }
+        for (index, channels) in self.channels.iter().enumerate() {
+            if let Some(ch) = channels
+                && let Err(e) = ch.register(self.poll.registry(), index)
+            {
+                log::warn!("cannot watch the channel for idle kept connections: {e}");
+            }
+        }
+        // Parked connections that start a request wait here until its head is complete.
+        let limits = self
+            .pools
+            .iter()
+            .map(|pool| lot::HeadLimit {
+                pool: pool.name.clone(),
+                timeout: self.config.pools[pool.config_index]
+                    .cgi
+                    .request_header_timeout,
+            })
+            .collect();
+        self.lot.set_limits(limits);
+        if let Some(endpoint) = &self.endpoint
+            && let Err(e) = endpoint.register(self.poll.registry())
+        {
+            let message = format!("metrics.listen: failed to watch the listening socket: {e}");
+            log::error!("{message}");
+            report.failed(&message);
+            return crate::exit_code::OS_ERROR;
+        }
+        for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
+            self.lot.park(self.poll.registry(), fd, index);
+        }
+        // ondemand pools start workers when connections arrive.
+        for (index, pool) in self.pools.iter().enumerate() {
+            if pool.settings.pm != ProcessManager::Ondemand {
+                continue;
+            }
+            let fd = pool.listener.raw_fd();
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            ) {
+                let message = format!(
+                    "[pool {}] failed to watch the listening socket: {e}",
+                    pool.name
+                );
+                log::error!("{message}");
+                report.failed(&message);
+                return crate::exit_code::OS_ERROR;
+            }
+        }
+        log::info!("fpm is running, pid {}", std::process::id());
+        for index in 0..self.pools.len() {
+            self.maintain_pool(index, Trigger::Start);
+        }
+        log::info!("ready to handle connections");
+        if !self.old_workers.is_empty() {
+            log::info!(
+                "{} worker(s) of the previous configuration finish their requests and exit",
+                self.old_workers.len()
+            );
+            self.old_workers
+                .retire(self.config.global.process_control_timeout);
+        }
+        report.ready();
+        crate::systemd::ready("Ready to handle connections");
+        let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
+
+        let mut events = Events::with_capacity(64);
+        let mut readable = HashSet::new();
+        loop {
+            let timeout = self.next_timeout(systemd_report.as_ref().map(|r| r.next));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("epoll_wait failed: {e}");
+                return crate::exit_code::OS_ERROR;
+            }
+            readable.clear();
+            for event in &events {
+                let token = event.token();
+                if token == DOORBELL {
+                    self.answer_doorbell();
+                    continue;
+                }
+                if Capture::is_capture(token) {
+                    self.capture.on_readable(self.poll.registry(), token);
+                    continue;
+                }
+                if endpoint::Endpoint::owns(token) {
+                    self.on_endpoint_event(token);
+                    continue;
+                }
+                match self
+                    .lot
+                    .on_event(self.poll.registry(), token, &mut self.channels)
+                {
+                    LotEvent::HandedOut { pool } => {
+                        // A worker may need starting for it (ondemand).
+                        readable.insert(pool);
+                    }
+                    LotEvent::Parked => {}
+                    LotEvent::None => {
+                        if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
+                            readable.insert(index);
+                        }
+                    }
+                }
+            }
+            if let Some(endpoint) = &mut self.endpoint {
+                endpoint.expire(self.poll.registry());
+            }
+            for signal in signals.pending() {
+                self.on_signal(signal);
+            }
+            if let Some(report) = &mut systemd_report {
+                report.tick(&self.pools);
+            }
+            self.reap_children();
+            if self.reload_requested {
+                self.reload_requested = false;
+                // Returns only when the reload did not happen.
+                self.reload();
+            }
+            self.old_workers.escalate_if_due();
+            let now = Instant::now();
+            self.lot.expire(self.poll.registry(), now);
+            let tick = self.next_tick.is_some_and(|at| now >= at);
+            if tick {
+                self.next_tick = None;
+                self.last_tick = now;
+                self.note_figures();
+            }
+            match self.state {
+                State::Running => {
+                    self.stop_stuck_workers();
+                    for index in 0..self.pools.len() {
+                        let pool = &self.pools[index];
+                        let trigger = if tick {
+                            Trigger::Tick
+                        } else if readable.contains(&index) {
+                            Trigger::Readable
+                        } else if pool.pm.to_replace > 0
+                            || pool.respawn_at.is_some_and(|at| now >= at)
+                        {
+                            Trigger::Wakeup
+                        } else {
+                            // Nothing changed for this pool.
+                            continue;
+                        };
+                        self.maintain_pool(index, trigger);
+                        if tick {
+                            self.rearm(index);
+                        }
+                    }
+                    self.sleep_or_schedule();
+                }
+                _ => {
+                    // Stopping: no kept connection stays parked here (workers that
+                    // finish their last request may still park theirs).
+                    self.lot.close_all(self.poll.registry());
+                    if self.children.is_empty() && self.old_workers.is_empty() {
+                        return 0;
+                    }
+                    self.escalate_stop();
+                }
+            }
+        }
+    }
+
+    /// A worker got busy while no round was scheduled: schedule one (at most one per
+    /// `TICK`, as always).
+    pub(super) fn answer_doorbell(&mut self) {
+        if let Some(doorbell) = &self.doorbell {
+            // Non-blocking: reads and resets the counter, or finds it reset already.
+            let _ = doorbell.read();
+        }
+        self.schedule_round(Duration::ZERO);
+    }
+
+    /// Want a maintenance round in `due`, but never sooner than `TICK` after the last.
+    pub(super) fn schedule_round(&mut self, due: Duration) {
+        let at = (Instant::now() + due).max(self.last_tick + TICK);
+        self.next_tick = Some(self.next_tick.map_or(at, |next| next.min(at)));
+    }
+
+    /// With no round scheduled the master sleeps until an event; arm every pool's doorbell
+    /// first, so that a worker getting busy wakes it. A worker busy already (it got busy
+    /// after the round looked) gets a round instead.
+    pub(super) fn sleep_or_schedule(&mut self) {
+        if self.next_tick.is_some() {
+            return;
+        }
+        if self.doorbell.is_none() {
+            return self.schedule_round(Duration::ZERO);
+        }
+        let mut busy = false;
+        for pool in &self.pools {
+            busy |= pool.scoreboard.arm_doorbell();
+        }
+        if busy {
+            self.schedule_round(Duration::ZERO);
+        }
+    }
+
+    pub(super) fn next_timeout(&self, systemd_report_at: Option<Instant>) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next = self.next_tick;
+        let mut sooner = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        if let Some(at) = systemd_report_at {
+            sooner(at);
+        }
+        if let Some(at) = self.old_workers.deadline() {
+            sooner(at);
+        }
+        if let Some(at) = self.lot.next_deadline() {
+            sooner(at);
+        }
+        if let Some(at) = self
+            .endpoint
+            .as_ref()
+            .and_then(endpoint::Endpoint::deadline)
+        {
+            sooner(at);
+        }
+        for pool in &self.pools {
+            if let Some(at) = pool.respawn_at {
+                sooner(at);
+            }
+        }
+        match self.state {
+            State::Finishing {
+                escalate_at: Some(at),
+            } => sooner(at),
+            State::Terminating {
+                kill_at,
+                killed: false,
+            } => sooner(kill_at),
+            _ => {}
+        }
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    pub(super) fn on_signal(&mut self, signal: i32) {
+        match signal {
+            SIGCHLD => {}
+            SIGTERM | SIGINT => self.terminate(),
+            SIGQUIT => self.finish(),
+            SIGUSR1 => self.reopen_logs(),
+            // HUP as well, for init systems and habits that reload with it.
+            SIGUSR2 | SIGHUP => self.reload_requested = true,
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Start-up: the pools' sockets, scoreboards and logs, what a reload handed over, and
+//! the master's own descriptors, before the loop runs.
+
+use super::capture::Capture;
+use super::emergency::Emergency;
+use super::listener::Listener;
+use super::logs::PoolLogs;
+use super::lot::{Channels, Lot};
+use super::pm::PmState;
+use super::reload::OldWorkers;
+use super::{
+    Master, Pool, PoolKind, RunOptions, State, TICK, endpoint, handed_over, inherit, listener, pm,
+};
+use crate::config::{Config, ProcessManager};
+use crate::listen_queue::Prober;
+use crate::scoreboard::{Scoreboard, now_us};
+use mio::Poll;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+impl Master {
+    pub(super) fn start(config: Config, options: RunOptions) -> Result<Master, String> {
+        if options.privileges.len() != config.pools.len() {
+            return Err("worker privileges were not prepared for every pool".to_string());
+        }
+        let handover = options.handover.unwrap_or_default();
+        let mut inherited = inherit::Inherited::collect(handover.listeners);
+        let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
+        for (config_index, pool) in config.pools.iter().enumerate() {
+            let opened = listener::open(pool, &mut inherited).and_then(|listener| {
+                let rest = Scoreboard::new(pool.pm_max_children as usize)
+                    .map_err(|e| format!("[pool {}] cannot create the scoreboard: {e}", pool.name))
+                    .and_then(|scoreboard| PoolLogs::open(pool).map(|logs| (scoreboard, logs)));
+                match rest {
+                    Ok((scoreboard, logs)) => Ok((listener, scoreboard, logs)),
+                    Err(e) => {
+                        listener.close();
+                        Err(e)
+                    }
+                }
+            });
+            let opened = opened.and_then(|(listener, scoreboard, logs)| {
+                let status = match &pool.pm_status_listen {
+                    None => None,
+                    Some(address) => match open_status_pool(pool, address, &mut inherited) {
+                        Ok(status) => Some(status),
+                        Err(e) => {
+                            listener.close();
+                            return Err(e);
+                        }
+                    },
+                };
+                Ok((listener, scoreboard, logs, status))
+            });
+            match opened {
+                Ok((listener, scoreboard, logs, status)) => {
+                    log::debug!("[pool {}] listening on {}", pool.name, listener.address);
+                    let parent = pools.len();
+                    pools.push(Pool {
+                        config_index,
+                        name: pool.name.clone(),
+                        kind: PoolKind::Workers,
+                        listener,
+                        scoreboard,
+                        logs,
+                        settings: pm::Settings::from(pool),
+                        pm: PmState::default(),
+                        quick_failures: 0,
+                        spawn_shortage: Default::default(),
+                        respawn_at: None,
+                        workers_started: 0,
+                        workers_died: [0; 3],
+                        previous: Vec::new(),
+                    });
+                    if let Some((listener, scoreboard)) = status {
+                        log::debug!(
+                            "[pool {}] status listening on {}",
+                            pool.name,
+                            listener.address
+                        );
+                        pools.push(Pool {
+                            config_index,
+                            name: format!("{}_status", pool.name),
+                            kind: PoolKind::Status { parent },
+                            listener,
+                            scoreboard,
+                            logs: PoolLogs::default(),
+                            settings: pm::Settings {
+                                pm: ProcessManager::Static,
+                                max_children: 1,
+                                ..pm::Settings::from(pool)
+                            },
+                            pm: PmState::default(),
+                            quick_failures: 0,
+                            spawn_shortage: Default::default(),
+                            respawn_at: None,
+                            workers_started: 0,
+                            workers_died: [0; 3],
+                            previous: Vec::new(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    // Leave no socket file behind for pools that did open.
+                    pools.into_iter().for_each(|p| p.listener.close());
+                    return Err(e);
+                }
+            }
+        }
+        let endpoint = match &config.global.metrics_listen {
+            None => None,
+            Some(address) => match endpoint::open(address, &mut inherited) {
+                Ok(listener) => {
+                    log::debug!("metrics listening on {}", listener.address);
+                    Some(endpoint::Endpoint::new(
+                        listener,
+                        config.global.metrics_allowed_clients.clone(),
+                    ))
+                }
+                Err(e) => {
+                    pools.into_iter().for_each(|p| p.listener.close());
+                    return Err(e.replacen("[pool metrics] listen", "metrics.listen", 1));
+                }
+            },
+        };
+        inherited.close_unused();
+        let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
+        let poll = match Poll::new() {
+            Ok(p) => p,
+            Err(e) => {
+                pools.into_iter().for_each(|p| p.listener.close());
+                endpoint.into_iter().for_each(endpoint::Endpoint::close);
+                return Err(format!("epoll_create failed: {e}"));
+            }
+        };
+        let doorbell = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(|e| {
+            log::warn!("cannot create an eventfd ({e}); the master will wake every second")
+        })
+        .ok();
+        let old_workers = OldWorkers::handed_over(&handover.old_workers);
+        let emergency = Emergency::resume(
+            config.global.emergency_restart_threshold,
+            config.global.emergency_restart_interval,
+            handover.emergency,
+        );
+        adopt_scoreboards(&mut pools, handover.scoreboards, &handover.old_workers);
+        let mut handed_over = handed_over::take(handover.channels, handover.parked);
+        // `main` took the handover out of the environment before anything else ran:
+        // workers, and so CGI children, never see it.
+        let inherited_env = std::env::vars_os().collect();
+        let channels = pools
+            .iter()
+            .map(|p| match p.kind {
+                PoolKind::Status { .. } => None,
+                PoolKind::Workers => match handed_over.channels.iter().position(|(name, _)| *name == p.name) {
+                    Some(i) => Some(Channels::from_fds(handed_over.channels.swap_remove(i).1)),
+                    None => Channels::new()
+                    .map_err(|e| {
+                        log::warn!(
+                            "[pool {}] cannot make the channels for idle kept connections ({e}); they will hold workers",
+                            p.name
+                        )
+                    })
+                    .ok(),
+                },
+            })
+            .collect();
+        // Connections parked with the previous image, for pools that are still here; the
+        // rest are closed, as the channels of pools that are gone.
+        let handed_over_parked = handed_over
+            .parked
+            .into_iter()
+            .filter_map(|(name, fd)| {
+                let index = pools
+                    .iter()
+                    .position(|p| p.kind == PoolKind::Workers && p.name == name)?;
+                Some((index, fd))
+            })
+            .collect();
+        let lot_capacity = lot_capacity(&config);
+        let figures = match handover.master {
+            Some(figures) => figures,
+            None => crate::handover::MasterFigures {
+                started_at_us: now_us(),
+                ..Default::default()
+            },
+        };
+        let master = Master {
+            config,
+            pools,
+            children: HashMap::new(),
+            state: State::Running,
+            inherited_env,
+            pid_file,
+            next_tick: Some(Instant::now() + TICK),
+            last_tick: Instant::now(),
+            doorbell,
+            force_stderr: options.force_stderr,
+            poll,
+            capture: Capture::default(),
+            privileges: options.privileges,
+            reexec: options.reexec,
+            old_workers,
+            emergency,
+            reload_requested: false,
+            process_max_reached: false,
+            channels,
+            lot: Lot::new(lot_capacity),
+            handed_over_parked,
+            prober: Prober::open(),
+            endpoint,
+            figures,
+        };
+        if let Some(path) = &master.pid_file
+            && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+        {
+            let err = format!("failed to write the pid file '{}': {e}", path.display());
+            master.close_listeners();
+            return Err(err);
+        }
+        Ok(master)
+    }
+}
+
+/// Map the scoreboards a reload handed over into the pools of the same name, for their
+/// status pages; only the slots of workers still finishing stay. Others are closed.
+fn adopt_scoreboards(
+    pools: &mut [Pool],
+    handed: Vec<crate::handover::PoolScoreboard>,
+    old_workers: &[i32],
+) {
+    for crate::handover::PoolScoreboard { pool, fd } in handed {
+        if fd <= 2 || !is_regular_file(fd) {
+            continue;
+        }
+        // SAFETY: the previous image left this descriptor open for us (checked to be a
+        // regular file above; a memfd is one) and nothing here owns it yet.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        crate::handover::set_cloexec(fd.as_raw_fd(), true);
+        let Some(target) = pools
+            .iter_mut()
+            .find(|p| p.kind == PoolKind::Workers && p.name == pool)
+        else {
+            continue;
+        };
+        match Scoreboard::adopt(fd) {
+            Ok(board) => {
+                board.keep_only(old_workers);
+                if board.in_use() {
+                    target.previous.push(board);
+                }
+            }
+            Err(e) => log::debug!("[pool {pool}] previous scoreboard not shown: {e}"),
+        }
+    }
+}
+
+fn is_regular_file(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: fstat only reads the descriptor's metadata; the borrow ends with the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG)
+}
+
+/// The socket and one-slot scoreboard of a pool's status worker.
+fn open_status_pool(
+    pool: &crate::config::PoolConfig,
+    address: &crate::config::ListenAddress,
+    inherited: &mut inherit::Inherited,
+) -> Result<(Listener, Scoreboard), String> {
+    let listener = listener::open_at(pool, address, inherited)?;
+    match Scoreboard::new(1) {
+        Ok(scoreboard) => Ok((listener, scoreboard)),
+        Err(e) => {
+            listener.close();
+            Err(format!(
+                "[pool {}] cannot create the status scoreboard: {e}",
+                pool.name
+            ))
+        }
+    }
+}
+
+/// How many idle kept connections the master holds at most: each costs it a descriptor,
+/// so they get what the pools leave of the limit (see `fdplan`).
+fn lot_capacity(config: &Config) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    crate::fdplan::held_capacity(&crate::fdplan::budget(config), soft)
+}
