@@ -18,6 +18,16 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A loop over what a parser found passes on nothing: each of these checks first that
+/// it found about as much as there is (php-fpm alone shares some 60 directives with
+/// cgi-fpm), so that a broken tag parser or an emptied list fails instead.
+fn assert_plausible(what: &str, found: usize, at_least: usize) {
+    assert!(
+        found >= at_least,
+        "only {found} {what} found (at least {at_least} expected): is the parser broken?"
+    );
+}
+
 /// The directives a page documents: the first word of each `.TP` entry's tag, with an
 /// array written `.BI env[ NAME ]` (or `.B env[]`) counted as `env[]`.
 fn documented_directives(page: &str) -> BTreeSet<String> {
@@ -47,6 +57,8 @@ fn every_directive_the_loader_knows_is_in_the_man_page() {
         .into_iter()
         .map(str::to_string)
         .collect();
+    assert_plausible("directives known to the loader", known.len(), 60);
+    assert_plausible("directives in cgi-fpm.conf(5)", documented.len(), 60);
     let undocumented: Vec<_> = known.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
@@ -91,12 +103,16 @@ fn the_man_page_says_which_directives_are_not_implemented_yet() {
     let later: BTreeSet<&str> = cgi_fpm::config::unimplemented_directives()
         .into_iter()
         .collect();
+    let mut checked = 0;
+    let mut not_yet = 0;
     for entry in entries(&read("cgi-fpm.conf.5")) {
         let Some(name) = documented_directives(&entry).into_iter().next() else {
             continue;
         };
+        checked += 1;
         let says = entry.to_ascii_lowercase().contains("not implemented yet");
         let is = later.contains(name.as_str());
+        not_yet += usize::from(says);
         assert_eq!(
             says,
             is,
@@ -105,15 +121,24 @@ fn the_man_page_says_which_directives_are_not_implemented_yet() {
             if is { "warns it is not" } else { "acts on it" }
         );
     }
+    assert_plausible("directive entries in cgi-fpm.conf(5)", checked, 60);
+    // Every directive the loader calls unimplemented had its entry read above.
+    assert_eq!(
+        not_yet,
+        later.len(),
+        "unimplemented directives {later:?}: not every one has an entry that says so"
+    );
 }
 
 #[test]
 fn every_directive_entry_says_its_default_or_that_it_is_required() {
     let page = read("cgi-fpm.conf.5");
     let entries = entries(&page);
+    let mut directives = 0;
     for entry in entries.iter().filter(|entry| !entry.is_empty()) {
         let tag = entry.lines().nth(1).unwrap_or_default();
         let is_directive = !documented_directives(entry).is_empty();
+        directives += usize::from(is_directive);
         let says = [
             "Default",
             "Required",
@@ -127,11 +152,13 @@ fn every_directive_entry_says_its_default_or_that_it_is_required() {
             "no default given for {tag}:\n{entry}"
         );
     }
+    assert_plausible("directive entries in cgi-fpm.conf(5)", directives, 60);
 }
 
 #[test]
 fn every_command_line_option_is_in_the_man_page() {
     let page = read("cgi-fpm.8").replace("\\-", "-");
+    let mut options = 0;
     for line in cgi_fpm::cli::USAGE.lines() {
         let line = line.trim_start();
         if !line.starts_with('-') {
@@ -144,8 +171,11 @@ fn every_command_line_option_is_in_the_man_page() {
             .filter(|word| word.starts_with('-'))
         {
             assert!(page.contains(option), "cgi-fpm.8 does not mention {option}");
+            options += 1;
         }
     }
+    // -y, --fpm-config, -p, --prefix ... --ping, --ping-timeout, -v, -h: about twenty.
+    assert_plausible("options in the usage text", options, 20);
     for section in ["OPTIONS", "SIGNALS", "FILES", "EXIT STATUS", "EXAMPLES"] {
         assert!(
             page.contains(&format!(".SH {section}"))
