@@ -224,6 +224,62 @@ fn one_worker(extra: &str) -> (Fpm, i32) {
     (fpm, worker)
 }
 
+/// Whether a worker has finished setting up and waits for connections. The kernel tells
+/// by the wait channel, or else by the system call it sits in; where it hides both, the
+/// worker counts as settled once its descriptors stayed the same over several polls
+/// while it slept.
+#[derive(Default)]
+struct Settled {
+    last_fds: Option<Vec<String>>,
+    unchanged: u32,
+}
+
+impl Settled {
+    fn waits_for_connections(&mut self, pid: i32) -> bool {
+        if let Ok(wchan) = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            && !wchan.is_empty()
+            && wchan != "0"
+        {
+            return wchan.contains("epoll_wait");
+        }
+        if !EPOLL_WAITS.is_empty()
+            && let Ok(syscall) = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        {
+            // "running" while it runs; else the number first.
+            let number = syscall
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok());
+            return number.is_some_and(|n| EPOLL_WAITS.contains(&n));
+        }
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let sleeping = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'));
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        fds.sort();
+        if sleeping && self.last_fds.as_ref() == Some(&fds) {
+            self.unchanged += 1;
+        } else {
+            self.unchanged = 0;
+        }
+        self.last_fds = Some(fds);
+        self.unchanged >= 10
+    }
+}
+
+/// epoll_wait, epoll_pwait and epoll_pwait2 in /proc/PID/syscall.
+#[cfg(target_arch = "x86_64")]
+const EPOLL_WAITS: &[i64] = &[232, 281, 441];
+#[cfg(target_arch = "aarch64")]
+const EPOLL_WAITS: &[i64] = &[22, 441];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const EPOLL_WAITS: &[i64] = &[];
+
 /// Where the worker's descriptors end, measured on a worker without a limit of its own
 /// once it waits for connections: the same configuration
 /// lays them out the same way.
@@ -231,19 +287,11 @@ fn worker_first_free_fd() -> u64 {
     let (_fpm, worker) = one_worker("");
     // Blocked in epoll_wait: set up, and past closing what it inherited (among which
     // the master's own epoll).
+    let mut settled = Settled::default();
     wait_until(
         "the worker waits for connections",
         Duration::from_secs(5),
-        || {
-            match std::fs::read_to_string(format!("/proc/{worker}/wchan")) {
-                Ok(wchan) if wchan != "0" => wchan.contains("epoll_wait"),
-                // The kernel hides wait channels here: a worker idle for a moment has set up.
-                _ => {
-                    std::thread::sleep(Duration::from_millis(300));
-                    true
-                }
-            }
-        },
+        || settled.waits_for_connections(worker),
     );
     first_free_fd(worker)
 }
