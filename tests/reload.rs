@@ -579,14 +579,38 @@ fn process_max_caps_workers_across_pools() {
     wait_until("three workers in all", Duration::from_secs(5), || {
         fpm.worker_pids().len() == 3
     });
-    // It stays at three: the tick does not add a fourth.
+    // It stays at three. At rest the master sleeps and decides nothing, so a window of
+    // time would show nothing: hold a worker of pool a busy, which makes the master run a
+    // maintenance round each second, and each round would start pool b's second worker
+    // if process.max let it. Watch until the master has woken for several rounds.
     fpm.wait_for_log("ready to handle connections", Duration::from_secs(1));
-    let ticks_later = Instant::now() + Duration::from_millis(1500);
-    wait_until(
-        "a couple of maintenance ticks pass",
-        Duration::from_secs(3),
-        || Instant::now() >= ticks_later,
+    let gate = fpm.path("gate");
+    let started = fpm.path("started");
+    let script = fpm.script(
+        "gated.sh",
+        &format!(
+            "#!/bin/sh\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.02; done\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+            started.display(),
+            gate.display()
+        ),
     );
+    let held = request_in_background(&fpm, &script);
+    wait_until("the gated script runs", Duration::from_secs(5), || {
+        started.exists()
+    });
+    let woken = common::voluntary_context_switches(fpm.pid());
+    wait_until(
+        "the master wakes for four rounds with a worker busy",
+        Duration::from_secs(15),
+        || {
+            let workers = fpm.worker_pids().len();
+            assert!(workers <= 3, "{workers} workers with process.max = 3");
+            common::voluntary_context_switches(fpm.pid()) >= woken + 4
+        },
+    );
+    std::fs::write(&gate, b"").expect("open the gate");
+    let answer = held.join().expect("request thread").expect("gated request");
+    assert_eq!(answer.status(), 200);
     assert_eq!(fpm.worker_pids().len(), 3);
 }
 

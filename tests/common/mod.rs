@@ -419,6 +419,17 @@ pub fn wait_for_parked(fpm: &Fpm, baseline: usize, at_least: usize) {
     );
 }
 
+/// How often `pid` gave up the CPU of its own accord: for the master, each sleep in
+/// epoll_wait it woke from (preemption under load is not counted).
+pub fn voluntary_context_switches(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches for {pid}"))
+}
+
 pub fn open_fds(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
