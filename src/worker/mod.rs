@@ -11,6 +11,7 @@ mod resident;
 mod signals;
 mod slowlog;
 mod status;
+mod wait;
 
 use crate::cgi::EnvPolicy;
 use crate::cgi::response::error_response;
@@ -707,13 +708,10 @@ fn head_arrives_within(fd: BorrowedFd<'_>, patience: Duration) -> bool {
         if !matches!(peek_head(fd), Peeked::Partial(_)) {
             return true;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return false;
         }
-        let mut set = PollSet::default();
-        set.add(fd, poll::IN);
-        if set.wait(Some(left)).is_err() {
+        if poll::wait_one(fd, poll::IN, deadline).is_err() {
             return true;
         }
     }
@@ -882,54 +880,40 @@ fn read_request(
             );
             return Head::Closed;
         }
-        let timeout = match deadline {
-            None => ctx
-                .orphan_deadline
-                .map(|at| at.saturating_duration_since(Instant::now())),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    log::warn!(
-                        "{} the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
-                        ctx.log_prefix(),
-                        limit.as_secs()
-                    );
-                    return Head::Closed;
-                }
-                let orphan_left = ctx
-                    .orphan_deadline
-                    .map(|at| at.saturating_duration_since(Instant::now()));
-                Some(orphan_left.map_or(left, |o| o.min(left)))
-            }
-        };
+        if let Some(at) = deadline
+            && Instant::now() >= at
+        {
+            log::warn!(
+                "{} the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
+                ctx.log_prefix(),
+                limit.as_secs()
+            );
+            return Head::Closed;
+        }
         let mut conn_events = poll::IN;
         if conn.has_output() {
             conn_events |= poll::OUT;
         }
         let mut set = PollSet::default();
         let conn_index = set.add(conn.fd(), conn_events);
-        let signal_index = set.add(ctx.signals.fd(), poll::IN);
-        if let Err(e) = set.wait(timeout) {
-            log::error!("[pool {}] poll() failed: {e}", ctx.pool.name);
-            return Head::Closed;
-        }
-        let conn_ready = set.revents(conn_index);
-        let signal_ready = set.revents(signal_index) != 0;
-        if signal_ready {
-            match ctx.signals.take() {
-                Some(SignalRequest::Terminate) => return Head::Terminate,
-                Some(SignalRequest::Quit) => {
-                    ctx.on_quit();
-                    // Between requests on a kept connection nothing is lost by closing
-                    // now: nginx retries a request on another connection when a cached
-                    // one turns out closed.
-                    if !fresh && session.is_idle() && conn.buffered_input() == 0 {
-                        return Head::Closed;
-                    }
-                }
-                None => {}
+        let wake_by = [deadline, ctx.orphan_deadline].into_iter().flatten().min();
+        match ctx.wait(&mut set, wake_by) {
+            Ok(Some(SignalRequest::Terminate)) => return Head::Terminate,
+            // Between requests on a kept connection nothing is lost by closing now:
+            // nginx retries a request on another connection when a cached one turns
+            // out closed.
+            Ok(Some(SignalRequest::Quit))
+                if !fresh && session.is_idle() && conn.buffered_input() == 0 =>
+            {
+                return Head::Closed;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("[pool {}] poll() failed: {e}", ctx.pool.name);
+                return Head::Closed;
             }
         }
+        let conn_ready = set.revents(conn_index);
         if conn_ready & poll::OUT != 0 && conn.flush().is_err() {
             return Head::Closed;
         }
@@ -990,13 +974,10 @@ fn linger_close(conn: &mut Conn) {
     let deadline = Instant::now() + LINGER_TIME;
     let mut drained = 0;
     while drained < LINGER_BYTES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return;
         }
-        let mut set = PollSet::default();
-        set.add(conn.fd(), poll::IN);
-        if set.wait(Some(left)).is_err() {
+        if poll::wait_one(conn.fd(), poll::IN, deadline).is_err() {
             return;
         }
         match conn.discard_input() {
@@ -1016,13 +997,10 @@ fn flush_within(conn: &mut Conn, limit: Duration) -> bool {
             Ok(false) => {}
             Err(_) => return false,
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return false;
         }
-        let mut set = PollSet::default();
-        set.add(conn.fd(), poll::OUT);
-        if set.wait(Some(left)).is_err() {
+        if poll::wait_one(conn.fd(), poll::OUT, deadline).is_err() {
             return false;
         }
     }

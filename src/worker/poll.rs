@@ -7,7 +7,7 @@
 use nix::errno::Errno;
 use nix::libc;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const IN: i16 = libc::POLLIN;
 pub const OUT: i16 = libc::POLLOUT;
@@ -55,9 +55,33 @@ impl PollSet {
         }
     }
 
+    /// [`PollSet::wait`] until `deadline` (`None`: no limit); a deadline already passed
+    /// polls without waiting.
+    pub fn wait_until(&mut self, deadline: Option<Instant>) -> Result<(), Errno> {
+        self.wait(deadline.map(|d| d.saturating_duration_since(Instant::now())))
+    }
+
     pub fn revents(&self, index: usize) -> i16 {
         self.fds.get(index).map_or(0, |f| f.revents)
     }
+
+    /// How many descriptors the set holds.
+    pub fn count(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Forget the descriptors added after the first `len`.
+    pub fn truncate(&mut self, len: usize) {
+        self.fds.truncate(len);
+    }
+}
+
+/// Wait until `fd` has one of `events` or `deadline` passes; what it has (0: nothing).
+pub fn wait_one(fd: BorrowedFd<'_>, events: i16, deadline: Instant) -> Result<i16, Errno> {
+    let mut set = PollSet::default();
+    let index = set.add(fd, events);
+    set.wait_until(Some(deadline))?;
+    Ok(set.revents(index))
 }
 
 /// poll's timeout for `timeout`: whole milliseconds rounded up, so that a deadline is
@@ -72,8 +96,9 @@ fn poll_millis(timeout: Option<Duration>) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::poll_millis;
-    use std::time::Duration;
+    use super::{IN, PollSet, poll_millis, wait_one};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn timeouts_round_up_to_whole_milliseconds_and_zero_stays_zero() {
@@ -83,5 +108,30 @@ mod tests {
         assert_eq!(poll_millis(Some(Duration::from_millis(5))), 5);
         assert_eq!(poll_millis(Some(Duration::from_micros(5_001))), 6);
         assert_eq!(poll_millis(Some(Duration::from_secs(10_000_000))), i32::MAX);
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_deadline_or_when_a_descriptor_is_ready() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert_eq!(wait_one(read.as_fd(), IN, deadline), Ok(0));
+        assert!(Instant::now() >= deadline, "woke before the deadline");
+        nix::unistd::write(&write, b"x").unwrap();
+        let far = Instant::now() + Duration::from_secs(10);
+        assert_eq!(wait_one(read.as_fd(), IN, far), Ok(IN));
+        assert!(Instant::now() < far);
+    }
+
+    #[test]
+    fn a_set_cut_back_keeps_its_first_descriptors() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&write, b"x").unwrap();
+        let mut set = PollSet::default();
+        let index = set.add(read.as_fd(), IN);
+        set.add(write.as_fd(), IN);
+        set.truncate(1);
+        assert_eq!(set.count(), 1);
+        set.wait_until(Some(Instant::now())).unwrap();
+        assert_eq!(set.revents(index), IN);
     }
 }

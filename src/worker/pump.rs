@@ -60,7 +60,6 @@ pub struct Summary {
 /// Which descriptor each entry of the poll set is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
-    Signals,
     Conn,
     ChildStdin,
     ChildStdout,
@@ -449,14 +448,51 @@ impl<'a> Pump<'a> {
         if self.decode_buffered(ctx) {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut timeout = self
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(now));
-        let mut sources: Vec<(Source, usize)> = Vec::with_capacity(7);
+        let (sources, deadline) = self.fill_poll_set();
+        match ctx.wait(&mut self.poll_set, deadline)? {
+            Some(SignalRequest::Terminate) => self.terminate = true,
+            // An orphan's request gets its grace from now.
+            Some(SignalRequest::Quit) => self.orphan_deadline = ctx.orphan_deadline,
+            None => {}
+        }
+        for (source, index) in sources {
+            let events = self.poll_set.revents(index);
+            if events == 0 {
+                continue;
+            }
+            match source {
+                Source::Conn => {
+                    if events & poll::READABLE != 0 {
+                        self.read_conn(ctx);
+                    }
+                    if events & (poll::OUT | poll::ERR) != 0 {
+                        self.flush();
+                    }
+                }
+                Source::ChildStdin => self.write_child_stdin(),
+                Source::ChildStdout => self.read_child_stdout(ctx),
+                Source::ChildStderr => self.read_child_stderr(ctx),
+                Source::ChildExit => self.reap(),
+                Source::Trace => {
+                    if let Some(s) = &mut self.slow {
+                        s.on_readable();
+                    }
+                }
+            }
+        }
+        if self.exit.is_none() && self.child.as_ref().is_some_and(|c| c.pidfd.is_none()) {
+            self.reap();
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// The descriptors worth waiting on now, each with what it is, and until when.
+    fn fill_poll_set(&mut self) -> (Vec<(Source, usize)>, Option<Instant>) {
+        let mut deadline = self.next_deadline();
+        let mut sources: Vec<(Source, usize)> = Vec::with_capacity(6);
         let set = &mut self.poll_set;
         set.clear();
-        sources.push((Source::Signals, set.add(ctx.signals.fd(), poll::IN)));
         let mut conn_events = 0;
         if !self.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
             conn_events |= poll::IN | poll::RDHUP;
@@ -491,57 +527,17 @@ impl<'a> Pump<'a> {
             if self.exit.is_none() {
                 match &child.pidfd {
                     Some(fd) => sources.push((Source::ChildExit, set.add(fd.as_fd(), poll::IN))),
-                    None => timeout = Some(timeout.map_or(EXIT_POLL, |t| t.min(EXIT_POLL))),
+                    None => {
+                        let look = Instant::now() + EXIT_POLL;
+                        deadline = Some(deadline.map_or(look, |d| d.min(look)));
+                    }
                 }
             }
         }
         if let Some(fd) = self.slow.as_ref().and_then(SlowRecord::fd) {
             sources.push((Source::Trace, set.add(fd, poll::IN)));
         }
-        set.wait(timeout)?;
-
-        for (source, index) in sources {
-            let events = self.poll_set.revents(index);
-            if events == 0 {
-                continue;
-            }
-            match source {
-                Source::Signals => self.on_signal(ctx),
-                Source::Conn => {
-                    if events & poll::READABLE != 0 {
-                        self.read_conn(ctx);
-                    }
-                    if events & (poll::OUT | poll::ERR) != 0 {
-                        self.flush();
-                    }
-                }
-                Source::ChildStdin => self.write_child_stdin(),
-                Source::ChildStdout => self.read_child_stdout(ctx),
-                Source::ChildStderr => self.read_child_stderr(ctx),
-                Source::ChildExit => self.reap(),
-                Source::Trace => {
-                    if let Some(s) = &mut self.slow {
-                        s.on_readable();
-                    }
-                }
-            }
-        }
-        if self.exit.is_none() && self.child.as_ref().is_some_and(|c| c.pidfd.is_none()) {
-            self.reap();
-        }
-        self.flush();
-        Ok(())
-    }
-
-    fn on_signal(&mut self, ctx: &mut WorkerCtx<'_>) {
-        match ctx.signals.take() {
-            Some(SignalRequest::Terminate) => self.terminate = true,
-            Some(SignalRequest::Quit) => {
-                ctx.on_quit();
-                self.orphan_deadline = ctx.orphan_deadline;
-            }
-            None => {}
-        }
+        (sources, deadline)
     }
 
     fn read_conn(&mut self, ctx: &WorkerCtx<'_>) {

@@ -153,22 +153,16 @@ fn respond(
         if conn.has_output() && conn.flush().is_err() {
             return Outcome::Close;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return Outcome::Close;
         }
         let mut set = PollSet::default();
         let conn_index = set.add(conn.fd(), poll::IN);
-        let signal_index = set.add(ctx.signals.fd(), poll::IN);
-        if set.wait(Some(left)).is_err() {
-            return Outcome::Close;
-        }
-        if set.revents(signal_index) != 0 {
-            match ctx.signals.take() {
-                Some(SignalRequest::Terminate) => return Outcome::Terminate,
-                Some(SignalRequest::Quit) => ctx.quit = true,
-                None => {}
-            }
+        match ctx.wait(&mut set, Some(deadline)) {
+            Ok(Some(SignalRequest::Terminate)) => return Outcome::Terminate,
+            // A QUIT lets the answer go out: the worker leaves after it.
+            Ok(_) => {}
+            Err(_) => return Outcome::Close,
         }
         if set.revents(conn_index) & poll::READABLE != 0 {
             match conn.fill() {
