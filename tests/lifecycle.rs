@@ -452,3 +452,60 @@ fn an_orphaned_worker_stops_a_stuck_script_after_process_control_timeout() {
         "no answer: the script was stopped"
     );
 }
+
+/// A start that fails at any step leaves none of the socket files it made: not the first
+/// pool's, not its status pool's, whichever later step failed.
+#[test]
+fn a_failed_start_removes_every_socket_file_it_made() {
+    // A port someone else listens on: the configuration cannot tell, the bind fails.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = busy.local_addr().expect("address");
+    // Each case breaks one later step: (what, [global] lines, another pool, the error).
+    let cases = [
+        (
+            "a later pool's socket",
+            "",
+            Some(busy.to_string()),
+            "[pool b] listen 127.0.0.1",
+        ),
+        (
+            "metrics.listen",
+            "metrics.listen = DIR/taken\n",
+            None,
+            "ERROR: metrics.listen",
+        ),
+        (
+            "the pid file",
+            "pid = DIR/missing/fpm.pid\n",
+            None,
+            "failed to write the pid file",
+        ),
+    ];
+    for (step, global, other, error) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("www")).expect("mkdir www");
+        std::fs::write(dir.path().join("taken"), "not a socket").expect("write");
+        let status = dir.path().join("a-status.sock");
+        let status = format!("pm.status_listen = {}\n", status.display());
+        let mut config = format!("[global]\n{global}");
+        config.push_str(&common::pool_section("a", dir.path(), 1, &status));
+        if let Some(address) = other {
+            let b = common::pool_section("b", dir.path(), 1, "");
+            let b_sock = dir.path().join("b.sock").display().to_string();
+            config.push_str(&b.replacen(&b_sock, &address, 1));
+        }
+        let config = config.replace("DIR", &dir.path().display().to_string());
+        let address = dir.path().join("a.sock").display().to_string();
+        let mut fpm = common::Fpm::spawn(dir, &config, &address, &[]);
+        let code = fpm.wait_exit(Duration::from_secs(20));
+        let log = fpm.log_text();
+        assert_eq!(code, Some(78), "{step}: the start did not fail:\n{log}");
+        assert!(log.contains(error), "{step}: not the failure meant:\n{log}");
+        for file in ["a.sock", "a-status.sock"] {
+            assert!(
+                !fpm.path(file).exists(),
+                "{step}: {file} was left behind:\n{log}"
+            );
+        }
+    }
+}

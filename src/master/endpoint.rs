@@ -86,10 +86,6 @@ impl Endpoint {
         &self.listener
     }
 
-    pub fn close(self) {
-        self.listener.close();
-    }
-
     pub fn register(&self, registry: &Registry) -> std::io::Result<()> {
         registry.register(
             &mut SourceFd(&self.listener.raw_fd()),

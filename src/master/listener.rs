@@ -15,40 +15,70 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-/// A bound, listening, non-blocking socket.
+/// A bound, listening, non-blocking socket. Dropping it closes the socket and removes the
+/// socket file this process made (or took over from the image before a reload), so every
+/// way out of start-up, a reload or the run leaves no file behind without a ladder of
+/// `close` calls. A socket systemd passed has no file of ours and is only closed.
 #[derive(Debug)]
-pub struct Listener {
-    pub address: ListenAddress,
+pub(crate) struct Listener {
+    pub(crate) address: ListenAddress,
     fd: OwnedFd,
-    /// The socket file we created, removed again when we stop.
+    /// The socket file removed on drop.
     unix_path: Option<PathBuf>,
     /// systemd created it and keeps it open across our restarts.
     from_systemd: bool,
+    /// The process that may remove the file: a forked worker holds a copy of the
+    /// master's listeners, and must not remove the file if it ever drops one (a panic
+    /// unwinding out of the worker into the master's code would).
+    owner: u32,
 }
 
 impl Listener {
-    pub fn raw_fd(&self) -> RawFd {
+    fn new(
+        address: ListenAddress,
+        fd: OwnedFd,
+        unix_path: Option<PathBuf>,
+        from_systemd: bool,
+    ) -> Self {
+        Listener {
+            address,
+            fd,
+            unix_path,
+            from_systemd,
+            owner: std::process::id(),
+        }
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         std::os::fd::AsFd::as_fd(&self.fd)
     }
 
-    /// The socket file this listener created (and removes when closed).
-    pub fn owned_path(&self) -> Option<&Path> {
+    /// The socket file this listener removes when dropped.
+    pub(crate) fn owned_path(&self) -> Option<&Path> {
         self.unix_path.as_deref()
     }
 
     /// Whether systemd holds this socket too (socket activation): it keeps queueing
     /// connections for the next start, so it must never be shut down.
-    pub fn held_by_systemd(&self) -> bool {
+    pub(crate) fn held_by_systemd(&self) -> bool {
         self.from_systemd
     }
 
-    /// Close the socket and remove its file.
-    pub fn close(self) {
-        if let Some(path) = &self.unix_path {
+    /// Close the socket and remove its file now (what dropping it does).
+    pub(crate) fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.unix_path
+            && std::process::id() == self.owner
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -56,12 +86,12 @@ impl Listener {
 
 /// The pool's socket: one inherited (from systemd, or from before a reload) when there is
 /// one for its address, else a new one. Errors name the pool and address.
-pub fn open(pool: &PoolConfig, inherited: &mut Inherited) -> Result<Listener, String> {
+pub(crate) fn open(pool: &PoolConfig, inherited: &mut Inherited) -> Result<Listener, String> {
     open_at(pool, &pool.listen, inherited)
 }
 
 /// A socket at `address` with the pool's settings (also its `pm.status_listen` socket).
-pub fn open_at(
+pub(crate) fn open_at(
     pool: &PoolConfig,
     address: &ListenAddress,
     inherited: &mut Inherited,
@@ -72,12 +102,13 @@ pub fn open_at(
             (ListenAddress::Unix(path), Origin::Handover) => Some(path.clone()),
             _ => None,
         };
-        return Ok(Listener {
-            address: address.clone(),
-            fd: socket.fd,
+        let from_systemd = matches!(socket.origin, Origin::Systemd);
+        return Ok(Listener::new(
+            address.clone(),
+            socket.fd,
             unix_path,
-            from_systemd: matches!(socket.origin, Origin::Systemd),
-        });
+            from_systemd,
+        ));
     }
     create(pool, address)
 }
@@ -93,12 +124,7 @@ fn create(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String
         ListenAddress::Tcp(addr) => {
             let fd = open_tcp(*addr, false).map_err(|e| context("bind", &e))?;
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
-            Ok(Listener {
-                address: address.clone(),
-                fd,
-                unix_path: None,
-                from_systemd: false,
-            })
+            Ok(Listener::new(address.clone(), fd, None, false))
         }
         ListenAddress::AnyPort(port) => {
             // Every address: IPv6 with IPv4-mapped, or IPv4 alone where IPv6 is off.
@@ -112,12 +138,7 @@ fn create(pool: &PoolConfig, address: &ListenAddress) -> Result<Listener, String
                 Err(e) => return Err(context("bind", &e)),
             };
             listen(&fd, backlog).map_err(|e| context("listen", &e))?;
-            Ok(Listener {
-                address: address.clone(),
-                fd,
-                unix_path: None,
-                from_systemd: false,
-            })
+            Ok(Listener::new(address.clone(), fd, None, false))
         }
     }
 }
@@ -196,28 +217,16 @@ fn open_unix(
     let bound = bind(fd.as_raw_fd(), &addr);
     umask(saved);
     bound.map_err(|e| context("bind", &e))?;
-    let listener = Listener {
-        address: address.clone(),
-        fd,
-        unix_path: Some(path.to_path_buf()),
-        from_systemd: false,
-    };
-    if let Some((uid, gid)) = owner
-        && let Err(e) = chown(path, uid, gid)
-    {
-        listener.close();
-        return Err(context("chown", &e));
+    // From here on an error drops the listener, which removes the file it bound.
+    let listener = Listener::new(address.clone(), fd, Some(path.to_path_buf()), false);
+    if let Some((uid, gid)) = owner {
+        chown(path, uid, gid).map_err(|e| context("chown", &e))?;
     }
-    if let Some(acl) = &acl
-        && let Err(e) = isolation::acl::apply(path, pool.listen_mode & 0o777, acl)
-    {
-        listener.close();
-        return Err(format!("[pool {}] {e}", pool.name));
+    if let Some(acl) = &acl {
+        isolation::acl::apply(path, pool.listen_mode & 0o777, acl)
+            .map_err(|e| format!("[pool {}] {e}", pool.name))?;
     }
-    if let Err(e) = listen(&listener.fd, backlog) {
-        listener.close();
-        return Err(context("listen", &e));
-    }
+    listen(&listener.fd, backlog).map_err(|e| context("listen", &e))?;
     Ok(listener)
 }
 
@@ -262,4 +271,56 @@ fn lookup_group(name: &str) -> Option<Gid> {
         return Some(Gid::from_raw(id));
     }
     Group::from_name(name).ok().flatten().map(|g| g.gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(path: &Path) -> OwnedFd {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind(fd.as_raw_fd(), &UnixAddr::new(path).expect("address")).expect("bind");
+        fd
+    }
+
+    #[test]
+    fn dropping_removes_the_file_only_in_the_process_that_owns_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("www.sock");
+        let address = ListenAddress::Unix(path.clone());
+        let listener = Listener::new(address, bound(&path), Some(path.clone()), false);
+        // SAFETY: the child only drops its copy of the listener and exits at once.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                drop(listener);
+                // SAFETY: _exit ends the forked test process without running the
+                // harness's code.
+                unsafe { nix::libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).expect("waitpid");
+            }
+        }
+        assert!(path.exists(), "a forked worker's drop removed the file");
+        drop(listener);
+        assert!(!path.exists(), "the owner's drop left the file");
+    }
+
+    #[test]
+    fn a_socket_systemd_passed_keeps_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("www.sock");
+        let address = ListenAddress::Unix(path.clone());
+        drop(Listener::new(address, bound(&path), None, true));
+        assert!(
+            path.exists(),
+            "systemd's socket file is systemd's to remove"
+        );
+    }
 }

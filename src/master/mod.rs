@@ -191,20 +191,12 @@ pub fn run(config: Config, options: RunOptions, report: &mut StartupReport) -> i
 }
 
 impl Master {
-    fn close_listeners(self) {
-        for pool in self.pools {
-            pool.listener.close();
-        }
-        if let Some(endpoint) = self.endpoint {
-            endpoint.close();
-        }
-    }
-
     fn shutdown(self) {
         if let Some(path) = &self.pid_file {
             let _ = std::fs::remove_file(path);
         }
-        self.close_listeners();
+        // Closes the listening sockets and removes the socket files this master made.
+        drop(self);
         log::info!("exiting, bye-bye!");
     }
 }

@@ -15,133 +15,25 @@ use crate::config::{Config, ProcessManager};
 use crate::listen_queue::Prober;
 use crate::scoreboard::{Scoreboard, now_us};
 use mio::Poll;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 impl Master {
+    /// Open everything the run needs. An error leaves nothing behind: what was opened is
+    /// dropped, and a dropped `Listener` removes the socket file it made.
     pub(super) fn start(config: Config, options: RunOptions) -> Result<Master, String> {
         if options.privileges.len() != config.pools.len() {
             return Err("worker privileges were not prepared for every pool".to_string());
         }
         let handover = options.handover.unwrap_or_default();
         let mut inherited = inherit::Inherited::collect(handover.listeners);
-        let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
-        for (config_index, pool) in config.pools.iter().enumerate() {
-            let opened = listener::open(pool, &mut inherited).and_then(|listener| {
-                let rest = Scoreboard::new(pool.pm_max_children as usize)
-                    .map_err(|e| format!("[pool {}] cannot create the scoreboard: {e}", pool.name))
-                    .and_then(|scoreboard| PoolLogs::open(pool).map(|logs| (scoreboard, logs)));
-                match rest {
-                    Ok((scoreboard, logs)) => Ok((listener, scoreboard, logs)),
-                    Err(e) => {
-                        listener.close();
-                        Err(e)
-                    }
-                }
-            });
-            let opened = opened.and_then(|(listener, scoreboard, logs)| {
-                let status = match &pool.pm_status_listen {
-                    None => None,
-                    Some(address) => match open_status_pool(pool, address, &mut inherited) {
-                        Ok(status) => Some(status),
-                        Err(e) => {
-                            listener.close();
-                            return Err(e);
-                        }
-                    },
-                };
-                Ok((listener, scoreboard, logs, status))
-            });
-            match opened {
-                Ok((listener, scoreboard, logs, status)) => {
-                    log::debug!("[pool {}] listening on {}", pool.name, listener.address);
-                    let parent = pools.len();
-                    pools.push(Pool {
-                        config_index,
-                        name: pool.name.clone(),
-                        kind: PoolKind::Workers,
-                        listener,
-                        scoreboard,
-                        logs,
-                        settings: pm::Settings::from(pool),
-                        pm: PmState::default(),
-                        quick_failures: 0,
-                        spawn_shortage: Default::default(),
-                        respawn_at: None,
-                        workers_started: 0,
-                        workers_died: [0; 3],
-                        previous: Vec::new(),
-                    });
-                    if let Some((listener, scoreboard)) = status {
-                        log::debug!(
-                            "[pool {}] status listening on {}",
-                            pool.name,
-                            listener.address
-                        );
-                        pools.push(Pool {
-                            config_index,
-                            name: format!("{}_status", pool.name),
-                            kind: PoolKind::Status { parent },
-                            listener,
-                            scoreboard,
-                            logs: PoolLogs::default(),
-                            settings: pm::Settings {
-                                pm: ProcessManager::Static,
-                                max_children: 1,
-                                ..pm::Settings::from(pool)
-                            },
-                            pm: PmState::default(),
-                            quick_failures: 0,
-                            spawn_shortage: Default::default(),
-                            respawn_at: None,
-                            workers_started: 0,
-                            workers_died: [0; 3],
-                            previous: Vec::new(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    // Leave no socket file behind for pools that did open.
-                    pools.into_iter().for_each(|p| p.listener.close());
-                    return Err(e);
-                }
-            }
-        }
-        let endpoint = match &config.global.metrics_listen {
-            None => None,
-            Some(address) => match endpoint::open(address, &mut inherited) {
-                Ok(listener) => {
-                    log::debug!("metrics listening on {}", listener.address);
-                    Some(endpoint::Endpoint::new(
-                        listener,
-                        config.global.metrics_allowed_clients.clone(),
-                    ))
-                }
-                Err(e) => {
-                    pools.into_iter().for_each(|p| p.listener.close());
-                    return Err(e.replacen("[pool metrics] listen", "metrics.listen", 1));
-                }
-            },
-        };
+        let mut pools = open_pools(&config, &mut inherited)?;
+        let endpoint = open_endpoint(&config, &mut inherited)?;
         inherited.close_unused();
         let pid_file = options.pid_file.or_else(|| config.global.pid.clone());
-        let poll = match Poll::new() {
-            Ok(p) => p,
-            Err(e) => {
-                pools.into_iter().for_each(|p| p.listener.close());
-                endpoint.into_iter().for_each(endpoint::Endpoint::close);
-                return Err(format!("epoll_create failed: {e}"));
-            }
-        };
-        let doorbell = nix::sys::eventfd::EventFd::from_value_and_flags(
-            0,
-            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
-        )
-        .map_err(|e| {
-            log::warn!("cannot create an eventfd ({e}); the master will wake every second")
-        })
-        .ok();
+        let poll = Poll::new().map_err(|e| format!("epoll_create failed: {e}"))?;
         let old_workers = OldWorkers::handed_over(&handover.old_workers);
         let emergency = Emergency::resume(
             config.global.emergency_restart_threshold,
@@ -149,57 +41,21 @@ impl Master {
             handover.emergency,
         );
         adopt_scoreboards(&mut pools, handover.scoreboards, &handover.old_workers);
-        let mut handed_over = handed_over::take(handover.channels, handover.parked);
-        // `main` took the handover out of the environment before anything else ran:
-        // workers, and so CGI children, never see it.
-        let inherited_env = std::env::vars_os().collect();
-        let channels = pools
-            .iter()
-            .map(|p| match p.kind {
-                PoolKind::Status { .. } => None,
-                PoolKind::Workers => match handed_over.channels.iter().position(|(name, _)| *name == p.name) {
-                    Some(i) => Some(Channels::from_fds(handed_over.channels.swap_remove(i).1)),
-                    None => Channels::new()
-                    .map_err(|e| {
-                        log::warn!(
-                            "[pool {}] cannot make the channels for idle kept connections ({e}); they will hold workers",
-                            p.name
-                        )
-                    })
-                    .ok(),
-                },
-            })
-            .collect();
-        // Connections parked with the previous image, for pools that are still here; the
-        // rest are closed, as the channels of pools that are gone.
-        let handed_over_parked = handed_over
-            .parked
-            .into_iter()
-            .filter_map(|(name, fd)| {
-                let index = pools
-                    .iter()
-                    .position(|p| p.kind == PoolKind::Workers && p.name == name)?;
-                Some((index, fd))
-            })
-            .collect();
-        let lot_capacity = lot_capacity(&config);
-        let figures = match handover.master {
-            Some(figures) => figures,
-            None => crate::handover::MasterFigures {
-                started_at_us: now_us(),
-                ..Default::default()
-            },
-        };
+        let handed_over = handed_over::take(handover.channels, handover.parked);
+        let (channels, handed_over_parked) = parking(&pools, handed_over);
         let master = Master {
+            // `main` took the handover out of the environment before anything else ran:
+            // workers, and so CGI children, never see it.
+            inherited_env: std::env::vars_os().collect(),
+            lot: Lot::new(lot_capacity(&config)),
             config,
             pools,
             children: HashMap::new(),
             state: State::Running,
-            inherited_env,
             pid_file,
             next_tick: Some(Instant::now() + TICK),
             last_tick: Instant::now(),
-            doorbell,
+            doorbell: make_doorbell(),
             force_stderr: options.force_stderr,
             poll,
             capture: Capture::default(),
@@ -210,21 +66,164 @@ impl Master {
             reload_requested: false,
             process_max_reached: false,
             channels,
-            lot: Lot::new(lot_capacity),
             handed_over_parked,
             prober: Prober::open(),
             endpoint,
-            figures,
+            figures: handover
+                .master
+                .unwrap_or_else(|| crate::handover::MasterFigures {
+                    started_at_us: now_us(),
+                    ..Default::default()
+                }),
         };
-        if let Some(path) = &master.pid_file
-            && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
-        {
-            let err = format!("failed to write the pid file '{}': {e}", path.display());
-            master.close_listeners();
-            return Err(err);
+        if let Some(path) = &master.pid_file {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("failed to write the pid file '{}': {e}", path.display()))?;
         }
         Ok(master)
     }
+}
+
+impl Pool {
+    fn new(
+        config_index: usize,
+        name: String,
+        kind: PoolKind,
+        (listener, scoreboard): (Listener, Scoreboard),
+        logs: PoolLogs,
+        settings: pm::Settings,
+    ) -> Pool {
+        Pool {
+            config_index,
+            name,
+            kind,
+            listener,
+            scoreboard,
+            logs,
+            settings,
+            pm: PmState::default(),
+            quick_failures: 0,
+            spawn_shortage: Default::default(),
+            respawn_at: None,
+            workers_started: 0,
+            workers_died: [0; 3],
+            previous: Vec::new(),
+        }
+    }
+}
+
+/// Every pool's socket, scoreboard and logs, each followed by its status pool when it has
+/// one, in the configuration's order.
+fn open_pools(config: &Config, inherited: &mut inherit::Inherited) -> Result<Vec<Pool>, String> {
+    let mut pools: Vec<Pool> = Vec::with_capacity(config.pools.len());
+    for (config_index, pool) in config.pools.iter().enumerate() {
+        let listener = listener::open(pool, inherited)?;
+        let scoreboard = Scoreboard::new(pool.pm_max_children as usize)
+            .map_err(|e| format!("[pool {}] cannot create the scoreboard: {e}", pool.name))?;
+        let logs = PoolLogs::open(pool)?;
+        let status = match &pool.pm_status_listen {
+            None => None,
+            Some(address) => Some(open_status_pool(pool, address, inherited)?),
+        };
+        log::debug!("[pool {}] listening on {}", pool.name, listener.address);
+        let parent = pools.len();
+        let settings = pm::Settings::from(pool);
+        let name = pool.name.clone();
+        let kind = PoolKind::Workers;
+        pools.push(Pool::new(
+            config_index,
+            name,
+            kind,
+            (listener, scoreboard),
+            logs,
+            settings,
+        ));
+        if let Some(status) = status {
+            log::debug!(
+                "[pool {}] status listening on {}",
+                pool.name,
+                status.0.address
+            );
+            let settings = pm::Settings {
+                pm: ProcessManager::Static,
+                max_children: 1,
+                ..pm::Settings::from(pool)
+            };
+            let name = format!("{}_status", pool.name);
+            let kind = PoolKind::Status { parent };
+            pools.push(Pool::new(
+                config_index,
+                name,
+                kind,
+                status,
+                PoolLogs::default(),
+                settings,
+            ));
+        }
+    }
+    Ok(pools)
+}
+
+/// The master's own endpoint (`metrics.listen`), when set.
+fn open_endpoint(
+    config: &Config,
+    inherited: &mut inherit::Inherited,
+) -> Result<Option<endpoint::Endpoint>, String> {
+    let Some(address) = &config.global.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = endpoint::open(address, inherited)
+        .map_err(|e| e.replacen("[pool metrics] listen", "metrics.listen", 1))?;
+    log::debug!("metrics listening on {}", listener.address);
+    let allowed = config.global.metrics_allowed_clients.clone();
+    Ok(Some(endpoint::Endpoint::new(listener, allowed)))
+}
+
+/// The eventfd workers ring; without one the master wakes every second instead.
+fn make_doorbell() -> Option<EventFd> {
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| {
+            log::warn!("cannot create an eventfd ({e}); the master will wake every second")
+        })
+        .ok()
+}
+
+/// Each pool's channels for idle kept connections, taken over from the previous image or
+/// made now (none for status pools), and the connections parked with the previous image
+/// for pools that are still here; the rest are closed, as the channels of pools that are
+/// gone.
+fn parking(
+    pools: &[Pool],
+    mut handed_over: handed_over::HandedOver,
+) -> (Vec<Option<Channels>>, Vec<(usize, OwnedFd)>) {
+    let channels = pools
+        .iter()
+        .map(|p| match p.kind {
+            PoolKind::Status { .. } => None,
+            PoolKind::Workers => match handed_over.channels.iter().position(|(name, _)| *name == p.name) {
+                Some(i) => Some(Channels::from_fds(handed_over.channels.swap_remove(i).1)),
+                None => Channels::new()
+                .map_err(|e| {
+                    log::warn!(
+                        "[pool {}] cannot make the channels for idle kept connections ({e}); they will hold workers",
+                        p.name
+                    )
+                })
+                .ok(),
+            },
+        })
+        .collect();
+    let parked = handed_over
+        .parked
+        .into_iter()
+        .filter_map(|(name, fd)| {
+            let index = pools
+                .iter()
+                .position(|p| p.kind == PoolKind::Workers && p.name == name)?;
+            Some((index, fd))
+        })
+        .collect();
+    (channels, parked)
 }
 
 /// Map the scoreboards a reload handed over into the pools of the same name, for their
@@ -273,16 +272,13 @@ fn open_status_pool(
     inherited: &mut inherit::Inherited,
 ) -> Result<(Listener, Scoreboard), String> {
     let listener = listener::open_at(pool, address, inherited)?;
-    match Scoreboard::new(1) {
-        Ok(scoreboard) => Ok((listener, scoreboard)),
-        Err(e) => {
-            listener.close();
-            Err(format!(
-                "[pool {}] cannot create the status scoreboard: {e}",
-                pool.name
-            ))
-        }
-    }
+    let scoreboard = Scoreboard::new(1).map_err(|e| {
+        format!(
+            "[pool {}] cannot create the status scoreboard: {e}",
+            pool.name
+        )
+    })?;
+    Ok((listener, scoreboard))
 }
 
 /// How many idle kept connections the master holds at most: each costs it a descriptor,
