@@ -149,6 +149,10 @@ pub struct Slot {
     state: AtomicU32,
     /// The running CGI child (its process group has the same id), or 0.
     pub cgi_pid: AtomicI32,
+    /// The resident FastCGI app that serves (or served) the current (or last) request,
+    /// or 0 when a CGI child did. Unlike `cgi_pid` it outlives the request, as the
+    /// script's name does, so that an idle worker's row still names its last app.
+    pub app_pid: AtomicI32,
     pub requests: AtomicU64,
     pub started_at_us: AtomicU64,
     /// When the current (or last) request began.
@@ -173,6 +177,7 @@ pub struct SlotSnapshot {
     pub pid: i32,
     pub state: WorkerState,
     pub cgi_pid: i32,
+    pub app_pid: i32,
     pub requests: u64,
     pub started_at_us: u64,
     pub request_started_at_us: u64,
@@ -195,6 +200,7 @@ impl SlotSnapshot {
             pid,
             state,
             cgi_pid,
+            app_pid: 0,
             requests: 0,
             started_at_us: 0,
             request_started_at_us: 0,
@@ -248,6 +254,7 @@ impl Slot {
         let now = now_us();
         self.write(|| {
             self.cgi_pid.store(0, Ordering::Relaxed);
+            self.app_pid.store(0, Ordering::Relaxed);
             self.requests.store(0, Ordering::Relaxed);
             self.request_started_at_us.store(0, Ordering::Relaxed);
             self.started_at_us.store(now, Ordering::Relaxed);
@@ -288,9 +295,15 @@ impl Slot {
             self.requests.fetch_add(1, Ordering::Relaxed);
             self.request_started_at_us.store(now_us, Ordering::Relaxed);
             self.content_length.store(0, Ordering::Relaxed);
+            self.app_pid.store(0, Ordering::Relaxed);
             self.clear_request_texts();
             self.set_state(WorkerState::Reading);
         });
+    }
+
+    /// A resident FastCGI app serves the request (see `app_pid`).
+    pub fn set_app_pid(&self, pid: i32) {
+        self.app_pid.store(pid, Ordering::Relaxed);
     }
 
     /// The request's params are known.
@@ -364,6 +377,7 @@ impl Slot {
             pid: self.pid.load(Ordering::Relaxed),
             state: WorkerState::from_u32(self.state.load(Ordering::Relaxed)),
             cgi_pid: self.cgi_pid.load(Ordering::Relaxed),
+            app_pid: self.app_pid.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             started_at_us: self.started_at_us.load(Ordering::Relaxed),
             request_started_at_us: self.request_started_at_us.load(Ordering::Relaxed),

@@ -484,3 +484,166 @@ fn an_aborted_or_abandoned_request_stops_an_app_that_does_not_end_it() {
         fpm.log_text()
     );
 }
+
+/// The status page at `address` (`query`: `json&full`, `full`, ...), as the body's text.
+fn status_page(address: &str, query: &str) -> String {
+    let uri = format!("/status?{query}");
+    let response = common::Client::connect(address, Duration::from_secs(10))
+        .expect("connect to the status listener")
+        .request(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", "/status"),
+                ("QUERY_STRING", query),
+                ("REQUEST_URI", &uri),
+            ],
+            b"",
+            false,
+        )
+        .expect("status request");
+    assert_eq!(response.status(), 200, "{response:?}");
+    String::from_utf8_lossy(response.body()).into_owned()
+}
+
+/// A php script that waits for the file `gate`, then prints its pid.
+fn gated_php(fpm: &Fpm, name: &str, gate: &std::path::Path) -> std::path::PathBuf {
+    fpm.script(
+        name,
+        &format!(
+            "<?php while (!file_exists('{}')) usleep(20000); echo getmypid(), \"\\n\";",
+            gate.display()
+        ),
+    )
+}
+
+/// A GET for `script` on a thread of its own.
+fn get_in_background(
+    fpm: &Fpm,
+    script: &std::path::Path,
+) -> std::thread::JoinHandle<std::io::Result<common::Response>> {
+    let (address, script) = (fpm.address.clone(), script.display().to_string());
+    std::thread::spawn(move || {
+        common::Client::connect(&address, Duration::from_secs(30)).and_then(|mut c| {
+            c.request(
+                &[
+                    ("REQUEST_METHOD", "GET"),
+                    ("SCRIPT_FILENAME", &script),
+                    ("REQUEST_URI", "/gated.php"),
+                ],
+                b"",
+                false,
+            )
+        })
+    })
+}
+
+/// `?full` names the app that serves a worker's request beside php-fpm's fields (its
+/// keys unchanged), while the request runs and after it (as the script is).
+#[test]
+fn the_status_page_names_the_app_that_serves_a_request() {
+    let Some(php) = php_cgi() else { return };
+    // The page comes from a worker of its own: a pool worker that answered it would show
+    // the status request in its row instead of the one it served.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir www");
+    let status = dir.path().join("status.sock").display().to_string();
+    let config = format!(
+        "[global]\n\n{}",
+        common::pool_section(
+            "www",
+            dir.path(),
+            2,
+            &format!(
+                "cgi.fastcgi_app[.php] = {php}\npm.status_path = /status\npm.status_listen = {status}\n"
+            ),
+        )
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let gate = fpm.path("gate");
+    let gated = gated_php(&fpm, "gated.php", &gate);
+    let shell_gate = fpm.path("shell-gate");
+    let shell = fpm.script(
+        "gated.sh",
+        &format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.02; done\nprintf 'Content-Type: text/plain\\n\\nshell\\n'\n",
+            shell_gate.display()
+        ),
+    );
+    let request = get_in_background(&fpm, &gated);
+    let script = gated.display().to_string();
+    let mut row = serde_json::Value::Null;
+    wait_until(
+        "the status page shows the gated request with its app",
+        Duration::from_secs(10),
+        || {
+            let page: serde_json::Value =
+                serde_json::from_str(&status_page(&status, "json&full")).expect("json");
+            row = page["processes"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["script"] == script.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            row["app pid"].as_i64().is_some_and(|p| p > 0)
+        },
+    );
+    assert_eq!(row["state"], "Running", "{row}");
+    let worker = row["pid"].as_i64().expect("worker pid") as i32;
+    let app = row["app pid"].as_i64().expect("app pid") as i32;
+    assert_eq!(
+        common::parent_of(app),
+        Some(worker),
+        "the app is the worker's"
+    );
+    let cmdline = std::fs::read(format!("/proc/{app}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("php-cgi"),
+        "{cmdline:?}"
+    );
+    // The text page has it as a field of its own after php-fpm's.
+    let text = status_page(&status, "full");
+    assert!(
+        text.contains(&format!(
+            "last request memory:  0\napp pid:              {app}\n"
+        )),
+        "{text}"
+    );
+    std::fs::write(&gate, b"").expect("open the gate");
+    let response = request.join().expect("thread").expect("gated request");
+    assert_eq!(pid_of(response.body()), app, "the app on the page answered");
+    // Idle, the row still names the last request's app, as it names its script; a
+    // CGI script's request names none.
+    wait_until("the worker is idle", Duration::from_secs(5), || {
+        let page: serde_json::Value =
+            serde_json::from_str(&status_page(&status, "json&full")).expect("json");
+        page["processes"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["pid"] == worker && p["state"] == "Idle" && p["app pid"] == app)
+        })
+    });
+    // A CGI script's request names none (asked while it runs: the status request
+    // itself would take over an idle worker's row).
+    let shell_request = get_in_background(&fpm, &shell);
+    let shell_script = shell.display().to_string();
+    wait_until(
+        "the status page shows the shell script with no app",
+        Duration::from_secs(10),
+        || {
+            let page: serde_json::Value =
+                serde_json::from_str(&status_page(&status, "json&full")).expect("json");
+            page["processes"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["script"] == shell_script.as_str()
+                        && p["state"] == "Running"
+                        && p["app pid"] == 0
+                })
+            })
+        },
+    );
+    std::fs::write(&shell_gate, b"").expect("open the shell's gate");
+    let response = shell_request
+        .join()
+        .expect("thread")
+        .expect("shell request");
+    assert_eq!(response.body(), b"shell\n");
+}

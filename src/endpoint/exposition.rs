@@ -283,6 +283,7 @@ mod tests {
             pid,
             state,
             cgi_pid: 0,
+            app_pid: 0,
             requests: 7,
             started_at_us: 1_000_000,
             request_started_at_us: 9_500_000,

@@ -250,6 +250,9 @@ impl Report<'_> {
                 "last request memory",
                 Value::Int(if idle { worker.last_memory } else { 0 }),
             ),
+            // Ours, after php-fpm's (whose parsers take the keys they know): the resident
+            // FastCGI app that serves the request, 0 for a CGI child.
+            field("app pid", Value::Int(worker.app_pid.max(0) as u64)),
         ]
     }
 }

@@ -8,6 +8,7 @@ fn worker(pid: i32, state: WorkerState) -> SlotSnapshot {
         pid,
         state,
         cgi_pid: 0,
+        app_pid: 0,
         requests: 3,
         started_at_us: NOW - 50_000_000,
         request_started_at_us: NOW - 2_000_000,
@@ -169,6 +170,49 @@ fn full_text_adds_a_block_per_process() {
     assert_eq!(text_value(busy, "request duration"), "2000000");
     assert_eq!(text_value(busy, "last request cpu"), "0.00");
     assert_eq!(text_value(busy, "last request memory"), "0");
+}
+
+#[test]
+fn a_process_block_has_php_fpms_fields_in_order_then_the_app_pid() {
+    let mut served_by_app = worker(104, WorkerState::Running);
+    served_by_app.app_pid = 4321;
+    let snap = PoolSnapshot {
+        workers: vec![worker(101, WorkerState::Idle), served_by_app],
+        ..snapshot()
+    };
+    let body = render(&report(&snap), Query::parse("full")).body;
+    let blocks: Vec<&str> = body.split("************************\n").skip(1).collect();
+    let names: Vec<&str> = blocks[0]
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pid",
+            "state",
+            "start time",
+            "start since",
+            "requests",
+            "request duration",
+            "request method",
+            "request URI",
+            "content length",
+            "user",
+            "script",
+            "last request cpu",
+            "last request memory",
+            "app pid",
+        ]
+    );
+    assert_eq!(text_value(blocks[0], "app pid"), "0");
+    assert_eq!(text_value(blocks[1], "app pid"), "4321");
+    let json: serde_json::Value =
+        serde_json::from_str(&render(&report(&snap), Query::parse("json&full")).body).unwrap();
+    assert_eq!(json["processes"][1]["app pid"], 4321);
+    let xml = render(&report(&snap), Query::parse("xml&full")).body;
+    assert!(xml.contains("<app-pid>4321</app-pid></process>"), "{xml}");
 }
 
 #[test]

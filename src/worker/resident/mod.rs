@@ -207,6 +207,14 @@ pub fn encode_params(env: &[(OsString, OsString)]) -> Vec<u8> {
     out
 }
 
+/// The slot names the app that serves the request: as its CGI pid, which the master's
+/// deadlines kill, and as the app pid the status page shows.
+fn publish_app(ctx: &WorkerCtx<'_>, pid: i32) {
+    let slot = ctx.slot();
+    slot.cgi_pid.store(pid, Ordering::Relaxed);
+    slot.set_app_pid(pid);
+}
+
 /// Relay `request` to the app for `command`. Err: no app could be started (the caller
 /// answers 502 with the reason).
 #[allow(clippy::too_many_arguments)]
@@ -228,8 +236,7 @@ pub fn relay(
         ctx.residents.restore(resident);
         return Err(reason);
     }
-    let pid = resident.app.as_ref().map_or(0, |a| a.pid.as_raw());
-    ctx.slot().cgi_pid.store(pid, Ordering::Relaxed);
+    publish_app(ctx, resident.app.as_ref().map_or(0, |a| a.pid.as_raw()));
     let relay = relay::Relay::new(
         conn,
         session,

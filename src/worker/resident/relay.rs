@@ -20,7 +20,6 @@ use crate::worker::signals::Request as SignalRequest;
 use crate::worker::slowlog::SlowRecord;
 use nix::errno::Errno;
 use nix::sys::wait::WaitStatus;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Request bytes waiting for the app before we stop reading the web server.
@@ -687,7 +686,7 @@ impl<'a> Relay<'a> {
                     self.app_out = bytes;
                     self.app_out_pos = 0;
                     self.resident.input.clear();
-                    ctx.slot().cgi_pid.store(self.app_pid(), Ordering::Relaxed);
+                    super::publish_app(ctx, self.app_pid());
                     return;
                 }
                 Err(reason) => {
