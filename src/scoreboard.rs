@@ -14,7 +14,7 @@ use std::mem::size_of;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering, fence};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// What a worker is doing, php-fpm's request stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl SlotSnapshot {
 /// the multi-field values (a worker killed mid-write leaves the counter odd until the
 /// master frees the slot; a live one may be descheduled mid-write for longer than this on
 /// a loaded machine). Bounds what a status request can wait per slot.
-const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
+pub const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Slot {
     pub fn state(&self) -> WorkerState {
@@ -335,6 +335,12 @@ impl Slot {
     /// died or stalls mid-write), only the fields that stand alone: see
     /// [`Slot::unsettled`]. Never a mix of two writes.
     pub fn snapshot(&self) -> SlotSnapshot {
+        self.snapshot_by(None)
+    }
+
+    /// As [`Slot::snapshot`], but waiting for a stalled writer no later than `deadline`
+    /// (past it, only the brief spin): a reader of many slots bounds its whole read.
+    pub fn snapshot_by(&self, deadline: Option<Instant>) -> SlotSnapshot {
         let mut attempt = 0u32;
         let mut give_up_at = None;
         loop {
@@ -350,8 +356,10 @@ impl Slot {
                 std::hint::spin_loop();
                 continue;
             }
-            let now = std::time::Instant::now();
-            if *give_up_at.get_or_insert(now + READ_PATIENCE) <= now {
+            let now = Instant::now();
+            let patience = now + READ_PATIENCE;
+            let limit = deadline.map_or(patience, |d| d.min(patience));
+            if *give_up_at.get_or_insert(limit) <= now {
                 // `copy` failed the check: it may mix two requests' fields.
                 return self.unsettled();
             }
@@ -546,8 +554,14 @@ impl Scoreboard {
     /// The workers of a previous image still at work, as the status page lists them:
     /// in state Finishing (they finish the request in hand and exit), their request as is.
     pub fn finishing_workers(&self) -> Vec<SlotSnapshot> {
+        self.finishing_workers_by(None)
+    }
+
+    /// As [`Scoreboard::finishing_workers`], within a reader's `deadline` (see
+    /// [`Slot::snapshot_by`]).
+    pub fn finishing_workers_by(&self, deadline: Option<Instant>) -> Vec<SlotSnapshot> {
         self.slots()
-            .map(Slot::snapshot)
+            .map(|slot| slot.snapshot_by(deadline))
             .filter(|s| s.pid > 0)
             .map(|s| SlotSnapshot {
                 state: WorkerState::Finishing,
@@ -663,10 +677,17 @@ impl Scoreboard {
 
     /// Copy the counters and the slots of started workers.
     pub fn snapshot(&self) -> PoolSnapshot {
+        self.snapshot_by(None)
+    }
+
+    /// As [`Scoreboard::snapshot`], but slots whose writer stalls are waited for no later
+    /// than `deadline` and read without their request past it (see [`Slot::snapshot_by`]):
+    /// N stalled slots cost one patience, not N.
+    pub fn snapshot_by(&self, deadline: Option<Instant>) -> PoolSnapshot {
         let c = self.counters();
         let workers: Vec<SlotSnapshot> = self
             .slots()
-            .map(Slot::snapshot)
+            .map(|slot| slot.snapshot_by(deadline))
             .filter(|s| s.pid > 0)
             .collect();
         let snapshot = PoolSnapshot {
@@ -914,6 +935,39 @@ mod tests {
             }
         }
         assert!(reads > 0);
+    }
+
+    #[test]
+    fn a_reader_of_many_stalled_slots_waits_one_patience_not_one_per_slot() {
+        const SLOTS: usize = 25;
+        let sb = Scoreboard::new(SLOTS).unwrap();
+        for (index, slot) in sb.slots().enumerate() {
+            slot.claim(100 + index as i32);
+            slot.set_request_info(&RequestInfo {
+                uri: b"/stalled".to_vec(),
+                ..RequestInfo::default()
+            });
+            // Every writer stopped half way through its next write.
+            slot.seq.fetch_add(1, Ordering::Release);
+        }
+        let started = std::time::Instant::now();
+        let snapshot = sb.snapshot_by(Some(started + READ_PATIENCE));
+        let took = started.elapsed();
+        // One patience per slot would be 25 x 20 ms = 500 ms.
+        assert!(
+            took < READ_PATIENCE * 10,
+            "{SLOTS} stalled slots took {took:?} to read"
+        );
+        assert_eq!(
+            snapshot.total(),
+            SLOTS as u32,
+            "every worker is still listed"
+        );
+        assert!(
+            snapshot.workers.iter().all(|w| w.uri.is_empty()),
+            "a stalled slot read with its request: {:?}",
+            snapshot.workers
+        );
     }
 
     #[test]

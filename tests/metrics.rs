@@ -316,3 +316,70 @@ fn metrics_allowed_clients_refuses_other_addresses() {
         Duration::from_secs(5),
     );
 }
+
+/// The master's scoreboards of `slots` slots, mapped from its memfds as a reload's new
+/// image would map them.
+fn master_scoreboards(fpm: &Fpm, slots: usize) -> Vec<cgi_fpm::scoreboard::Scoreboard> {
+    let dir = format!("/proc/{}/fd", fpm.pid());
+    std::fs::read_dir(&dir)
+        .expect("the master's fds")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("cgi-fpm scoreboard"))
+        })
+        .filter_map(|e| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.path())
+                .ok()?;
+            cgi_fpm::scoreboard::Scoreboard::adopt(file.into()).ok()
+        })
+        .filter(|board| board.slot_count() == slots)
+        .collect()
+}
+
+/// A slot a worker stopped writing half way through (descheduled or stopped): its
+/// sequence counter, the first word of the `repr(C)` slot, left odd.
+fn stall(slot: &cgi_fpm::scoreboard::Slot) {
+    let seq = std::ptr::from_ref(slot).cast::<std::sync::atomic::AtomicU32>();
+    // SAFETY: `Slot` is `repr(C)` and starts with its `AtomicU32` sequence counter; the
+    // reference is valid for as long as `slot` is.
+    unsafe { &*seq }.fetch_or(1, std::sync::atomic::Ordering::Release);
+}
+
+/// A scrape reads every slot in the master's loop, and a slot whose writer stalls mid-
+/// write is waited for a while. Forty stalled slots must not hold the master forty
+/// times that long: the whole scrape has one deadline.
+#[test]
+fn a_scrape_waits_once_for_stalled_slots_not_once_per_slot() {
+    const SLOTS: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[global]\nmetrics.listen = {metrics}\n\n{}",
+        pool_section("wide", dir.path(), SLOTS as u32, "pm = ondemand"),
+    );
+    let address = dir.path().join("wide.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let boards = master_scoreboards(&fpm, SLOTS);
+    assert_eq!(boards.len(), 1, "the pool's scoreboard in the master's fds");
+    let took = |what: &str| {
+        let started = Instant::now();
+        let page = get(&metrics, "/metrics");
+        assert!(page.starts_with("HTTP/1.1 200"), "{what}: {page}");
+        started.elapsed()
+    };
+    let settled = took("settled slots");
+    for slot in boards[0].slots() {
+        stall(slot);
+    }
+    let stalled = took("stalled slots");
+    // One patience per slot would be 40 x 20 ms = 800 ms.
+    assert!(
+        stalled < Duration::from_millis(400),
+        "a scrape of {SLOTS} stalled slots took {stalled:?} (settled: {settled:?})"
+    );
+}

@@ -3,6 +3,7 @@
 use super::{Master, PoolKind};
 use crate::scoreboard::now_us;
 use mio::Token;
+use std::time::Instant;
 
 impl Master {
     /// A request or a connection on the master's endpoint.
@@ -21,6 +22,11 @@ impl Master {
         let open = endpoint.open_connections() as u64;
         endpoint.on_event(poll.registry(), token, |render| {
             let now = now_us();
+            // The master reads every slot of every pool here, in its loop: a slot whose
+            // writer stalls mid-write may be waited for, but the whole scrape waits at
+            // most one patience. Slots still unsettled past it are shown without their
+            // request, as one stalled slot is anyway.
+            let give_up_at = Some(Instant::now() + crate::scoreboard::READ_PATIENCE);
             let mut parked = vec![0u64; pools.len()];
             for (index, _) in lot.parked_fds() {
                 if let Some(count) = parked.get_mut(index) {
@@ -33,9 +39,11 @@ impl Master {
                 .filter(|(_, p)| p.kind == PoolKind::Workers)
                 .map(|(index, p)| {
                     let queue = p.queue_figures(prober).unwrap_or_default();
-                    let mut snapshot = p.scoreboard.snapshot();
+                    let mut snapshot = p.scoreboard.snapshot_by(give_up_at);
                     for board in &p.previous {
-                        snapshot.previous.extend(board.finishing_workers());
+                        snapshot
+                            .previous
+                            .extend(board.finishing_workers_by(give_up_at));
                     }
                     (index, snapshot, queue)
                 })
