@@ -1,5 +1,6 @@
 //! `listen.allowed_clients`: which web servers may talk to a TCP pool, checked by the
-//! worker right after accept (php-fpm's `fcgi_is_allowed`).
+//! worker right after accept (php-fpm's `fcgi_is_allowed`); `metrics.allowed_clients`
+//! for the master's endpoint, the same way.
 //!
 //! A client not on the list is closed without a word and logged, in php-fpm's words.
 //! Unix-socket peers are always let in (file permissions guard those). An IPv4 client seen
@@ -24,7 +25,21 @@ pub fn is_allowed(allowed: &[IpAddr], client: IpAddr) -> bool {
 /// Check a connection the worker just accepted. `false` means: close it, unanswered (the
 /// refusal is logged here).
 pub fn admit(pool: &PoolConfig, connection: &OwnedFd) -> bool {
-    let allowed = &pool.listen_allowed_clients;
+    admit_to(
+        format_args!("[pool {}]", pool.name),
+        &pool.listen_allowed_clients,
+        connection,
+    )
+}
+
+/// Check a connection just accepted on a socket guarded by `allowed` (a pool's, or the
+/// master's `metrics.listen`); `listener` starts the log line of a refusal. `false`
+/// means: close it, unanswered.
+pub fn admit_to(
+    listener: impl std::fmt::Display,
+    allowed: &[IpAddr],
+    connection: &OwnedFd,
+) -> bool {
     if allowed.is_empty() {
         return true;
     }
@@ -33,8 +48,7 @@ pub fn admit(pool: &PoolConfig, connection: &OwnedFd) -> bool {
         Err(e) => {
             // Gone already, most likely; with no address there is nothing to allow.
             log::warn!(
-                "[pool {}] cannot tell which address connected ({e}); closing the connection",
-                pool.name
+                "{listener} cannot tell which address connected ({e}); closing the connection"
             );
             return false;
         }
@@ -51,8 +65,7 @@ pub fn admit(pool: &PoolConfig, connection: &OwnedFd) -> bool {
         return true;
     }
     log::error!(
-        "[pool {}] Connection disallowed: IP address '{}' has been dropped.",
-        pool.name,
+        "{listener} Connection disallowed: IP address '{}' has been dropped.",
         client.to_canonical()
     );
     false

@@ -11,7 +11,7 @@ use crate::endpoint::http::MAX_HEAD;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
-use nix::sys::socket::{SockFlag, SockaddrStorage, accept4, getpeername};
+use nix::sys::socket::{SockFlag, accept4};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -233,27 +233,7 @@ impl Endpoint {
 
     /// `metrics.allowed_clients`, for TCP peers; refused ones are closed unanswered.
     fn admit(&self, fd: &OwnedFd) -> bool {
-        if self.allowed.is_empty() {
-            return true;
-        }
-        let Ok(peer) = getpeername::<SockaddrStorage>(fd.as_raw_fd()) else {
-            return false;
-        };
-        let client = if let Some(v4) = peer.as_sockaddr_in() {
-            IpAddr::V4(v4.ip())
-        } else if let Some(v6) = peer.as_sockaddr_in6() {
-            IpAddr::V6(v6.ip())
-        } else {
-            return true;
-        };
-        if crate::isolation::clients::is_allowed(&self.allowed, client) {
-            return true;
-        }
-        log::error!(
-            "metrics.listen: Connection disallowed: IP address '{}' has been dropped.",
-            client.to_canonical()
-        );
-        false
+        crate::isolation::clients::admit_to("metrics.listen:", &self.allowed, fd)
     }
 
     fn close_oldest(&mut self, registry: &Registry) {
