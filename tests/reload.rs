@@ -351,6 +351,40 @@ fn a_broken_config_is_logged_and_changes_nothing() {
         Duration::from_secs(10),
         || count(&fpm, "reload aborted") == 2,
     );
+    // So does a metrics.listen address that is taken, after a new pool's socket was
+    // opened for the reload: that one is closed again, its file removed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("port").port();
+    let dir = fpm.dir.path().to_path_buf();
+    let extra = common::pool_section("extra", &dir, 1, "");
+    std::fs::write(
+        &fpm.config,
+        format!(
+            "{}\n{extra}",
+            good.replacen(
+                "[global]\n",
+                &format!("[global]\nmetrics.listen = 127.0.0.1:{port}\n"),
+                1
+            )
+        ),
+    )
+    .expect("write");
+    fpm.signal(Signal::SIGUSR2);
+    wait_until(
+        "the third reload is aborted",
+        Duration::from_secs(10),
+        || count(&fpm, "reload aborted") == 3,
+    );
+    let log = fpm.log_text();
+    assert!(
+        log.contains(&format!("ERROR: metrics.listen 127.0.0.1:{port}: bind")),
+        "the error names metrics.listen and its address:\n{log}"
+    );
+    assert!(!log.contains("[pool metrics]"), "{log}");
+    assert!(
+        !dir.join("extra.sock").exists(),
+        "the socket opened for the aborted reload is left behind"
+    );
     assert_eq!(fpm.worker_pids(), workers, "the same workers serve on");
     let hello = examples_dir().join("hello.sh");
     assert_eq!(fpm.get(&hello, &[]).status(), 200);

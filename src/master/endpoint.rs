@@ -51,12 +51,14 @@ pub struct Endpoint {
     retry_at: Option<Instant>,
 }
 
-/// The socket `metrics.listen` names: inherited across a reload when it is there.
+/// The socket `metrics.listen` names: inherited across a reload when it is there. An
+/// error names the directive, not the stand-in pool the socket settings come from.
 pub fn open(
     address: &ListenAddress,
     inherited: &mut super::inherit::Inherited,
 ) -> Result<Listener, String> {
     listener::open_at(&listen_settings(address), address, inherited)
+        .map_err(|e| e.replacen("[pool metrics] listen", "metrics.listen", 1))
 }
 
 /// The socket settings of the endpoint, as if of a pool named `metrics`: mode 0660,

@@ -11,11 +11,13 @@
 
 use super::inherit::{self, Inherited};
 use super::{Master, PoolKind, State, listener};
+use crate::config::ListenAddress;
 use crate::handover::{self, Handover, set_cloexec};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -175,82 +177,33 @@ impl Master {
             }
         }
 
-        // Every socket the new configuration listens on: kept, or opened now so that an
-        // address that cannot be bound aborts the reload here.
-        let mut listeners: Vec<handover::Listener> = Vec::new();
-        let mut opened: Vec<listener::Listener> = Vec::new();
+        // Every socket the new configuration listens on (the pools', then the master's
+        // endpoint): kept, or opened now so that an address that cannot be bound aborts
+        // the reload here.
+        let mut sockets = NewSockets::ours(self);
         let mut none_inherited = Inherited::default();
-        // Our sockets' keys, asked of the kernel once: looked up per address of the new
-        // configuration, they cost a getsockname per pool per pool, 125,000 calls and
-        // most of a reload's time with 500 pools.
-        let ours: std::collections::HashMap<String, std::os::fd::RawFd> = self
-            .pools
-            .iter()
-            .map(|p| p.listener.raw_fd())
-            .chain(self.endpoint.as_ref().map(|e| e.raw_fd()))
-            .filter_map(|fd| Some((inherit::socket_key(fd)?, fd)))
-            .collect();
         for pool in &config.pools {
             let addresses = std::iter::once(&pool.listen).chain(pool.pm_status_listen.as_ref());
             for address in addresses {
-                let keys = inherit::address_keys(address);
-                let existing = keys
-                    .iter()
-                    .find_map(|k| ours.get(k).map(|&fd| (k.clone(), fd)));
-                if let Some((key, fd)) = existing {
-                    listeners.push(handover::Listener { key, fd });
-                    continue;
-                }
-                match listener::open_at(pool, address, &mut none_inherited) {
-                    Ok(l) => {
-                        if let Some(key) = inherit::socket_key(l.raw_fd()) {
-                            listeners.push(handover::Listener {
-                                key,
-                                fd: l.raw_fd(),
-                            });
-                        }
-                        opened.push(l);
-                    }
-                    Err(e) => {
-                        log::error!("{e}");
-                        log::error!("reload aborted; the running configuration stays in effect");
-                        opened.into_iter().for_each(listener::Listener::close);
-                        return;
-                    }
+                if let Err(e) = sockets.keep_or_open(address, || {
+                    listener::open_at(pool, address, &mut none_inherited)
+                }) {
+                    return sockets.abort(&e);
                 }
             }
         }
-
-        // The master's endpoint, the same way.
-        if let Some(address) = &config.global.metrics_listen {
-            let keys = inherit::address_keys(address);
-            match keys
-                .iter()
-                .find_map(|k| ours.get(k).map(|&fd| (k.clone(), fd)))
-            {
-                Some((key, fd)) => listeners.push(handover::Listener { key, fd }),
-                None => match super::endpoint::open(address, &mut none_inherited) {
-                    Ok(l) => {
-                        if let Some(key) = inherit::socket_key(l.raw_fd()) {
-                            listeners.push(handover::Listener {
-                                key,
-                                fd: l.raw_fd(),
-                            });
-                        }
-                        opened.push(l);
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "{}",
-                            e.replacen("[pool metrics] listen", "metrics.listen", 1)
-                        );
-                        log::error!("reload aborted; the running configuration stays in effect");
-                        opened.into_iter().for_each(listener::Listener::close);
-                        return;
-                    }
-                },
-            }
+        if let Some(address) = &config.global.metrics_listen
+            && let Err(e) = sockets.keep_or_open(address, || {
+                super::endpoint::open(address, &mut none_inherited)
+            })
+        {
+            return sockets.abort(&e);
         }
+        let NewSockets {
+            mut listeners,
+            opened,
+            ..
+        } = sockets;
 
         // The socket files of addresses the new configuration drops are handed over too,
         // and the new image closes them and removes the files. Removing them here, before
@@ -315,6 +268,66 @@ impl Master {
         Handover::remove_from_environment();
         opened.into_iter().for_each(listener::Listener::close);
         crate::systemd::ready("Ready to handle connections");
+    }
+}
+
+/// The listening sockets a reload hands over, gathered address by address.
+struct NewSockets {
+    /// Our sockets by key, asked of the kernel once: looked up per address of the new
+    /// configuration, they cost a getsockname per pool per pool, 125,000 calls and most
+    /// of a reload's time with 500 pools.
+    ours: HashMap<String, RawFd>,
+    listeners: Vec<handover::Listener>,
+    /// Opened for this reload: closed again if it does not happen.
+    opened: Vec<listener::Listener>,
+}
+
+impl NewSockets {
+    fn ours(master: &Master) -> NewSockets {
+        let ours = master
+            .pools
+            .iter()
+            .map(|p| p.listener.raw_fd())
+            .chain(master.endpoint.as_ref().map(|e| e.raw_fd()))
+            .filter_map(|fd| Some((inherit::socket_key(fd)?, fd)))
+            .collect();
+        NewSockets {
+            ours,
+            listeners: Vec::new(),
+            opened: Vec::new(),
+        }
+    }
+
+    /// Keep our socket on `address`, or `open` one.
+    fn keep_or_open(
+        &mut self,
+        address: &ListenAddress,
+        open: impl FnOnce() -> Result<listener::Listener, String>,
+    ) -> Result<(), String> {
+        let keys = inherit::address_keys(address);
+        if let Some((key, &fd)) = keys.iter().find_map(|k| Some((k, self.ours.get(k)?))) {
+            self.listeners.push(handover::Listener {
+                key: key.clone(),
+                fd,
+            });
+            return Ok(());
+        }
+        let opened = open()?;
+        if let Some(key) = inherit::socket_key(opened.raw_fd()) {
+            self.listeners.push(handover::Listener {
+                key,
+                fd: opened.raw_fd(),
+            });
+        }
+        self.opened.push(opened);
+        Ok(())
+    }
+
+    /// The reload cannot happen: say why, and close what it opened.
+    fn abort(self, error: &str) {
+        log::error!("{error}");
+        log::error!("reload aborted; the running configuration stays in effect");
+        self.opened.into_iter().for_each(listener::Listener::close);
     }
 }
 

@@ -172,8 +172,7 @@ fn open_endpoint(
     let Some(address) = &config.global.metrics_listen else {
         return Ok(None);
     };
-    let listener = endpoint::open(address, inherited)
-        .map_err(|e| e.replacen("[pool metrics] listen", "metrics.listen", 1))?;
+    let listener = endpoint::open(address, inherited)?;
     log::debug!("metrics listening on {}", listener.address);
     let allowed = config.global.metrics_allowed_clients.clone();
     Ok(Some(endpoint::Endpoint::new(listener, allowed)))
