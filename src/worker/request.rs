@@ -30,9 +30,64 @@ pub fn serve(
         .counters()
         .requests
         .fetch_add(1, Ordering::Relaxed);
+    let (script, request_line) = describe(&request);
+    let (outcome, summary) = match prepare(&request, ctx) {
+        Ok(Prepared::Resident { command, params }) => {
+            let relayed = super::resident::relay(
+                conn,
+                session,
+                &request,
+                ctx,
+                &command,
+                &params,
+                started,
+                script.clone(),
+                request_line.clone(),
+            );
+            match relayed {
+                Ok(done) => done,
+                Err(reason) => {
+                    log_refusal(ctx, &request_line, 502, &reason);
+                    let id = request.id;
+                    let mut pump = Pump::new(
+                        conn,
+                        session,
+                        id,
+                        ctx,
+                        started,
+                        script.clone(),
+                        request_line,
+                    );
+                    pump.answer_without_child(502);
+                    pump.run(ctx, request.keep_conn)
+                }
+            }
+        }
+        prepared => {
+            let line = request_line.clone();
+            let mut pump = Pump::new(
+                conn,
+                session,
+                request.id,
+                ctx,
+                started,
+                script.clone(),
+                line,
+            );
+            start(&mut pump, prepared, ctx, &request_line);
+            pump.run(ctx, request.keep_conn)
+        }
+    };
+    ctx.slot().cgi_pid.store(0, Ordering::Relaxed);
+    ctx.last_usage = Some(summary.usage);
+    write_access_log(ctx, &request, &script, started_wall, &summary);
+    outcome
+}
 
+/// The script (SCRIPT_FILENAME) and the `METHOD URI` line that log lines name a request
+/// by. Logs and the slowlog name the file, not Apache's `proxy:fcgi://host` form of it.
+fn describe(request: &Request) -> (String, String) {
     let params = &request.params;
-    // Logs and the slowlog name the file, not Apache's `proxy:fcgi://host` form of it.
     let script = params
         .get("SCRIPT_FILENAME")
         .map(|raw| String::from_utf8_lossy(&script_path(raw).path).into_owned())
@@ -45,87 +100,51 @@ pub fn serve(
             .or_else(|| params.get_str("SCRIPT_NAME"))
             .unwrap_or("-")
     );
-    let prepared = prepare(&request, ctx);
-    let (outcome, summary) = if let Ok(Prepared::Resident { command, params }) = &prepared {
-        let relayed = super::resident::relay(
-            conn,
-            session,
-            &request,
-            ctx,
-            command,
-            params,
-            started,
-            script.clone(),
-            request_line.clone(),
-        );
-        match relayed {
-            Ok(done) => done,
-            Err(reason) => {
-                log_refusal(ctx, &request_line, 502, &reason);
-                let mut pump = Pump::new(
-                    conn,
-                    session,
-                    request.id,
-                    ctx,
-                    started,
-                    script.clone(),
-                    request_line,
+    (script, request_line)
+}
+
+/// Give `pump` the child `prepared` started, or the refusal it stands for.
+fn start(
+    pump: &mut Pump<'_>,
+    prepared: Result<Prepared, (u16, String)>,
+    ctx: &mut WorkerCtx<'_>,
+    request_line: &str,
+) {
+    match prepared {
+        Ok(Prepared::Child(child)) => {
+            ctx.slot()
+                .cgi_pid
+                .store(child.pid.as_raw(), Ordering::Relaxed);
+            pump.attach(child);
+            if let Some(failures) = ctx.spawn_shortage.succeeded() {
+                log::info!(
+                    "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
+                    ctx.pool.name,
+                    std::process::id()
                 );
-                pump.answer_without_child(502);
-                pump.run(ctx, request.keep_conn)
             }
         }
-    } else {
-        let mut pump = Pump::new(
-            conn,
-            session,
-            request.id,
-            ctx,
-            started,
-            script.clone(),
-            request_line.clone(),
-        );
-        match prepared {
-            Ok(Prepared::Child(child)) => {
-                ctx.slot()
-                    .cgi_pid
-                    .store(child.pid.as_raw(), Ordering::Relaxed);
-                pump.attach(child);
-                if let Some(failures) = ctx.spawn_shortage.succeeded() {
-                    log::info!(
-                        "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
-                        ctx.pool.name,
-                        std::process::id()
-                    );
-                }
+        Err((SHORTAGE, reason)) => {
+            // Out of descriptors: answered at once, logged once per episode.
+            if ctx.spawn_shortage.failed().first {
+                log_refusal(
+                    ctx,
+                    request_line,
+                    SHORTAGE,
+                    &format!(
+                        "{reason}; out of descriptors, answering 503 until scripts start again"
+                    ),
+                );
             }
-            Err((SHORTAGE, reason)) => {
-                // Out of descriptors: answered at once, logged once per episode.
-                if ctx.spawn_shortage.failed().first {
-                    log_refusal(
-                        ctx,
-                        &request_line,
-                        SHORTAGE,
-                        &format!(
-                            "{reason}; out of descriptors, answering 503 until scripts start again"
-                        ),
-                    );
-                }
-                pump.answer_without_child(SHORTAGE);
-            }
-            // Taken above.
-            Ok(Prepared::Resident { .. }) => {}
-            Err((status, reason)) => {
-                log_refusal(ctx, &request_line, status, &reason);
-                pump.answer_without_child(status);
-            }
+            pump.answer_without_child(SHORTAGE);
         }
-        pump.run(ctx, request.keep_conn)
-    };
-    ctx.slot().cgi_pid.store(0, Ordering::Relaxed);
-    ctx.last_usage = Some(summary.usage);
-    write_access_log(ctx, &request, &script, started_wall, &summary);
-    outcome
+        // The caller relays these instead.
+        Ok(Prepared::Resident { .. }) => {}
+        Err((status, reason)) => {
+            log_refusal(ctx, request_line, status, &reason);
+            pump.answer_without_child(status);
+        }
+    }
 }
 
 fn log_refusal(ctx: &WorkerCtx<'_>, request_line: &str, status: u16, reason: &str) {

@@ -1,11 +1,12 @@
 //! The status and ping pages, answered by the worker itself from the scoreboard before
 //! any script is looked for, as php-fpm does.
 
+use super::WorkerCtx;
 use super::conn::Conn;
 use super::poll::{self, PollSet};
 use super::pump::{Outcome, Summary};
+use super::refusal::{REFUSAL_FLUSH_TIMEOUT, flush_within};
 use super::signals::Request as SignalRequest;
-use super::{REFUSAL_FLUSH_TIMEOUT, WorkerCtx, flush_within};
 use crate::cgi::headers::ResponseHeaders;
 use crate::cgi::response::error_response;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};

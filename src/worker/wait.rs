@@ -25,13 +25,16 @@ impl WorkerCtx<'_> {
         // The caller's set stays the caller's: its indices, and nothing of ours.
         set.truncate(own);
         waited?;
-        if !signalled {
-            return Ok(None);
-        }
+        Ok(if signalled { self.take_signal() } else { None })
+    }
+
+    /// Take the pending signals (the signalfd is readable): a QUIT is acted on here (see
+    /// `on_quit`); what arrived is returned.
+    pub(crate) fn take_signal(&mut self) -> Option<SignalRequest> {
         let request = self.signals.take();
         if request == Some(SignalRequest::Quit) {
             self.on_quit();
         }
-        Ok(request)
+        request
     }
 }
