@@ -9,6 +9,18 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 impl Master {
+    /// A pass of a stopping master: no kept connection stays parked here (workers that
+    /// finish their last request may still park theirs); escalate when a grace passes.
+    /// True once every worker is gone.
+    pub(super) fn wind_down(&mut self) -> bool {
+        self.lot.close_all(self.poll.registry());
+        if self.children.is_empty() && self.old_workers.is_empty() {
+            return true;
+        }
+        self.escalate_stop();
+        false
+    }
+
     /// Fast stop: workers kill their CGI children and exit; KILL after a grace period.
     pub(super) fn terminate(&mut self) {
         if matches!(self.state, State::Terminating { .. }) {

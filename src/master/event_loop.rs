@@ -19,27 +19,85 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 impl Master {
+    /// Run until stopped; returns the exit code. Like nginx's master cycle, each pass is
+    /// one wait, then each kind of news in turn, each a call.
     pub(super) fn event_loop(&mut self, report: &mut StartupReport) -> i32 {
-        let mut signals = match Signals::new(MASTER_SIGNALS.map(|s| s as i32)) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("failed to install signal handlers: {e}");
-                report.failed(&format!("failed to install signal handlers: {e}"));
+        let mut signals = match self.watch_sources() {
+            Ok(signals) => signals,
+            Err(message) => {
+                log::error!("{message}");
+                report.failed(&message);
                 return crate::exit_code::OS_ERROR;
             }
         };
-        if let Err(e) = self
-            .poll
+        self.open_for_business(report);
+        let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
+        let mut events = Events::with_capacity(64);
+        let mut readable = HashSet::new();
+        loop {
+            let timeout = self.next_timeout(systemd_report.as_ref().map(|r| r.next));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("epoll_wait failed: {e}");
+                return crate::exit_code::OS_ERROR;
+            }
+            readable.clear();
+            for event in &events {
+                self.on_event(event.token(), &mut readable);
+            }
+            if let Some(endpoint) = &mut self.endpoint {
+                endpoint.expire(self.poll.registry());
+            }
+            for signal in signals.pending() {
+                self.on_signal(signal);
+            }
+            if let Some(report) = &mut systemd_report {
+                report.tick(&self.pools);
+            }
+            self.reap_children();
+            if std::mem::take(&mut self.reload_requested) {
+                // Returns only when the reload did not happen.
+                self.reload();
+            }
+            self.old_workers.escalate_if_due();
+            let now = Instant::now();
+            self.lot.expire(self.poll.registry(), now);
+            let tick = self.tick_if_due(now);
+            if self.state == State::Running {
+                self.maintain_pools(tick, &readable, now);
+            } else if self.wind_down() {
+                return 0;
+            }
+        }
+    }
+
+    /// Install the signal handlers and watch every source the loop waits on. The error
+    /// is the message to log and report: without these the master cannot run.
+    fn watch_sources(&mut self) -> Result<Signals, String> {
+        let mut signals = Signals::new(MASTER_SIGNALS.map(|s| s as i32))
+            .map_err(|e| format!("failed to install signal handlers: {e}"))?;
+        self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
-        {
-            log::error!("failed to watch signals: {e}");
-            report.failed(&format!("failed to watch signals: {e}"));
-            return crate::exit_code::OS_ERROR;
-        }
+            .map_err(|e| format!("failed to watch signals: {e}"))?;
         // A reload blocks these across its exec; now that handlers are in place, whatever
         // arrived meanwhile is delivered.
         let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&master_signal_set()), None);
+        self.watch_doorbell();
+        self.watch_parking();
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.register(self.poll.registry()).map_err(|e| {
+                format!("metrics.listen: failed to watch the listening socket: {e}")
+            })?;
+        }
+        for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
+            self.lot.park(self.poll.registry(), fd, index);
+        }
+        self.watch_ondemand_listeners().map(|()| signals)
+    }
+
+    fn watch_doorbell(&mut self) {
         if let Some(doorbell) = &self.doorbell
             && let Err(e) = self.poll.registry().register(
                 &mut SourceFd(&doorbell.as_fd().as_raw_fd()),
@@ -50,6 +108,11 @@ impl Master {
             log::warn!("cannot watch the eventfd ({e}); the master will wake every second");
             self.doorbell = None;
         }
+    }
+
+    /// The channels workers park idle kept connections through, and how long a parked
+    /// connection that starts a request may wait here for its head to be complete.
+    fn watch_parking(&mut self) {
         for (index, channels) in self.channels.iter().enumerate() {
             if let Some(ch) = channels
                 && let Err(e) = ch.register(self.poll.registry(), index)
@@ -57,7 +120,6 @@ impl Master {
                 log::warn!("cannot watch the channel for idle kept connections: {e}");
             }
         }
-        // Parked connections that start a request wait here until its head is complete.
         let limits = self
             .pools
             .iter()
@@ -69,37 +131,34 @@ impl Master {
             })
             .collect();
         self.lot.set_limits(limits);
-        if let Some(endpoint) = &self.endpoint
-            && let Err(e) = endpoint.register(self.poll.registry())
-        {
-            let message = format!("metrics.listen: failed to watch the listening socket: {e}");
-            log::error!("{message}");
-            report.failed(&message);
-            return crate::exit_code::OS_ERROR;
-        }
-        for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
-            self.lot.park(self.poll.registry(), fd, index);
-        }
-        // ondemand pools start workers when connections arrive.
+    }
+
+    /// ondemand pools start workers when connections arrive.
+    fn watch_ondemand_listeners(&self) -> Result<(), String> {
         for (index, pool) in self.pools.iter().enumerate() {
             if pool.settings.pm != ProcessManager::Ondemand {
                 continue;
             }
             let fd = pool.listener.raw_fd();
-            if let Err(e) = self.poll.registry().register(
-                &mut SourceFd(&fd),
-                Token(LISTENER_BASE + index),
-                Interest::READABLE,
-            ) {
-                let message = format!(
-                    "[pool {}] failed to watch the listening socket: {e}",
-                    pool.name
-                );
-                log::error!("{message}");
-                report.failed(&message);
-                return crate::exit_code::OS_ERROR;
-            }
+            self.poll
+                .registry()
+                .register(
+                    &mut SourceFd(&fd),
+                    Token(LISTENER_BASE + index),
+                    Interest::READABLE,
+                )
+                .map_err(|e| {
+                    format!(
+                        "[pool {}] failed to watch the listening socket: {e}",
+                        pool.name
+                    )
+                })?;
         }
+        Ok(())
+    }
+
+    /// Start the pools' workers, retire a previous image's, and say so.
+    fn open_for_business(&mut self, report: &mut StartupReport) {
         log::info!("fpm is running, pid {}", std::process::id());
         for index in 0..self.pools.len() {
             self.maintain_pool(index, Trigger::Start);
@@ -115,108 +174,46 @@ impl Master {
         }
         report.ready();
         crate::systemd::ready("Ready to handle connections");
-        let mut systemd_report = SystemdReport::new(self.config.global.systemd_interval);
+    }
 
-        let mut events = Events::with_capacity(64);
-        let mut readable = HashSet::new();
-        loop {
-            let timeout = self.next_timeout(systemd_report.as_ref().map(|r| r.next));
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != std::io::ErrorKind::Interrupted
-            {
-                log::error!("epoll_wait failed: {e}");
-                return crate::exit_code::OS_ERROR;
+    /// One event: the doorbell, a worker's output, the endpoint, the lot, or a pool's
+    /// listening socket (whose pool goes into `readable`).
+    fn on_event(&mut self, token: Token, readable: &mut HashSet<usize>) {
+        if token == DOORBELL {
+            return self.answer_doorbell();
+        }
+        if Capture::is_capture(token) {
+            return self.capture.on_readable(self.poll.registry(), token);
+        }
+        if endpoint::Endpoint::owns(token) {
+            return self.on_endpoint_event(token);
+        }
+        match self
+            .lot
+            .on_event(self.poll.registry(), token, &mut self.channels)
+        {
+            LotEvent::HandedOut { pool } => {
+                // A worker may need starting for it (ondemand).
+                readable.insert(pool);
             }
-            readable.clear();
-            for event in &events {
-                let token = event.token();
-                if token == DOORBELL {
-                    self.answer_doorbell();
-                    continue;
-                }
-                if Capture::is_capture(token) {
-                    self.capture.on_readable(self.poll.registry(), token);
-                    continue;
-                }
-                if endpoint::Endpoint::owns(token) {
-                    self.on_endpoint_event(token);
-                    continue;
-                }
-                match self
-                    .lot
-                    .on_event(self.poll.registry(), token, &mut self.channels)
-                {
-                    LotEvent::HandedOut { pool } => {
-                        // A worker may need starting for it (ondemand).
-                        readable.insert(pool);
-                    }
-                    LotEvent::Parked => {}
-                    LotEvent::None => {
-                        if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
-                            readable.insert(index);
-                        }
-                    }
-                }
-            }
-            if let Some(endpoint) = &mut self.endpoint {
-                endpoint.expire(self.poll.registry());
-            }
-            for signal in signals.pending() {
-                self.on_signal(signal);
-            }
-            if let Some(report) = &mut systemd_report {
-                report.tick(&self.pools);
-            }
-            self.reap_children();
-            if self.reload_requested {
-                self.reload_requested = false;
-                // Returns only when the reload did not happen.
-                self.reload();
-            }
-            self.old_workers.escalate_if_due();
-            let now = Instant::now();
-            self.lot.expire(self.poll.registry(), now);
-            let tick = self.next_tick.is_some_and(|at| now >= at);
-            if tick {
-                self.next_tick = None;
-                self.last_tick = now;
-                self.note_figures();
-            }
-            match self.state {
-                State::Running => {
-                    self.stop_stuck_workers();
-                    for index in 0..self.pools.len() {
-                        let pool = &self.pools[index];
-                        let trigger = if tick {
-                            Trigger::Tick
-                        } else if readable.contains(&index) {
-                            Trigger::Readable
-                        } else if pool.pm.to_replace > 0
-                            || pool.respawn_at.is_some_and(|at| now >= at)
-                        {
-                            Trigger::Wakeup
-                        } else {
-                            // Nothing changed for this pool.
-                            continue;
-                        };
-                        self.maintain_pool(index, trigger);
-                        if tick {
-                            self.rearm(index);
-                        }
-                    }
-                    self.sleep_or_schedule();
-                }
-                _ => {
-                    // Stopping: no kept connection stays parked here (workers that
-                    // finish their last request may still park theirs).
-                    self.lot.close_all(self.poll.registry());
-                    if self.children.is_empty() && self.old_workers.is_empty() {
-                        return 0;
-                    }
-                    self.escalate_stop();
+            LotEvent::Parked => {}
+            LotEvent::None => {
+                if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
+                    readable.insert(index);
                 }
             }
         }
+    }
+
+    /// Whether a maintenance round is due now; if so, it starts here.
+    fn tick_if_due(&mut self, now: Instant) -> bool {
+        let tick = self.next_tick.is_some_and(|at| now >= at);
+        if tick {
+            self.next_tick = None;
+            self.last_tick = now;
+            self.note_figures();
+        }
+        tick
     }
 
     /// A worker got busy while no round was scheduled: schedule one (at most one per

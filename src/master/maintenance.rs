@@ -10,10 +10,35 @@ use crate::scoreboard::{WorkerState, now_us};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 impl Master {
+    /// The round of a running master: stop stuck workers, then run the manager of each
+    /// pool that has news (every pool at a tick), then arrange the next wake-up.
+    pub(super) fn maintain_pools(&mut self, tick: bool, readable: &HashSet<usize>, now: Instant) {
+        self.stop_stuck_workers();
+        for index in 0..self.pools.len() {
+            let pool = &self.pools[index];
+            let trigger = if tick {
+                Trigger::Tick
+            } else if readable.contains(&index) {
+                Trigger::Readable
+            } else if pool.pm.to_replace > 0 || pool.respawn_at.is_some_and(|at| now >= at) {
+                Trigger::Wakeup
+            } else {
+                // Nothing changed for this pool.
+                continue;
+            };
+            self.maintain_pool(index, trigger);
+            if tick {
+                self.rearm(index);
+            }
+        }
+        self.sleep_or_schedule();
+    }
+
     /// Run the pool's manager and carry out what it decides.
     pub(super) fn maintain_pool(&mut self, index: usize, trigger: Trigger) {
         let now = Instant::now();
