@@ -6,7 +6,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::CAPTURE_TOKENS;
 
@@ -29,12 +29,6 @@ pub struct Capture {
 pub struct WorkerEnds {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-}
-
-impl WorkerEnds {
-    pub fn raw(&self) -> (RawFd, RawFd) {
-        (self.stdout.as_raw_fd(), self.stderr.as_raw_fd())
-    }
 }
 
 /// Our ends, to register once the worker's pid is known.

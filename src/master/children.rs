@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -166,7 +166,8 @@ impl Master {
         let forked = unsafe { fork() };
         match forked {
             Ok(ForkResult::Child) => {
-                let output = pipes.as_ref().map(|(_, worker)| worker);
+                // The worker owns its ends; the master's ends are closed here at once.
+                let output = pipes.map(|(_, worker)| (worker.stdout, worker.stderr));
                 worker::run(self.worker_spec(index, slot_index, output, master_pid))
             }
             Ok(ForkResult::Parent { child }) => {
@@ -229,7 +230,7 @@ impl Master {
         &self,
         index: usize,
         slot_index: usize,
-        output: Option<&capture::WorkerEnds>,
+        output: Option<(OwnedFd, OwnedFd)>,
         master_pid: i32,
     ) -> WorkerSpec<'_> {
         let pool = &self.pools[index];
@@ -246,7 +247,7 @@ impl Master {
             inherited_env: self.inherited_env.clone(),
             access_log_fd: pool.logs.access_fd(),
             slowlog_fd: pool.logs.slow_fd(),
-            output_pipes: output.map(capture::WorkerEnds::raw),
+            output_pipes: output,
             privileges: &self.privileges[pool.config_index],
             status_source: StatusSource {
                 scoreboard: &reported.scoreboard,
@@ -255,7 +256,7 @@ impl Master {
             },
             status_only: matches!(pool.kind, PoolKind::Status { .. }),
             parking: self.channels[index].as_ref().map(Channels::for_worker),
-            doorbell: self.doorbell.as_ref().map(|d| d.as_fd().as_raw_fd()),
+            doorbell: self.doorbell.as_ref().map(AsFd::as_fd),
             master_pid,
             orphan_grace: match self.config.global.process_control_timeout {
                 t if t.is_zero() => worker::ORPHAN_GRACE,

@@ -3,7 +3,7 @@
 
 use crate::config::PoolConfig;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -47,11 +47,11 @@ impl PoolLogs {
         Ok(PoolLogs { access, slow })
     }
 
-    pub fn access_fd(&self) -> Option<RawFd> {
-        self.access.as_ref().map(AsRawFd::as_raw_fd)
+    pub fn access_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.access.as_ref().map(AsFd::as_fd)
     }
 
-    pub fn slow_fd(&self) -> Option<RawFd> {
-        self.slow.as_ref().map(AsRawFd::as_raw_fd)
+    pub fn slow_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.slow.as_ref().map(AsFd::as_fd)
     }
 }

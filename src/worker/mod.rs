@@ -42,11 +42,11 @@ pub struct WorkerSpec<'a> {
     /// The master's environment, for pools with `clear_env = no`.
     pub inherited_env: Vec<(OsString, OsString)>,
     /// The pool's access log and slowlog, opened by the master (so it can reopen them).
-    pub access_log_fd: Option<RawFd>,
-    pub slowlog_fd: Option<RawFd>,
+    pub access_log_fd: Option<BorrowedFd<'a>>,
+    pub slowlog_fd: Option<BorrowedFd<'a>>,
     /// `catch_workers_output`: write ends of the pipes the master reads the worker's
-    /// stdout and stderr from.
-    pub output_pipes: Option<(RawFd, RawFd)>,
+    /// stdout and stderr from, the worker's to keep (as its stdout and stderr).
+    pub output_pipes: Option<(OwnedFd, OwnedFd)>,
     /// Identity, jail and limits to take on before serving.
     pub privileges: &'a Privileges,
     /// The pool the status page reports on: this worker's own, or the one a
@@ -57,7 +57,7 @@ pub struct WorkerSpec<'a> {
     /// The pool's channels for idle kept connections (see `parking`).
     pub parking: Option<Parking<'a>>,
     /// The master's eventfd, rung when this worker gets busy while the master sleeps.
-    pub doorbell: Option<RawFd>,
+    pub doorbell: Option<BorrowedFd<'a>>,
     /// The master's pid: once `getppid()` says otherwise, the master is gone.
     pub master_pid: i32,
     /// How long a worker whose master died may take to finish the request in hand
@@ -134,7 +134,7 @@ pub struct WorkerCtx<'a> {
     /// The request being read has been published in the slot.
     request_begun: bool,
     parking: Option<Parking<'a>>,
-    doorbell: Option<RawFd>,
+    doorbell: Option<BorrowedFd<'a>>,
     /// Connection buffers kept between connections.
     buffers: ConnBuffers,
     master_pid: i32,
@@ -206,9 +206,6 @@ impl WorkerCtx<'_> {
         if self.scoreboard.take_doorbell()
             && let Some(fd) = self.doorbell
         {
-            // SAFETY: the master keeps its eventfd open for the worker's lifetime (after a
-            // reload the worker keeps its own copy); the borrow ends with the call.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             // Non-blocking; a full counter already means "wake up".
             let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
         }
@@ -264,8 +261,8 @@ fn exit(code: i32) -> ! {
 }
 
 /// Run the worker. Called in the child right after fork, with all signals blocked.
-pub fn run(spec: WorkerSpec<'_>) -> ! {
-    let signals = setup::set_up(&spec);
+pub fn run(mut spec: WorkerSpec<'_>) -> ! {
+    let signals = setup::set_up(&mut spec);
     let listener = spec.listener;
     let mut ctx = WorkerCtx::new(spec, signals);
     let code = accept::accept_loop(&mut ctx, listener);
@@ -295,8 +292,8 @@ impl<'a> WorkerCtx<'a> {
             quit: false,
             access_log: spec
                 .access_log_fd
-                .and_then(|fd| AccessLog::for_pool(spec.pool, fd)),
-            slowlog_fd: spec.slowlog_fd,
+                .and_then(|fd| AccessLog::for_pool(spec.pool, fd.as_raw_fd())),
+            slowlog_fd: spec.slowlog_fd.map(|fd| fd.as_raw_fd()),
             last_usage: None,
             status_source: spec.status_source,
             status_only: spec.status_only,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 /// Turn the forked copy of the master into `spec`'s worker; exits when it cannot be one.
 /// Called first thing in the child, with all signals blocked.
-pub(super) fn set_up(spec: &WorkerSpec<'_>) -> WorkerSignals {
+pub(super) fn set_up(spec: &mut WorkerSpec<'_>) -> WorkerSignals {
     // The master stores the pid too, once fork returns there; doing it here as well means
     // anyone who can see this process also finds it on the status page.
     if let Some(slot) = spec.scoreboard.slot(spec.slot_index) {
@@ -23,7 +23,7 @@ pub(super) fn set_up(spec: &WorkerSpec<'_>) -> WorkerSignals {
         }
     };
     close_inherited_fds(&fds_to_keep(spec, &signals));
-    set_up_stdio(spec.output_pipes);
+    set_up_stdio(spec.output_pipes.take());
     set_process_name(&spec.pool.name);
     crate::proctitle::set(&crate::proctitle::worker(
         spec.proctitle_prefix,
@@ -45,15 +45,15 @@ fn fds_to_keep(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Vec<RawFd> {
         spec.status_source.listener.as_raw_fd(),
         signals.fd().as_raw_fd(),
     ];
-    keep.extend(spec.access_log_fd);
-    keep.extend(spec.slowlog_fd);
-    if let Some((out, err)) = spec.output_pipes {
-        keep.extend([out, err]);
+    keep.extend(spec.access_log_fd.map(|fd| fd.as_raw_fd()));
+    keep.extend(spec.slowlog_fd.map(|fd| fd.as_raw_fd()));
+    if let Some((out, err)) = &spec.output_pipes {
+        keep.extend([out.as_raw_fd(), err.as_raw_fd()]);
     }
     if let Some(parking) = spec.parking {
         keep.extend([parking.park.as_raw_fd(), parking.handoff.as_raw_fd()]);
     }
-    keep.extend(spec.doorbell);
+    keep.extend(spec.doorbell.map(|fd| fd.as_raw_fd()));
     keep
 }
 
@@ -134,7 +134,7 @@ fn ranges_to_close(keep: &[RawFd]) -> Vec<(u32, u32)> {
 /// the error log — unless `catch_workers_output` hands both to the master, which logs what
 /// arrives there with the pool and pid; our own log lines then keep going straight to the
 /// error log through a copy of the old stderr.
-fn set_up_stdio(pipes: Option<(RawFd, RawFd)>) {
+fn set_up_stdio(pipes: Option<(OwnedFd, OwnedFd)>) {
     let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -153,9 +153,8 @@ fn set_up_stdio(pipes: Option<(RawFd, RawFd)>) {
             if let Ok(copy) = nix::fcntl::fcntl(stderr, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
                 crate::logging::set_fd(copy);
             }
-            // SAFETY: the master created these pipe ends for this worker and keeps its
-            // own copies closed; after dup2 the originals are not needed.
-            let (out, err) = unsafe { (OwnedFd::from_raw_fd(out), OwnedFd::from_raw_fd(err)) };
+            // The originals close when they go out of scope: after dup2 they are not
+            // needed.
             let _ = nix::unistd::dup2_stdout(&out);
             let _ = nix::unistd::dup2_stderr(&err);
         }
