@@ -383,3 +383,106 @@ fn a_scrape_waits_once_for_stalled_slots_not_once_per_slot() {
         "a scrape of {SLOTS} stalled slots took {stalled:?} (settled: {settled:?})"
     );
 }
+
+/// Set `pid`'s soft limit on open files; returns the limits it had.
+fn set_soft_nofile(pid: i32, soft: u64) -> (u64, u64) {
+    let mut old = nix::libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain system call on two valid rlimit structs (one read, one written).
+    let rc = unsafe {
+        let mut current = std::mem::zeroed::<nix::libc::rlimit>();
+        if nix::libc::prlimit(
+            pid,
+            nix::libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut current,
+        ) != 0
+        {
+            -1
+        } else {
+            old = current;
+            let new = nix::libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: current.rlim_max,
+            };
+            nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, &new, std::ptr::null_mut())
+        }
+    };
+    assert_eq!(rc, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    (old.rlim_cur, old.rlim_max)
+}
+
+/// The lowest descriptor number free in `pid`.
+fn first_free_fd(pid: i32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the master's fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
+}
+
+/// CPU time `pid` has used, in clock ticks (user + system).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+/// Out of descriptors, the endpoint cannot accept: the master must not spin on the
+/// still-readable listener (it retries with a growing pause, logging once), and once
+/// descriptors are free again the waiting scraper is answered.
+#[test]
+fn out_of_descriptors_the_endpoint_backs_off_and_answers_once_they_free_up() {
+    let (fpm, metrics) = two_pools("");
+    // A scrape first, so that whatever the endpoint opens once is open already.
+    assert!(get(&metrics, "/metrics").starts_with("HTTP/1.1 200"));
+    let master = fpm.pid();
+    let (soft, _) = set_soft_nofile(master, first_free_fd(master));
+    // Sent into the backlog: the master sees the listener readable and cannot accept.
+    let mut scraper = TcpStream::connect(&metrics).expect("connect");
+    scraper
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    fpm.wait_for_log("metrics.listen: accept failed", Duration::from_secs(5));
+    // Several retries (10, 20, 40 ... ms apart): each one a sleep the master wakes from.
+    // A master that spins sleeps no more, but burns CPU: stop waiting then as well.
+    let cpu = cpu_ticks(master);
+    let woken = common::voluntary_context_switches(master);
+    wait_until(
+        "the master retries six times, or spins",
+        Duration::from_secs(10),
+        || common::voluntary_context_switches(master) >= woken + 6 || cpu_ticks(master) >= cpu + 50,
+    );
+    let spent = cpu_ticks(master) - cpu;
+    assert!(
+        spent < 20,
+        "the master spun: {spent} clock ticks of CPU while it could not accept"
+    );
+    let log = fpm.log_text();
+    assert_eq!(
+        log.matches("metrics.listen: accept failed").count(),
+        1,
+        "not logged once per episode:\n{log}"
+    );
+    set_soft_nofile(master, soft);
+    scraper
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = String::new();
+    scraper
+        .read_to_string(&mut answer)
+        .expect("the waiting scraper is answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    fpm.wait_for_log(
+        "metrics.listen: accepting again after",
+        Duration::from_secs(5),
+    );
+}
