@@ -5,7 +5,8 @@
 //! re-executes itself; `main` reads and removes it once, before anything else looks at
 //! the environment (so neither workers nor CGI children ever see it), and passes it to the
 //! master. Descriptors travel as numbers: the old image clears their close-on-exec flag,
-//! and the new one checks each is what it claims to be before it owns it (see
+//! and the new one first keeps only those that are what their entry claims
+//! ([`Handover::vetted`], asking `master::handed_over::probe`), then owns them (see
 //! `master::inherit` and `master::handed_over`).
 //!
 //! "Handover" is the one word for this in code and docs.
@@ -138,6 +139,115 @@ impl Handover {
     }
 }
 
+/// What a descriptor number named in the handover turns out to be in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    NotOpen,
+    /// Open with close-on-exec set: this image opened it (its error log, say); the old
+    /// image cleared the flag on everything it handed over.
+    OpenedHere,
+    /// A listening socket, with the key of its address when it has one.
+    Listening(Option<String>),
+    /// A sequenced-packet socket: a parking channel's end.
+    SeqPacket,
+    /// A connected stream socket: a parked connection.
+    Connected,
+    /// A memory file: a scoreboard's memfd.
+    Memfd,
+    /// Anything else (a regular file, a pipe, another kind of socket).
+    Other(String),
+}
+
+/// What each kind of entry must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role<'a> {
+    Listener(&'a str),
+    Channel,
+    Parked,
+    Scoreboard,
+}
+
+impl Role<'_> {
+    fn accepts(self, found: &Found) -> bool {
+        match (self, found) {
+            (Role::Listener(key), Found::Listening(Some(k))) => k == key,
+            (Role::Channel, Found::SeqPacket)
+            | (Role::Parked, Found::Connected)
+            | (Role::Scoreboard, Found::Memfd) => true,
+            _ => false,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Role::Listener(key) => format!("listening socket \"{key}\""),
+            Role::Channel => "parking channel".to_string(),
+            Role::Parked => "parked connection".to_string(),
+            Role::Scoreboard => "scoreboard".to_string(),
+        }
+    }
+}
+
+impl Handover {
+    /// Keep only the descriptors that are what the handover says they are: above 2,
+    /// named once, handed across the exec (not opened by this image), and of the kind
+    /// their entry needs. A descriptor owned on a wrong word would be closed under
+    /// whatever really holds that number. Returns the kept value and one error line per
+    /// refused entry; what is refused is never used (nor closed).
+    pub fn vetted(mut self, probe: impl Fn(RawFd) -> Found) -> (Handover, Vec<String>) {
+        let mut named = std::collections::HashMap::<RawFd, usize>::new();
+        for fd in self.fds() {
+            *named.entry(fd).or_default() += 1;
+        }
+        let mut errors = Vec::new();
+        let mut check = |fd: RawFd, role: Role<'_>, pool: Option<&str>| {
+            let what = match pool {
+                Some(pool) => format!("{} of pool {pool}", role.describe()),
+                None => role.describe(),
+            };
+            let why = if fd <= 2 {
+                "a standard descriptor".to_string()
+            } else if named.get(&fd).copied().unwrap_or(0) > 1 {
+                "named more than once".to_string()
+            } else {
+                match probe(fd) {
+                    found if role.accepts(&found) => return true,
+                    Found::NotOpen => "not open".to_string(),
+                    Found::OpenedHere => "not handed over (close-on-exec is set)".to_string(),
+                    Found::Listening(key) => format!(
+                        "a listening socket on {}",
+                        key.as_deref().unwrap_or("an unnamed address")
+                    ),
+                    Found::SeqPacket => "a parking channel".to_string(),
+                    Found::Connected => "a connected socket".to_string(),
+                    Found::Memfd => "a memory file".to_string(),
+                    Found::Other(kind) => kind,
+                }
+            };
+            errors.push(format!(
+                "reload handover: fd {fd}, named as the {what}, is {why}; not taken"
+            ));
+            false
+        };
+        self.listeners
+            .retain(|l| check(l.fd, Role::Listener(&l.key), None));
+        self.channels.retain(|c| {
+            // Every end checked (each refusal said), the pair taken only whole.
+            let verdicts: Vec<bool> = c
+                .fds
+                .iter()
+                .map(|&fd| check(fd, Role::Channel, Some(&c.pool)))
+                .collect();
+            verdicts.iter().all(|&ok| ok)
+        });
+        self.parked
+            .retain(|p| check(p.fd, Role::Parked, Some(&p.pool)));
+        self.scoreboards
+            .retain(|s| check(s.fd, Role::Scoreboard, Some(&s.pool)));
+        (self, errors)
+    }
+}
+
 /// Descriptors cross the exec only with close-on-exec cleared; the new image sets it
 /// again on those it takes.
 pub fn set_cloexec(fd: RawFd, on: bool) {
@@ -211,6 +321,87 @@ mod tests {
         assert!(older.listeners.is_empty());
         let newer = Handover::from_json("{\"old_workers\":[7],\"from_the_future\":[1]}").unwrap();
         assert_eq!(newer, older);
+    }
+
+    /// The sample's descriptors, each what its entry says.
+    fn as_sample_says(fd: RawFd) -> Found {
+        match fd {
+            5 => Found::Listening(Some("/run/www.sock".into())),
+            6 => Found::Listening(Some("127.0.0.1:9000".into())),
+            7 | 8 => Found::SeqPacket,
+            11 => Found::Connected,
+            12 => Found::Memfd,
+            _ => Found::NotOpen,
+        }
+    }
+
+    #[test]
+    fn descriptors_that_are_what_they_say_are_all_kept() {
+        let (kept, errors) = sample().vetted(as_sample_says);
+        assert_eq!(kept, sample());
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn a_descriptor_of_the_wrong_kind_or_not_handed_over_is_refused_and_said() {
+        let probe = |fd| match fd {
+            // The listener's number holds a socket on another address.
+            5 => Found::Listening(Some("/run/other.sock".into())),
+            // One channel end was opened by this image.
+            8 => Found::OpenedHere,
+            // The parked connection's number is a listening socket.
+            11 => Found::Listening(None),
+            // The scoreboard's number is a log file.
+            12 => Found::Other("the file /var/log/cgi-fpm.log".into()),
+            fd => as_sample_says(fd),
+        };
+        let (kept, errors) = sample().vetted(probe);
+        assert_eq!(kept.listeners.iter().map(|l| l.fd).collect::<Vec<_>>(), [6]);
+        assert!(
+            kept.channels.is_empty(),
+            "a pair is taken whole or not at all"
+        );
+        assert!(kept.parked.is_empty() && kept.scoreboards.is_empty());
+        assert_eq!(
+            kept.old_workers,
+            sample().old_workers,
+            "pids are not descriptors"
+        );
+        assert_eq!(
+            errors,
+            [
+                "reload handover: fd 5, named as the listening socket \"/run/www.sock\", is a listening socket on /run/other.sock; not taken",
+                "reload handover: fd 8, named as the parking channel of pool two words, \"quoted\", is not handed over (close-on-exec is set); not taken",
+                "reload handover: fd 11, named as the parked connection of pool www, is a listening socket on an unnamed address; not taken",
+                "reload handover: fd 12, named as the scoreboard of pool www, is the file /var/log/cgi-fpm.log; not taken",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_number_named_twice_or_a_standard_one_is_never_taken() {
+        let mut handover = sample();
+        // The parked connection's number named again as a scoreboard.
+        handover.scoreboards[0].fd = 11;
+        handover.listeners[0].fd = 2;
+        let probed = std::cell::RefCell::new(Vec::new());
+        let (kept, errors) = handover.vetted(|fd| {
+            probed.borrow_mut().push(fd);
+            as_sample_says(fd)
+        });
+        assert!(kept.parked.is_empty() && kept.scoreboards.is_empty());
+        assert_eq!(kept.listeners.len(), 1);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("fd 2,") && errors[0].contains("a standard descriptor"));
+        assert!(
+            errors[1..]
+                .iter()
+                .all(|e| e.contains("fd 11,") && e.contains("named more than once"))
+        );
+        assert!(
+            !probed.borrow().iter().any(|&fd| fd == 2 || fd == 11),
+            "refused numbers are not even looked at: {probed:?}"
+        );
     }
 
     #[test]

@@ -756,3 +756,90 @@ fn wait_for_busy_worker(fpm: &Fpm) -> i64 {
     });
     busy
 }
+
+/// The handover names descriptors by number. A number that is not open, that this image
+/// opened itself, or that holds something other than its entry says must be refused with
+/// a line saying so, and never owned: owning the number of, say, the master's own log
+/// file closed it under its owner, and the master aborted on exit ("IO Safety violation").
+#[test]
+fn a_handover_naming_descriptors_that_are_not_what_it_says_is_refused_line_by_line() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir");
+    let error_log = dir.path().join("error.log");
+    let address = dir.path().join("www.sock").display().to_string();
+    let config = format!(
+        "[global]\nerror_log = {}\n\n{}",
+        error_log.display(),
+        common::pool_section("www", dir.path(), 1, "")
+    );
+    // Two descriptors really handed across the exec, each of the wrong kind for its entry.
+    let (pipe_read, _pipe_write) = nix::unistd::pipe().expect("pipe");
+    let notes = tempfile::tempfile().expect("a regular file");
+    let (pipe_fd, file_fd) = (pipe_read.as_raw_fd(), notes.as_raw_fd());
+    // Every low number, whatever this image holds there, named as a scoreboard.
+    let scoreboards: Vec<String> = (3..=12)
+        .map(|fd| format!("{{\"pool\":\"www\",\"fd\":{fd}}}"))
+        .collect();
+    let handover = format!(
+        "{{\"scoreboards\":[{}],\"parked\":[{{\"pool\":\"www\",\"fd\":60}}],\
+         \"listeners\":[{{\"key\":\"{address}\",\"fd\":61}}]}}",
+        scoreboards.join(",")
+    );
+    let mut fpm = Fpm::spawn_with_command(dir, &config, &address, &[], |command| {
+        command.env("CGI_FPM_HANDOVER", &handover);
+        // SAFETY: dup2 is async-signal-safe; the copies it makes at 60 and 61 have
+        // close-on-exec cleared, as a reload's handed-over descriptors do.
+        unsafe {
+            command.pre_exec(move || {
+                for (from, to) in [(pipe_fd, 60), (file_fd, 61)] {
+                    if nix::libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    });
+    fpm.wait_ready();
+    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+    for fd in 3..=12 {
+        assert!(
+            log.contains(&format!(
+                "ERROR: reload handover: fd {fd}, named as the scoreboard of pool www, is "
+            )),
+            "no refusal of fd {fd}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(
+            "ERROR: reload handover: fd 60, named as the parked connection of pool www, is not a socket nor a memory file"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "ERROR: reload handover: fd 61, named as the listening socket \"{address}\", is the file"
+        )),
+        "{log}"
+    );
+    // Refused is left alone: neither owned nor closed.
+    for fd in [60, 61] {
+        assert!(
+            std::fs::read_link(format!("/proc/{}/fd/{fd}", fpm.pid())).is_ok(),
+            "fd {fd} was closed"
+        );
+    }
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200);
+    fpm.signal(Signal::SIGTERM);
+    let code = fpm.wait_exit(Duration::from_secs(10));
+    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+    assert_eq!(
+        code,
+        Some(0),
+        "the master did not stop cleanly; log:\n{log}\n{}",
+        fpm.log_text()
+    );
+}

@@ -1,4 +1,5 @@
-//! The parking part of the reload handover, taken by the new image.
+//! The parking part of the reload handover, taken by the new image; and the probe that
+//! tells what any handed-over number really holds.
 //!
 //! Without it, the exec closed every parked connection at once. nginx had maybe just
 //! written a request on one of them; it then got a reset, retried a GET on its next cached
@@ -8,7 +9,7 @@
 //! connections parked at that moment (a request sent on one meanwhile waits in its
 //! socket until the new image hands it out).
 
-use crate::handover::{Parked, PoolChannels, set_cloexec};
+use crate::handover::{Found, Parked, PoolChannels, set_cloexec};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -71,6 +72,54 @@ pub fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOver {
     taken
 }
 
+/// What `fd` is in this process, asked of the kernel (`/proc` only to tell a memfd from
+/// another file, where it can be read).
+pub fn probe(fd: RawFd) -> Found {
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
+    use nix::sys::stat::SFlag;
+    let flags = match nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this call; a number that is not open fails it.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    ) {
+        Ok(flags) => flags,
+        Err(_) => return Found::NotOpen,
+    };
+    if nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC) {
+        return Found::OpenedHere;
+    }
+    // SAFETY: as above, borrowed for the calls below only; the number is open.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let Ok(stat) = nix::sys::stat::fstat(borrowed) else {
+        return Found::NotOpen;
+    };
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFREG {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+        return match link {
+            Ok(path) if !path.to_string_lossy().starts_with("/memfd:") => {
+                Found::Other(format!("the file {}", path.display()))
+            }
+            _ => Found::Memfd,
+        };
+    }
+    if kind != SFlag::S_IFSOCK {
+        return Found::Other(format!(
+            "not a socket nor a memory file (mode {:o})",
+            stat.st_mode
+        ));
+    }
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => Found::SeqPacket,
+        Ok(SockType::Stream) if getsockopt(&borrowed, sockopt::AcceptConn) == Ok(true) => {
+            Found::Listening(super::inherit::socket_key(fd))
+        }
+        Ok(SockType::Stream) => Found::Connected,
+        Ok(other) => Found::Other(format!("a socket of type {other:?}")),
+        Err(e) => Found::Other(format!("a socket that cannot be asked its type ({e})")),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum SocketKind {
     Channel,
@@ -115,6 +164,37 @@ mod tests {
         let taken = take(Vec::new(), vec![parked(fd), parked(fd)]);
         assert!(taken.parked.is_empty(), "named twice: not taken");
         assert!(is_socket_of(fd, SocketKind::Connection), "still open");
+    }
+
+    #[test]
+    fn the_probe_tells_what_a_number_holds_and_whether_it_crossed_the_exec() {
+        let handed = |fd: &dyn AsRawFd| {
+            set_cloexec(fd.as_raw_fd(), false);
+            probe(fd.as_raw_fd())
+        };
+        let board = crate::scoreboard::Scoreboard::new(1).unwrap();
+        let memfd = board.fd().expect("a memfd");
+        set_cloexec(memfd, false);
+        assert_eq!(probe(memfd), Found::Memfd);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(
+            handed(&listener),
+            Found::Listening(Some(path.display().to_string()))
+        );
+        let (a, _b) = crate::parking::channel().unwrap();
+        assert_eq!(handed(&a), Found::SeqPacket);
+        let (conn, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(handed(&conn), Found::Connected);
+        let file = tempfile::tempfile().unwrap();
+        assert!(matches!(handed(&file), Found::Other(what) if what.starts_with("the file")));
+        let (pipe, _) = nix::unistd::pipe().unwrap();
+        assert!(matches!(handed(&pipe), Found::Other(_)));
+        // Opened here, close-on-exec set as Rust sets it: not handed over.
+        let mine = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(probe(mine.as_raw_fd()), Found::OpenedHere);
+        assert_eq!(probe(mine.as_raw_fd() + 1000), Found::NotOpen);
     }
 
     #[test]

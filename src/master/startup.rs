@@ -27,7 +27,13 @@ impl Master {
         if options.privileges.len() != config.pools.len() {
             return Err("worker privileges were not prepared for every pool".to_string());
         }
-        let handover = options.handover.unwrap_or_default();
+        // A descriptor taken on a wrong word would be owned twice (and closed under
+        // whatever really holds its number): only what checks out is used.
+        let (handover, refused) = options
+            .handover
+            .unwrap_or_default()
+            .vetted(handed_over::probe);
+        refused.iter().for_each(|e| log::error!("{e}"));
         let mut inherited = inherit::Inherited::collect(handover.listeners);
         let mut pools = open_pools(&config, &mut inherited)?;
         let endpoint = open_endpoint(&config, &mut inherited)?;
