@@ -20,24 +20,24 @@ struct Pipe {
 }
 
 #[derive(Default)]
-pub struct Capture {
+pub(super) struct Capture {
     pipes: HashMap<Token, Pipe>,
     next: usize,
 }
 
 /// The worker's ends of its two pipes, to hand over at fork.
-pub struct WorkerEnds {
+pub(super) struct WorkerEnds {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
 }
 
 /// Our ends, to register once the worker's pid is known.
-pub struct MasterEnds {
+pub(super) struct MasterEnds {
     stdout: OwnedFd,
     stderr: OwnedFd,
 }
 
-pub fn pipes() -> Result<(MasterEnds, WorkerEnds), Errno> {
+pub(super) fn pipes() -> Result<(MasterEnds, WorkerEnds), Errno> {
     let flags = nix::fcntl::OFlag::O_CLOEXEC;
     let (out_r, out_w) = nix::unistd::pipe2(flags | nix::fcntl::OFlag::O_NONBLOCK)?;
     let (err_r, err_w) = nix::unistd::pipe2(flags | nix::fcntl::OFlag::O_NONBLOCK)?;
@@ -66,11 +66,11 @@ pub fn pipes() -> Result<(MasterEnds, WorkerEnds), Errno> {
 }
 
 impl Capture {
-    pub fn is_capture(token: Token) -> bool {
+    pub(super) fn is_capture(token: Token) -> bool {
         CAPTURE_TOKENS.contains(&token.0)
     }
 
-    pub fn add(
+    pub(super) fn add(
         &mut self,
         registry: &Registry,
         ends: MasterEnds,
@@ -103,7 +103,7 @@ impl Capture {
 
     /// Read what a pipe holds and log its complete lines; at end of stream, log the rest
     /// and forget the pipe.
-    pub fn on_readable(&mut self, registry: &Registry, token: Token) {
+    pub(super) fn on_readable(&mut self, registry: &Registry, token: Token) {
         let Some(pipe) = self.pipes.get_mut(&token) else {
             return;
         };

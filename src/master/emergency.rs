@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const MAX_COOLDOWN: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emergency {
+pub(super) struct Emergency {
     threshold: u32,
     interval: Duration,
     crashes: VecDeque<SystemTime>,
@@ -23,7 +23,7 @@ pub struct Emergency {
 
 /// What a crash means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// Below the threshold (or the feature is off).
     Nothing,
     /// Reload now.
@@ -39,7 +39,7 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 impl Emergency {
-    pub fn new(threshold: u32, interval: Duration) -> Emergency {
+    pub(super) fn new(threshold: u32, interval: Duration) -> Emergency {
         Emergency {
             threshold,
             interval,
@@ -50,7 +50,7 @@ impl Emergency {
     }
 
     /// Continue from the state the previous image handed over.
-    pub fn resume(threshold: u32, interval: Duration, state: EmergencyState) -> Emergency {
+    pub(super) fn resume(threshold: u32, interval: Duration, state: EmergencyState) -> Emergency {
         let mut e = Emergency::new(threshold, interval);
         e.held_until =
             (state.held_until > 0).then(|| UNIX_EPOCH + Duration::from_secs(state.held_until));
@@ -59,7 +59,7 @@ impl Emergency {
     }
 
     /// The state to hand over to the next image.
-    pub fn handover(&self) -> EmergencyState {
+    pub(super) fn handover(&self) -> EmergencyState {
         EmergencyState {
             held_until: self.held_until.map(secs).unwrap_or(0),
             cooldown_secs: self.cooldown.as_secs(),
@@ -67,7 +67,7 @@ impl Emergency {
     }
 
     /// A worker died of SIGSEGV or SIGBUS at `now`.
-    pub fn record_crash(&mut self, now: SystemTime) -> Verdict {
+    pub(super) fn record_crash(&mut self, now: SystemTime) -> Verdict {
         if self.threshold == 0 || self.interval.is_zero() {
             return Verdict::Nothing;
         }

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The parking descriptors the new image took, owned now, by pool name.
 #[derive(Debug, Default)]
-pub struct HandedOver {
+pub(super) struct HandedOver {
     pub channels: Vec<(String, [OwnedFd; 2])>,
     pub parked: Vec<(String, OwnedFd)>,
 }
@@ -28,7 +28,7 @@ fn takeable(fd: RawFd) -> bool {
 /// Take the parking descriptors of the handover. Only descriptors of the expected kind
 /// are taken: channel ends are sequenced-packet sockets, parked connections are connected
 /// stream sockets; a number named twice makes the whole lot suspect, so none is taken.
-pub fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOver {
+pub(super) fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOver {
     let mut taken = HandedOver::default();
     let mut seen = std::collections::HashSet::new();
     let all = channels

@@ -8,25 +8,25 @@ use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(super) enum Origin {
     Systemd,
     Handover,
 }
 
 #[derive(Debug)]
-pub struct InheritedSocket {
+pub(super) struct InheritedSocket {
     pub key: String,
     pub fd: OwnedFd,
     pub origin: Origin,
 }
 
 #[derive(Debug, Default)]
-pub struct Inherited {
+pub(super) struct Inherited {
     sockets: Vec<InheritedSocket>,
 }
 
 /// The key an address is known by: the socket path, or `ip:port` as Rust prints it.
-pub fn address_keys(address: &ListenAddress) -> Vec<String> {
+pub(super) fn address_keys(address: &ListenAddress) -> Vec<String> {
     match address {
         ListenAddress::Unix(path) => vec![path.display().to_string()],
         ListenAddress::Tcp(addr) => vec![addr.to_string()],
@@ -36,7 +36,7 @@ pub fn address_keys(address: &ListenAddress) -> Vec<String> {
 }
 
 /// The key of a bound socket, from the kernel.
-pub fn socket_key(fd: RawFd) -> Option<String> {
+pub(super) fn socket_key(fd: RawFd) -> Option<String> {
     let addr: SockaddrStorage = getsockname(fd).ok()?;
     if let Some(unix) = addr.as_unix_addr() {
         return unix.path().map(|p| p.display().to_string());
@@ -67,7 +67,7 @@ impl Inherited {
     /// Collect what systemd's environment and the reload handover hand us, and remove
     /// systemd's variables so that neither CGI children nor a later image see stale
     /// descriptors.
-    pub fn collect(handed_over: Vec<crate::handover::Listener>) -> Inherited {
+    pub(super) fn collect(handed_over: Vec<crate::handover::Listener>) -> Inherited {
         let mut sockets = Vec::new();
         if let Ok(fds) = sd_notify::listen_fds() {
             for raw in fds {
@@ -113,7 +113,7 @@ impl Inherited {
     }
 
     /// The inherited socket for `address`, if there is one.
-    pub fn take(&mut self, address: &ListenAddress) -> Option<InheritedSocket> {
+    pub(super) fn take(&mut self, address: &ListenAddress) -> Option<InheritedSocket> {
         let keys = address_keys(address);
         let i = self.sockets.iter().position(|s| keys.contains(&s.key))?;
         let socket = self.sockets.swap_remove(i);
@@ -127,7 +127,7 @@ impl Inherited {
 
     /// Close what no pool claimed. A unix socket file of ours (handed over by a reload) is
     /// removed with it; systemd's stay, they are systemd's to manage.
-    pub fn close_unused(self) {
+    pub(super) fn close_unused(self) {
         for s in self.sockets {
             log::info!(
                 "closing inherited socket \"{}\": no pool listens there any more",

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 #[derive(Debug, Default)]
-pub struct PoolLogs {
+pub(super) struct PoolLogs {
     pub access: Option<File>,
     pub slow: Option<File>,
 }
@@ -23,7 +23,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl PoolLogs {
-    pub fn open(pool: &PoolConfig) -> Result<PoolLogs, String> {
+    pub(super) fn open(pool: &PoolConfig) -> Result<PoolLogs, String> {
         let access = match &pool.access_log {
             Some(path) => Some(open_append(path).map_err(|e| {
                 format!(
@@ -47,11 +47,11 @@ impl PoolLogs {
         Ok(PoolLogs { access, slow })
     }
 
-    pub fn access_fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(super) fn access_fd(&self) -> Option<BorrowedFd<'_>> {
         self.access.as_ref().map(AsFd::as_fd)
     }
 
-    pub fn slow_fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(super) fn slow_fd(&self) -> Option<BorrowedFd<'_>> {
         self.slow.as_ref().map(AsFd::as_fd)
     }
 }

@@ -131,7 +131,7 @@ enum State {
     },
 }
 
-pub struct Master {
+struct Master {
     config: Config,
     pools: Vec<Pool>,
     children: HashMap<Pid, Child>,

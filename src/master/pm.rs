@@ -15,13 +15,13 @@ use std::time::Duration;
 
 /// A dynamic pool stops an excess idle worker only once it has been idle this long, so a
 /// worker that just finished a request in a busy moment is not stopped and re-forked.
-pub const MIN_IDLE_BEFORE_STOP: Duration = Duration::from_secs(1);
+pub(super) const MIN_IDLE_BEFORE_STOP: Duration = Duration::from_secs(1);
 /// php-fpm logs "seems busy" once the spawn rate has doubled up to this.
 const BUSY_SPAWN_RATE: u32 = 8;
 
 /// The settings the decisions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
+pub(super) struct Settings {
     pub pm: ProcessManager,
     pub max_children: u32,
     pub start_servers: u32,
@@ -47,7 +47,7 @@ impl From<&PoolConfig> for Settings {
 
 /// An idle worker the manager may stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdleWorker {
+pub(super) struct IdleWorker {
     /// Its scoreboard slot, which names it in a decision.
     pub slot: usize,
     /// How long it has been idle.
@@ -56,7 +56,7 @@ pub struct IdleWorker {
 
 /// A pool's figures at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Figures<'a> {
+pub(super) struct Figures<'a> {
     /// Live workers, not counting those already told to stop.
     pub total: u32,
     /// Workers told to stop that have not exited yet (they still hold a slot).
@@ -87,7 +87,7 @@ impl Figures<'_> {
 
 /// Why the manager is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(super) enum Trigger {
     /// The master has just started.
     Start,
     /// The one-second maintenance tick.
@@ -100,7 +100,7 @@ pub enum Trigger {
 
 /// What a pool manager remembers between decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PmState {
+pub(super) struct PmState {
     /// dynamic: workers started per tick while spares are short; doubles up to
     /// `pm.max_spawn_rate`.
     spawn_rate: u32,
@@ -122,7 +122,7 @@ impl Default for PmState {
 
 /// What to do now.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(super) struct Decision {
     /// Workers to start.
     pub spawn: u32,
     /// Idle workers to stop (gracefully), by slot.
@@ -134,7 +134,7 @@ pub struct Decision {
 }
 
 /// Decide for one pool.
-pub fn decide(
+pub(super) fn decide(
     settings: &Settings,
     state: &mut PmState,
     figures: &Figures<'_>,
@@ -274,7 +274,7 @@ fn decide_ondemand(
 ///   `pm.max_spare_servers`, when the longest idle one may be stopped.
 /// - ondemand: when the first idle worker passes `pm.process_idle_timeout`.
 /// - static, and any pool within its bounds with every worker idle: never.
-pub fn tick_due(settings: &Settings, figures: &Figures<'_>) -> Option<Duration> {
+pub(super) fn tick_due(settings: &Settings, figures: &Figures<'_>) -> Option<Duration> {
     let idle = figures.idle_count();
     if figures.total > idle || figures.queued.unwrap_or(0) > 0 {
         return Some(Duration::ZERO);
