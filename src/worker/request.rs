@@ -5,8 +5,9 @@ use super::WorkerCtx;
 use super::conn::Conn;
 use super::pump::{Outcome, Pump, Summary};
 use crate::accesslog::Entry;
+use crate::cgi::env::encode_app_params;
 use crate::cgi::proxy_path::script_path;
-use crate::cgi::{CgiChild, EnvPolicy, ScriptRequest, build_env, resolve, spawn};
+use crate::cgi::{CgiChild, ScriptRequest, build_env, resolve, spawn};
 use crate::config::Interpreter;
 use crate::fastcgi::{Request, Session};
 use crate::scoreboard::{WorkerState, now_us};
@@ -194,10 +195,11 @@ fn prepare(request: &Request, ctx: &WorkerCtx<'_>) -> Result<Prepared, (u16, Str
     if let Some(app) = ctx.pool.fastcgi_app_for(&script.script_filename) {
         // What cgi-fpm decided about the script (SCRIPT_FILENAME, PATH_INFO) with the
         // request's params; the pool's env[] is the app's environment instead.
-        let env = build_env(params, &EnvPolicy::default(), &script);
+        let mut encoded = Vec::with_capacity(params.encoded().len() + 128);
+        encode_app_params(params, &script, &mut encoded);
         return Ok(Prepared::Resident {
             command: app.clone(),
-            params: super::resident::encode_params(&env),
+            params: encoded,
         });
     }
     let env = build_env(params, &ctx.env_policy, &script);
