@@ -129,16 +129,25 @@ impl App {
 
     /// Whether the app can take a request now: it has not exited and its connection has
     /// neither been closed nor carries anything unasked for. Checked before every request,
-    /// so that an app that ended between requests costs none.
+    /// so that an app that ended between requests costs none: one poll over the
+    /// connection and the pidfd (waitpid only without a pidfd, or once it has exited).
     pub fn is_usable(&mut self) -> bool {
-        if self.exit_status().is_some() {
+        if self.exited.is_some() {
             return false;
         }
+        use crate::worker::poll::{IN, PollSet, READABLE};
+        let mut set = PollSet::default();
         // Nothing is asked of the app between requests, so anything readable (a close,
         // a reset, stray bytes) means the connection is not fit for the next one.
-        let mut set = crate::worker::poll::PollSet::default();
-        let index = set.add(self.conn.as_fd(), crate::worker::poll::READABLE);
-        set.wait(Some(Duration::ZERO)).is_ok() && set.revents(index) == 0
+        let conn = set.add(self.conn.as_fd(), READABLE);
+        let exit = self.pidfd.as_ref().map(|fd| set.add(fd.as_fd(), IN));
+        if set.wait(Some(Duration::ZERO)).is_err() || set.revents(conn) != 0 {
+            return false;
+        }
+        match exit {
+            Some(index) => set.revents(index) == 0,
+            None => self.exit_status().is_none(),
+        }
     }
 
     /// Stop the app and everything it started, and reap it: TERM to its group, KILL

@@ -14,12 +14,9 @@ use super::pump::{Outcome, Summary};
 use crate::cgi::php;
 use crate::config::Interpreter;
 use crate::fastcgi::Session;
-use crate::fastcgi::params::write_pair;
 use app::{App, Launch};
-use nix::sys::wait::WaitStatus;
 use records::AppInput;
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -99,7 +96,7 @@ impl Resident {
             }
             let how = app
                 .exit_status()
-                .map(describe_exit)
+                .map(crate::wait_status::describe)
                 .unwrap_or_else(|| "closed its connection".into());
             let pid = app.pid;
             log::info!(
@@ -186,25 +183,6 @@ impl Resident {
             self.discard(ctx, true);
         }
     }
-}
-
-fn describe_exit(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
-        WaitStatus::Signaled(_, sig, _) => {
-            format!("was killed by signal {} ({})", sig as i32, sig.as_str())
-        }
-        other => format!("ended ({other:?})"),
-    }
-}
-
-/// The params as FastCGI name-value pairs.
-pub fn encode_params(env: &[(OsString, OsString)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in env {
-        write_pair(&mut out, name.as_bytes(), value.as_bytes());
-    }
-    out
 }
 
 /// The slot names the app that serves the request: as its CGI pid, which the master's

@@ -33,6 +33,44 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an app closed its connection, how long we wait to learn how it exited.
 const EXIT_WAIT: Duration = Duration::from_millis(200);
 
+/// Records for the app not yet written, and a copy of all of them for a replay.
+#[derive(Default)]
+struct ToApp {
+    out: Vec<u8>,
+    /// Bytes of `out` written.
+    pos: usize,
+    replay: Replay,
+}
+
+impl ToApp {
+    fn pending(&self) -> usize {
+        self.out.len() - self.pos
+    }
+
+    fn unwritten(&self) -> &[u8] {
+        &self.out[self.pos..]
+    }
+
+    /// Append records (and keep them for a replay).
+    fn queue(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.pos == self.out.len() {
+            self.out.clear();
+            self.pos = 0;
+        }
+        let before = self.out.len();
+        write(&mut self.out);
+        self.replay.record(&self.out[before..]);
+    }
+
+    /// Everything sent so far is to be sent again, to a fresh app.
+    fn rewind(&mut self) {
+        self.out.clear();
+        self.out
+            .extend_from_slice(self.replay.bytes().unwrap_or_default());
+        self.pos = 0;
+    }
+}
+
 pub struct Relay<'a> {
     conn: &'a mut Conn,
     session: &'a mut Session,
@@ -41,10 +79,7 @@ pub struct Relay<'a> {
     stderr_mode: StderrMode,
     script: String,
     request_line: String,
-    /// Records for the app not yet written, from `app_out_pos`.
-    app_out: Vec<u8>,
-    app_out_pos: usize,
-    replay: Replay,
+    to_app: ToApp,
     retried: bool,
     /// The app sent some record for the request: a replay could duplicate its effects.
     app_said: bool,
@@ -97,10 +132,8 @@ impl<'a> Relay<'a> {
         let pool = ctx.pool;
         let after = |d: Duration| (!d.is_zero()).then(|| started + d);
         let written_before = conn.bytes_written();
-        let mut app_out = Vec::with_capacity(encoded_params.len() + 64);
-        records::request_head(&mut app_out, encoded_params);
-        let mut replay = Replay::default();
-        replay.record(&app_out);
+        let mut to_app = ToApp::default();
+        to_app.queue(|out| records::request_head(out, encoded_params));
         Relay {
             conn,
             session,
@@ -109,9 +142,7 @@ impl<'a> Relay<'a> {
             stderr_mode: pool.cgi.stderr,
             script,
             request_line,
-            app_out,
-            app_out_pos: 0,
-            replay,
+            to_app,
             retried: false,
             app_said: false,
             app_done: false,
@@ -196,11 +227,10 @@ impl<'a> Relay<'a> {
                 );
                 self.end_queued = true;
             }
-            if self.end_queued {
-                self.flush();
-                if !self.conn.has_output() && !self.broken && self.app_done {
-                    break;
-                }
+            // The response's last bytes, its end and END_REQUEST go out in one write.
+            self.flush();
+            if self.end_queued && !self.conn.has_output() && !self.broken && self.app_done {
+                break;
             }
             if self.response_done && !self.stdin_settled() {
                 let deadline = *self
@@ -367,31 +397,14 @@ impl<'a> Relay<'a> {
         .min()
     }
 
-    fn app_out_pending(&self) -> usize {
-        self.app_out.len() - self.app_out_pos
-    }
-
-    fn queue_for_app(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.app_out_pos == self.app_out.len() {
-            self.app_out.clear();
-            self.app_out_pos = 0;
-        }
-        let before = self.app_out.len();
-        write(&mut self.app_out);
-        self.replay.record(&self.app_out[before..]);
-    }
-
     fn wait_and_handle(&mut self, ctx: &mut WorkerCtx<'_>) -> Result<(), Errno> {
         if self.decode_web(ctx) {
             return Ok(());
         }
-        let timeout = self
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let app_out_pending = self.app_out_pending();
+        let deadline = self.next_deadline();
+        let app_out_pending = self.to_app.pending();
         let set = &mut self.poll_set;
         set.clear();
-        let signals = set.add(ctx.signals.fd(), poll::IN);
         let mut conn_events = 0;
         if !self.broken {
             if !self.conn.eof && app_out_pending < APP_OUT_HIGH_WATER {
@@ -424,18 +437,12 @@ impl<'a> Relay<'a> {
             .as_ref()
             .and_then(SlowRecord::fd)
             .map(|fd| set.add(fd, poll::IN));
-        set.wait(timeout)?;
-        if self.poll_set.revents(signals) != 0 {
-            match ctx.signals.take() {
-                Some(SignalRequest::Terminate) => self.terminate = true,
-                // As for CGI children: an orphaned worker stops accepting at once and
-                // gives the request in hand its grace.
-                Some(SignalRequest::Quit) => {
-                    ctx.on_quit();
-                    self.orphan_deadline = ctx.orphan_deadline;
-                }
-                None => {}
-            }
+        match ctx.wait(&mut self.poll_set, deadline)? {
+            Some(SignalRequest::Terminate) => self.terminate = true,
+            // As for CGI children: an orphaned worker stops accepting at once and gives
+            // the request in hand its grace.
+            Some(SignalRequest::Quit) => self.orphan_deadline = ctx.orphan_deadline,
+            None => {}
         }
         if let Some(index) = conn_index {
             let events = self.poll_set.revents(index);
@@ -461,7 +468,11 @@ impl<'a> Relay<'a> {
         {
             s.on_readable();
         }
-        self.flush();
+        // Once the app is done, the caller queues the end of the response and flushes
+        // everything at once: one write to the web server per response, not two.
+        if !self.app_done {
+            self.flush();
+        }
         Ok(())
     }
 
@@ -491,7 +502,7 @@ impl<'a> Relay<'a> {
             return;
         }
         self.forwarding = false;
-        self.queue_for_app(records::abort);
+        self.to_app.queue(records::abort);
         self.abort_deadline = Some(Instant::now() + ABORT_GRACE);
     }
 
@@ -499,21 +510,20 @@ impl<'a> Relay<'a> {
     /// any record meant something.
     fn decode_web(&mut self, ctx: &mut WorkerCtx<'_>) -> bool {
         let mut progressed = false;
-        while self.app_out_pending() < APP_OUT_HIGH_WATER && !self.broken && !self.aborted {
+        while self.to_app.pending() < APP_OUT_HIGH_WATER && !self.broken && !self.aborted {
             let event = self.conn.next_event(self.session);
             progressed |= !matches!(event, Ok(None));
             match event {
                 Ok(None) => break,
                 Ok(Some(Event::Stdin(data))) => {
                     if self.forwarding && !data.is_empty() {
-                        let data = data.to_vec();
-                        self.queue_for_app(|out| records::stdin(out, &data));
+                        self.to_app.queue(|out| records::stdin(out, data));
                     }
                 }
                 Ok(Some(Event::StdinEnd)) => {
                     if self.forwarding && !self.stdin_end_sent {
                         self.stdin_end_sent = true;
-                        self.queue_for_app(records::stdin_end);
+                        self.to_app.queue(records::stdin_end);
                     }
                 }
                 Ok(Some(Event::None)) => {}
@@ -538,7 +548,7 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        if self.app_out_pending() > 0 {
+        if self.to_app.pending() > 0 {
             self.write_app(ctx);
         }
         progressed
@@ -548,9 +558,9 @@ impl<'a> Relay<'a> {
         let Some(app) = &self.resident.app else {
             return;
         };
-        while self.app_out_pos < self.app_out.len() {
-            match nix::unistd::write(app.conn(), &self.app_out[self.app_out_pos..]) {
-                Ok(n) => self.app_out_pos += n,
+        while self.to_app.pending() > 0 {
+            match nix::unistd::write(app.conn(), self.to_app.unwritten()) {
+                Ok(n) => self.to_app.pos += n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return,
                 Err(e) => {
@@ -663,11 +673,11 @@ impl<'a> Relay<'a> {
             None => (None, 0),
         };
         let status = exit
-            .map(super::describe_exit)
+            .map(crate::wait_status::describe)
             .unwrap_or_else(|| "is still running".into());
         let gone = records::Gone {
             said_anything: self.app_said,
-            replay_complete: self.replay.bytes().is_some(),
+            replay_complete: self.to_app.replay.bytes().is_some(),
             retried: self.retried,
             served_before,
             exited_cleanly: matches!(exit, Some(WaitStatus::Exited(_, 0))),
@@ -682,9 +692,7 @@ impl<'a> Relay<'a> {
             self.resident.discard(ctx, false);
             match self.resident.ready(ctx) {
                 Ok(()) => {
-                    let bytes = self.replay.bytes().map(<[u8]>::to_vec).unwrap_or_default();
-                    self.app_out = bytes;
-                    self.app_out_pos = 0;
+                    self.to_app.rewind();
                     self.resident.input.clear();
                     super::publish_app(ctx, self.app_pid());
                     return;
