@@ -35,9 +35,20 @@ pub(super) fn read_request(
     let limit = ctx.pool.cgi.request_header_timeout;
     let mut started = false;
     let mut deadline: Option<Instant> = None;
+    // A fresh connection's head is usually there already (peeked at accept, or the
+    // master handed the connection out once it was complete): read before polling, which
+    // saves a poll per connection.
+    let mut read_first = fresh;
     loop {
         if let Some(head) = decode(conn, session, ctx) {
             return head;
+        }
+        if std::mem::take(&mut read_first) && !conn.has_output() {
+            match conn.fill() {
+                Ok(Fill::Data | Fill::Full) => continue,
+                Ok(Fill::WouldBlock) => {}
+                Ok(Fill::Eof) | Err(_) => return Head::Closed,
+            }
         }
         if conn.has_output() && conn.flush().is_err() {
             return Head::Closed;
