@@ -121,6 +121,52 @@ fn an_app_that_exits_between_requests_costs_no_request() {
     );
 }
 
+/// Once an app has shown how many requests it serves before it leaves (php-cgi's
+/// PHP_FCGI_MAX_REQUESTS), its successor is started while it still serves, so that no
+/// request waits for an app to start.
+#[test]
+fn the_successor_of_an_app_that_leaves_by_itself_is_started_ahead() {
+    let Some(php) = php_cgi() else { return };
+    let mut fpm = Fpm::start(
+        1,
+        &format!("cgi.fastcgi_app[.php] = {php}\nenv[PHP_FCGI_MAX_REQUESTS] = 3\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let mut served_by = Vec::new();
+    for i in 0..12 {
+        let response = fpm.get(&page, &[]);
+        assert_eq!(response.status(), 200, "request {i}: {response:?}");
+        served_by.push(pid_of(response.body()));
+    }
+    // The first app is started on demand and teaches the lifetime; the second is started
+    // on demand too, and each later one ahead of its need while its predecessor serves.
+    let log = fpm.log_text();
+    let on_demand = log.matches(" started: '").count();
+    let ahead = log.matches(" started ahead").count();
+    assert!(
+        on_demand == 2 && ahead >= 3,
+        "{on_demand} apps started on demand, {ahead} ahead; served by {served_by:?}\n{log}"
+    );
+    for (i, window) in served_by.chunks(3).enumerate() {
+        assert!(
+            window.iter().all(|p| *p == window[0]),
+            "each app serves its 3 requests: window {i} of {served_by:?}"
+        );
+    }
+    assert!(!log.contains("answered 502"), "{log}");
+    // An app started ahead goes with its worker like the one in hand.
+    let everyone = descendants(fpm.pid());
+    fpm.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert_eq!(fpm.wait_exit(Duration::from_secs(10)), Some(0));
+    for pid in everyone {
+        wait_until(
+            &format!("process {pid} is gone after the stop"),
+            Duration::from_secs(5),
+            || !alive(pid),
+        );
+    }
+}
+
 #[test]
 fn an_app_that_dies_in_a_request_fails_that_request_only() {
     let Some(php) = php_cgi() else { return };

@@ -44,6 +44,9 @@ impl Residents {
     pub fn stop_all(&mut self, ctx: &WorkerCtx<'_>) {
         for mut resident in self.apps.drain(..) {
             resident.discard(ctx, true);
+            if let Some(next) = resident.successor.take() {
+                next.stop(true);
+            }
         }
     }
 }
@@ -58,6 +61,13 @@ pub struct Resident {
     failures: u32,
     not_before: Option<Instant>,
     last_failure: String,
+    /// The next app, started before the one in hand ends (see `lifetime`).
+    successor: Option<App>,
+    /// How many requests an app of this command serves before it ends by itself
+    /// (php-cgi's PHP_FCGI_MAX_REQUESTS, 500 unless set), learned from the last one that
+    /// left between requests. Its successor is started a little before that, so that its
+    /// start (tens of ms for php-cgi) costs no request a wait.
+    lifetime: Option<u64>,
 }
 
 impl Resident {
@@ -79,6 +89,8 @@ impl Resident {
             failures: 0,
             not_before: None,
             last_failure: String::new(),
+            successor: None,
+            lifetime: None,
         }
     }
 
@@ -99,12 +111,26 @@ impl Resident {
                 .map(crate::wait_status::describe)
                 .unwrap_or_else(|| "closed its connection".into());
             let pid = app.pid;
+            let next = match &self.successor {
+                Some(next) => format!("its successor {} takes over", next.pid),
+                None => "starting a fresh one".into(),
+            };
             log::info!(
-                "{} FastCGI app {pid} ('{}') {how} between requests; starting a fresh one",
+                "{} FastCGI app {pid} ('{}') {how} between requests; {next}",
                 ctx.log_prefix(),
                 self.command_line()
             );
+            self.ended_by_itself();
             self.discard(ctx, false);
+        }
+        if let Some(mut next) = self.successor.take() {
+            if next.is_usable() {
+                self.app = Some(next);
+                self.input.clear();
+                return Ok(());
+            }
+            // It died waiting (a broken app): start afresh below, with the back-off.
+            next.stop(false);
         }
         if let Some(at) = self.not_before
             && Instant::now() < at
@@ -134,6 +160,51 @@ impl Resident {
                 self.note_failure(reason.clone());
                 Err(reason)
             }
+        }
+    }
+
+    /// The app in hand left between requests after serving some: that is its lifetime.
+    fn ended_by_itself(&mut self) {
+        if let Some(app) = &self.app
+            && app.served > 0
+        {
+            self.lifetime = Some(app.served);
+        }
+    }
+
+    /// Start the app's successor if the app in hand is near the end of its lifetime
+    /// (its own, or cgi.fastcgi_app_max_requests).
+    fn prepare_successor(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(app) = &self.app else {
+            return;
+        };
+        let max = ctx.pool.cgi.fastcgi_app_max_requests;
+        let lifetime = match (self.lifetime, max) {
+            (Some(learned), 0) => learned,
+            (Some(learned), max) => learned.min(max),
+            (None, 0) => return,
+            (None, max) => max,
+        };
+        if self.successor.is_some() || !records::start_successor(app.served, lifetime) {
+            return;
+        }
+        match App::start(&self.launch) {
+            Ok(next) => {
+                log::info!(
+                    "{} FastCGI app {} started ahead, to follow app {} after its {lifetime} requests: '{}'",
+                    ctx.log_prefix(),
+                    next.pid,
+                    app.pid,
+                    self.command_line()
+                );
+                self.successor = Some(next);
+            }
+            // The app in hand still serves; the successor is started when needed.
+            Err(e) => log::debug!(
+                "{} cannot start FastCGI app '{}' ahead: {e}",
+                ctx.log_prefix(),
+                self.command_line()
+            ),
         }
     }
 
@@ -181,6 +252,10 @@ impl Resident {
                 );
             }
             self.discard(ctx, true);
+            return;
+        }
+        if clean {
+            self.prepare_successor(ctx);
         }
     }
 }

@@ -200,6 +200,14 @@ pub fn restart_delay(failures: u32) -> Duration {
     (Duration::from_millis(250) * (1 << exponent)).min(Duration::from_secs(30))
 }
 
+/// Whether to start an app's successor now that it has served `served` of the
+/// `lifetime` requests it will serve: in its last fifth (at least its last request), so
+/// that the successor has started by the time it is needed, and no earlier, since it
+/// waits as a second process.
+pub fn start_successor(served: u64, lifetime: u64) -> bool {
+    served < lifetime && served + (lifetime / 5).max(1) >= lifetime
+}
+
 /// Whether to stop the app after a request: it has served `cgi.fastcgi_app_max_requests`
 /// (`max` 0: never) or the request left it in an unknown state.
 pub fn retire_after(served: u64, max: u64, clean: bool) -> bool {
@@ -360,6 +368,18 @@ mod tests {
         assert_eq!(restart_delay(2), Duration::from_millis(500));
         assert_eq!(restart_delay(8), Duration::from_secs(30));
         assert_eq!(restart_delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_successor_starts_in_the_last_fifth_of_a_lifetime() {
+        assert!(!start_successor(399, 500));
+        assert!(start_successor(400, 500));
+        assert!(start_successor(499, 500));
+        assert!(!start_successor(500, 500), "the app is leaving: too late");
+        assert!(!start_successor(0, 3));
+        assert!(start_successor(2, 3));
+        assert!(start_successor(0, 1));
+        assert!(!start_successor(1, 1));
     }
 
     #[test]

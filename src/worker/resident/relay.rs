@@ -689,6 +689,7 @@ impl<'a> Relay<'a> {
                 self.script
             );
             self.retried = true;
+            self.resident.ended_by_itself();
             self.resident.discard(ctx, false);
             match self.resident.ready(ctx) {
                 Ok(()) => {
