@@ -27,4 +27,4 @@ pub mod shortage;
 pub mod status;
 pub mod systemd;
 pub mod wait_status;
-pub mod worker;
+pub(crate) mod worker;
