@@ -99,7 +99,7 @@ impl Logger {
             crate::clock::timestamp(),
             label(level)
         );
-        write_all_fd(self.fd.load(Ordering::Relaxed), line.as_bytes());
+        write_to_log(line.as_bytes());
     }
 }
 
@@ -215,7 +215,7 @@ pub fn write_raw(line: &str, hidden: usize) {
         );
     } else {
         line.push('\n');
-        write_all_fd(LOGGER.fd.load(Ordering::Relaxed), line.as_bytes());
+        write_to_log(line.as_bytes());
     }
 }
 
@@ -286,11 +286,16 @@ pub fn limit() -> usize {
     LOGGER.limit.load(Ordering::Relaxed)
 }
 
+/// Write to the error log's descriptor.
+fn write_to_log(bytes: &[u8]) {
+    // SAFETY: the descriptor is the log's, kept open for the process's lifetime.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(LOGGER.fd.load(Ordering::Relaxed)) };
+    write_all_fd(fd, bytes);
+}
+
 /// Write everything, retrying short writes; a log that cannot be written is dropped, since
 /// there is nowhere left to report that.
-pub fn write_all_fd(fd: i32, mut bytes: &[u8]) {
-    // SAFETY: the descriptor is the log's, kept open for the process's lifetime.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+pub fn write_all_fd(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         match nix::unistd::write(fd, bytes) {
             Ok(0) => return,

@@ -498,6 +498,49 @@ fn bind_over_dev_log(command: &mut std::process::Command, socket: &Path) {
     }
 }
 
+/// What each of `pid`'s descriptors is (`pipe:[123]`, a path, ...), by number.
+fn open_descriptors(pid: i32) -> Vec<(i32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the worker's descriptors")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).ok()?.display().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn with_catch_workers_output_a_worker_holds_its_pipes_only_as_stdout_and_stderr() {
+    let fpm = Fpm::start(1, "catch_workers_output = yes");
+    // Answered: the worker is set up.
+    let script = fpm.script(
+        "ok.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n",
+    );
+    assert_eq!(fpm.get(&script, &[]).body(), b"ok");
+    let workers = fpm.worker_pids();
+    assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+    let fds = open_descriptors(workers[0]);
+    let target = |n: i32| fds.iter().find(|(fd, _)| *fd == n).map(|(_, t)| t.clone());
+    let (stdout, stderr) = (target(1), target(2));
+    assert!(
+        stdout.as_deref().is_some_and(|t| t.starts_with("pipe:"))
+            && stderr.as_deref().is_some_and(|t| t.starts_with("pipe:")),
+        "stdout and stderr are the master's pipes: {fds:?}"
+    );
+    // The master's pipe ends were moved onto 1 and 2: a copy left open elsewhere would
+    // keep them alive after the worker's stdio is gone, and costs two descriptors.
+    let copies: Vec<_> = fds
+        .iter()
+        .filter(|(fd, t)| *fd > 2 && (Some(t) == stdout.as_ref() || Some(t) == stderr.as_ref()))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "copies of the output pipes: {copies:?} in {fds:?}"
+    );
+}
+
 #[test]
 fn catch_workers_output_logs_script_stderr_as_php_fpm_does() {
     let fpm = Fpm::start(1, "catch_workers_output = yes");

@@ -92,14 +92,14 @@ pub struct StatusSource<'a> {
 }
 
 /// The access log as a worker writes it.
-pub struct AccessLog {
-    fd: RawFd,
+pub struct AccessLog<'a> {
+    fd: BorrowedFd<'a>,
     format: crate::accesslog::Format,
     suppress: Vec<String>,
 }
 
-impl AccessLog {
-    fn for_pool(pool: &PoolConfig, fd: RawFd) -> Option<AccessLog> {
+impl<'a> AccessLog<'a> {
+    fn for_pool(pool: &PoolConfig, fd: BorrowedFd<'a>) -> Option<AccessLog<'a>> {
         // The loader checked the format with this same parser, so this cannot fail.
         match crate::accesslog::Format::parse(&pool.access_format) {
             Ok(format) => Some(AccessLog {
@@ -125,8 +125,8 @@ pub struct WorkerCtx<'a> {
     values: ServerValues,
     /// The master asked us to exit once the request in hand is done.
     quit: bool,
-    access_log: Option<AccessLog>,
-    slowlog_fd: Option<RawFd>,
+    access_log: Option<AccessLog<'a>>,
+    slowlog_fd: Option<BorrowedFd<'a>>,
     /// What the last CGI child used, from wait4 (for the status page).
     last_usage: Option<crate::cgi::Usage>,
     status_source: StatusSource<'a>,
@@ -292,8 +292,8 @@ impl<'a> WorkerCtx<'a> {
             quit: false,
             access_log: spec
                 .access_log_fd
-                .and_then(|fd| AccessLog::for_pool(spec.pool, fd.as_raw_fd())),
-            slowlog_fd: spec.slowlog_fd.map(|fd| fd.as_raw_fd()),
+                .and_then(|fd| AccessLog::for_pool(spec.pool, fd)),
+            slowlog_fd: spec.slowlog_fd,
             last_usage: None,
             status_source: spec.status_source,
             status_only: spec.status_only,

@@ -4,7 +4,7 @@
 
 use super::signals::WorkerSignals;
 use super::{LogPrefix, WorkerSpec, exit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
 /// Turn the forked copy of the master into `spec`'s worker; exits when it cannot be one.
@@ -148,9 +148,9 @@ fn set_up_stdio(pipes: Option<(OwnedFd, OwnedFd)>) {
             let _ = nix::unistd::dup2_stdout(&null);
         }
         Some((out, err)) => {
-            // SAFETY: 2 is our stderr, open for the process's lifetime; the copy is ours.
-            let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-            if let Ok(copy) = nix::fcntl::fcntl(stderr, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+            let stderr = std::io::stderr();
+            let copy = nix::fcntl::fcntl(stderr.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3));
+            if let Ok(copy) = copy {
                 crate::logging::set_fd(copy);
             }
             // The originals close when they go out of scope: after dup2 they are not

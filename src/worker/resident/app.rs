@@ -66,10 +66,9 @@ impl App {
     pub fn start(launch: &Launch) -> io::Result<App> {
         let (listener, conn) = private_socket_pair()?;
         let null = dev_null()?;
-        // SAFETY: 2 is the worker's stderr (the error log, or the master's pipe with
-        // catch_workers_output), open for its whole life.
-        let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-        let stderr = above_stdio(stderr.try_clone_to_owned()?)?;
+        // The worker's stderr: the error log, or the master's pipe with
+        // catch_workers_output.
+        let stderr = above_stdio(std::io::stderr().as_fd().try_clone_to_owned()?)?;
         let stdio = [listener.as_raw_fd(), null.as_raw_fd(), stderr.as_raw_fd()];
         let (pid, pidfd) = spawn_program(
             &launch.argv,
