@@ -6,7 +6,9 @@ mod common;
 
 use cgi_fpm::fastcgi::params::write_pair;
 use cgi_fpm::fastcgi::record::{RecordType, Role, write_begin_request, write_record};
-use common::{Client, Fpm, alive, children_of, examples_dir, open_fds, rss_kib, wait_until};
+use common::{
+    Client, Fpm, alive, children_of, examples_dir, open_fds, rss_kib, spooled_bytes, wait_until,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::Path;
@@ -608,22 +610,6 @@ fn a_failing_event_loop_takes_the_workers_with_it() {
         "{}",
         fpm.log_text()
     );
-}
-
-/// Bytes of the unlinked temporary files (the held-output spool) `pid` has open.
-fn spooled_bytes(pid: i32) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().ends_with(" (deleted)"))
-        })
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .filter(|meta| meta.is_file())
-        .map(|meta| meta.len())
-        .sum()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use cgi_fpm::fastcgi::record::RecordType;
 use common::{Fpm, alive, children_of, wait_until};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -378,10 +379,10 @@ fn serves_a_whole_pool(program: &str, app_file: &str, app_text: &str, marker: &s
     assert!(apps.len() <= 2, "{} apps for 2 workers", apps.len());
 }
 
-#[test]
-fn a_perl_fcgi_loop_serves_a_whole_pool() {
+/// Whether perl with FCGI.pm is there (a skip says why; CI requires it).
+fn fcgi_pm() -> bool {
     if !common::require_tool("perl") {
-        return;
+        return false;
     }
     let has_module = std::process::Command::new("perl")
         .args(["-MFCGI", "-e", "1"])
@@ -393,9 +394,94 @@ fn a_perl_fcgi_loop_serves_a_whole_pool() {
             "FCGI.pm (libfcgi-perl) is required in CI"
         );
         eprintln!("SKIPPED: FCGI.pm is not installed (apt-get install libfcgi-perl)");
+    }
+    has_module
+}
+
+#[test]
+fn a_perl_fcgi_loop_serves_a_whole_pool() {
+    if !fcgi_pm() {
         return;
     }
     serves_a_whole_pool("/usr/bin/perl", "app.pl", PERL_APP, "perl");
+}
+
+// Answers every request with output without end, never reading the body.
+const FLOOD_APP: &str = r#"use FCGI;
+my $request = FCGI::Request();
+while ($request->Accept() >= 0) {
+    print "Content-Type: text/plain\r\n\r\n";
+    my $chunk = "y\n" x 4096;
+    print $chunk while 1;
+}
+"#;
+
+/// As for a CGI child (faults::output_held_for_an_incomplete_body_stops_at_its_limit): a
+/// response held until the body is complete spills to disk up to cgi.held_output_limit,
+/// and past it the app is not read (it blocks on its socket) until the body is complete.
+#[test]
+fn an_apps_output_held_for_an_incomplete_body_stops_at_its_limit() {
+    if !fcgi_pm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("flood.pl");
+    std::fs::write(&app, FLOOD_APP).expect("write app");
+    let address = dir.path().join("app.sock").display().to_string();
+    let config = format!(
+        "[global]\n\n[app]\nlisten = {address}\npm = static\npm.max_children = 1\n\
+         cgi.fastcgi_app = /usr/bin/perl {app}\ncgi.held_output_limit = 1M\n",
+        app = app.display()
+    );
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let worker = fpm.worker_pids()[0];
+    let mut client = fpm.client();
+    client
+        .send_head(
+            1,
+            &[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "100")],
+            false,
+        )
+        .expect("head");
+    client.send_stdin(1, &[b'x'; 10]).expect("10 bytes of 100");
+    fpm.wait_for_log("cgi.held_output_limit", Duration::from_secs(5));
+    // Without the limit the app's output spools as fast as perl prints it; with it the
+    // spool stays at the limit (plus at most the app's buffer of records).
+    let mut most = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(700) {
+        most = most.max(common::spooled_bytes(worker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most > 0, "the held output went to a spool file");
+    assert!(
+        most <= (1 << 20) + (512 << 10),
+        "the spool grew to {most} bytes past a 1 MiB limit"
+    );
+    assert_eq!(
+        fpm.log_text().matches("cgi.held_output_limit").count(),
+        1,
+        "one log line"
+    );
+    // The body completes: everything held comes out in order, and the app goes on.
+    client.send_stdin(1, &[b'x'; 90]).expect("the rest");
+    client.send_stdin(1, b"").expect("end of body");
+    let mut got = Vec::new();
+    while got.len() < (2 << 20) {
+        match client.read_record().expect("output") {
+            Some((RecordType::Stdout, 1, content)) => got.extend_from_slice(&content),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let end_of_head = got.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = got.split_at(end_of_head.expect("a response head") + 4);
+    assert_eq!(head, b"Content-Type: text/plain\r\n\r\n");
+    assert!(got.len() >= 2 << 20, "the app goes on after the body");
+    assert!(
+        body.chunks(2).all(|pair| pair == b"y\n" || pair == b"y"),
+        "in order"
+    );
 }
 
 #[test]

@@ -888,7 +888,12 @@ pub(super) fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
 }
 
 /// Once per request: the script's held output reached cgi.held_output_limit.
-fn log_held_output_full(ctx: &WorkerCtx<'_>, script: &str, limit: u64, logged: &mut bool) {
+pub(super) fn log_held_output_full(
+    ctx: &WorkerCtx<'_>,
+    script: &str,
+    limit: u64,
+    logged: &mut bool,
+) {
     if std::mem::replace(logged, true) {
         return;
     }

@@ -110,6 +110,9 @@ pub struct Relay<'a> {
     slow: Option<SlowRecord>,
     abort_deadline: Option<Instant>,
     drain_deadline: Option<Instant>,
+    /// `cgi.held_output_limit`, and whether reaching it was logged for this request.
+    held_limit: u64,
+    held_full_logged: bool,
     poll_set: PollSet,
 }
 
@@ -169,6 +172,8 @@ impl<'a> Relay<'a> {
             slow: None,
             abort_deadline: None,
             drain_deadline: None,
+            held_limit: pool.cgi.held_output_limit,
+            held_full_logged: false,
             poll_set: PollSet::default(),
         }
     }
@@ -397,12 +402,31 @@ impl<'a> Relay<'a> {
         .min()
     }
 
+    /// Whether the app's output may be taken now: the web server has taken what came
+    /// before, or it is held (spilled to disk) below cgi.held_output_limit, or nobody
+    /// wants it any more. Otherwise the app is not read, and blocks once its socket is
+    /// full: backpressure, as for a CGI child's pipe.
+    fn room_for_app_output(&self) -> bool {
+        self.broken
+            || self.aborted
+            || !self.conn.has_output()
+            || (self.conn.output_held() && !self.conn.held_output_full(self.held_limit))
+    }
+
     fn wait_and_handle(&mut self, ctx: &mut WorkerCtx<'_>) -> Result<(), Errno> {
         if self.decode_web(ctx) {
             return Ok(());
         }
+        // Records read before the output filled up are taken as soon as there is room.
+        if !self.app_done && self.room_for_app_output() && self.decode_app(ctx) {
+            if !self.app_done {
+                self.flush();
+            }
+            return Ok(());
+        }
         let deadline = self.next_deadline();
         let app_out_pending = self.to_app.pending();
+        let room = self.room_for_app_output();
         let set = &mut self.poll_set;
         set.clear();
         let mut conn_events = 0;
@@ -419,8 +443,6 @@ impl<'a> Relay<'a> {
         if let Some(app) = &self.resident.app
             && !self.app_done
         {
-            let room =
-                self.broken || self.aborted || !self.conn.has_output() || self.conn.output_held();
             let mut events = 0;
             if room {
                 events |= poll::IN;
@@ -576,7 +598,13 @@ impl<'a> Relay<'a> {
             return;
         };
         let fd = app.conn();
-        let read = match nix::unistd::read(fd, self.resident.input.space()) {
+        let space = self.resident.input.space();
+        // Whole records wait to be decoded (the held output is at its limit): a read of
+        // nothing would look like the app's end.
+        if space.is_empty() {
+            return;
+        }
+        let read = match nix::unistd::read(fd, space) {
             Ok(0) => {
                 self.app_gone(ctx, "it closed the connection");
                 return;
@@ -592,14 +620,26 @@ impl<'a> Relay<'a> {
         self.decode_app(ctx);
     }
 
-    fn decode_app(&mut self, ctx: &mut WorkerCtx<'_>) {
+    /// Decode the app's buffered records while there is room for them; true if any was.
+    fn decode_app(&mut self, ctx: &mut WorkerCtx<'_>) -> bool {
         let discarding = self.broken || self.aborted || self.timed_out;
         let to_fastcgi = matches!(self.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
         let to_log = matches!(self.stderr_mode, StderrMode::Log | StderrMode::Both);
+        let mut progressed = false;
         loop {
+            // Held output at its limit: the rest waits in the app's buffer and socket.
+            if !discarding && self.conn.held_output_full(self.held_limit) {
+                pump::log_held_output_full(
+                    ctx,
+                    &self.script,
+                    self.held_limit,
+                    &mut self.held_full_logged,
+                );
+                return progressed;
+            }
             let event = match self.resident.input.next_event() {
                 Ok(Some(event)) => event,
-                Ok(None) => return,
+                Ok(None) => return progressed,
                 Err(e) => {
                     log::warn!(
                         "{} FastCGI app {} broke the protocol ({e}) during the request for '{}'; stopping it",
@@ -608,9 +648,10 @@ impl<'a> Relay<'a> {
                         self.script
                     );
                     self.stop_app(ctx, false);
-                    return;
+                    return true;
                 }
             };
+            progressed = true;
             match event {
                 AppEvent::Stdout(data) => {
                     self.app_said = true;
@@ -657,7 +698,7 @@ impl<'a> Relay<'a> {
                             self.script
                         );
                     }
-                    return;
+                    return true;
                 }
                 AppEvent::Ignored => {}
             }
