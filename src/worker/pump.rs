@@ -3,10 +3,11 @@
 //! request_terminate_timeout, request_slowlog_timeout, and processes that outlive the
 //! script while holding its output.
 //!
-//! Memory stays bounded whatever the sizes: at most one body chunk waits for the child's
-//! stdin, and at most one output record waits for the web server; while either is full,
-//! the side that fills it is not read (backpressure). A response is held back until the
-//! request body is complete (see `output`).
+//! Memory stays bounded whatever the sizes: at most STDIN_HIGH_WATER of body (and the
+//! record that crossed it) waits for the child's stdin, and about one output record waits
+//! for the web server; while either is full, the side that fills it is not read
+//! (backpressure). A response is held back until the request body is complete, spilling
+//! to a file up to cgi.held_output_limit (see `output`).
 
 use super::WorkerCtx;
 use super::conn::{Conn, Fill, OUTPUT_CHUNK};
@@ -821,8 +822,9 @@ impl<'a> Pump<'a> {
     }
 }
 
-/// Sleep until `fd` is readable or `deadline` passes: at most 100 ms with a descriptor,
-/// EXIT_POLL without one.
+/// Sleep until `fd` is readable or `deadline` passes, and in any case no longer than
+/// 100 ms with a descriptor (the caller looks again) or EXIT_POLL without one. A
+/// descriptor without a deadline waits until it is readable.
 fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match fd {
