@@ -75,6 +75,16 @@ pub struct PoolCounters {
     /// Non-zero while the master sleeps with no round scheduled: the first worker to get
     /// busy must ring the master's doorbell (see [`Scoreboard::arm_doorbell`]).
     master_asleep: AtomicU32,
+    /// Requests the master answered 503 because no worker came free within
+    /// request_queue_timeout.
+    pub queue_refusals: AtomicU64,
+    /// Connections the master holds for this pool until a worker comes free (they are
+    /// part of the `listen queue` the status page shows).
+    pub held_for_worker: AtomicU32,
+    /// Non-zero while the master holds connections for this pool: a worker that turns
+    /// idle must ring the doorbell, so that the master hands it the oldest (see
+    /// [`Scoreboard::idle_wanted`]).
+    master_holding: AtomicU32,
 }
 
 /// Bytes kept of a request's method.
@@ -420,6 +430,10 @@ pub struct PoolSnapshot {
     pub max_active: u32,
     pub max_listen_queue: u32,
     pub start_time_us: u64,
+    /// See [`PoolCounters::queue_refusals`].
+    pub queue_refusals: u64,
+    /// See [`PoolCounters::held_for_worker`].
+    pub held_for_worker: u32,
     /// Slots of started workers, in slot order.
     pub workers: Vec<SlotSnapshot>,
     /// Workers of the image before a reload, still finishing (see
@@ -668,6 +682,41 @@ impl Scoreboard {
         flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0
     }
 
+    /// request_queue_timeout: the master starts (`true`) or stops holding connections
+    /// for this pool. Starting returns whether a worker is idle already: it may have
+    /// looked at the flag before it was set, so the master must not wait for its ring.
+    /// The same Dekker pair as [`Scoreboard::arm_doorbell`], with [`Scoreboard::idle_wanted`].
+    pub fn set_holding(&self, holding: bool) -> bool {
+        self.counters()
+            .master_holding
+            .store(holding as u32, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        holding && self.idle_count() > 0
+    }
+
+    /// A worker has just published that it is idle: whether the master holds connections
+    /// for it to take (it must ring the doorbell).
+    pub fn idle_wanted(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.counters().master_holding.load(Ordering::Relaxed) != 0
+    }
+
+    /// A worker has just published that it is busy: whether it was the last idle one, so
+    /// that the master must look whether to start holding connections (request_queue_timeout).
+    /// Workers going busy at once each store their state before they look (SeqCst fences):
+    /// the last of them in that order sees all the others busy, so one of them says so.
+    pub fn none_idle(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.counters().master_holding.load(Ordering::Relaxed) == 0 && self.idle_count() == 0
+    }
+
+    /// Started workers (not being forked) that are idle now.
+    pub fn idle_count(&self) -> u32 {
+        self.slots()
+            .filter(|s| s.pid.load(Ordering::Relaxed) > 0 && s.state() == WorkerState::Idle)
+            .count() as u32
+    }
+
     /// Remember `queued` if it is the longest listen queue seen.
     pub fn note_listen_queue(&self, queued: u32) {
         self.counters()
@@ -698,6 +747,8 @@ impl Scoreboard {
             max_active: c.max_active.load(Ordering::Relaxed),
             max_listen_queue: c.max_listen_queue.load(Ordering::Relaxed),
             start_time_us: c.start_time_us.load(Ordering::Relaxed),
+            queue_refusals: c.queue_refusals.load(Ordering::Relaxed),
+            held_for_worker: c.held_for_worker.load(Ordering::Relaxed),
             workers,
             previous: Vec::new(),
         };

@@ -359,6 +359,10 @@ pub(super) static DIRECTIVES: &[Directive] = &[
             Ok(())
         },
     ),
+    pool("request_queue_timeout", Implemented, |p, v, _| {
+        p.request_queue_timeout = duration(v)?;
+        Ok(())
+    }),
     pool("rlimit_files", Implemented, |p, v, _| {
         p.rlimit_files = Some(integer(v, 0, u64::MAX)?);
         Ok(())
@@ -694,6 +698,7 @@ mod tests {
             "cgi.stderr",
             "cgi.request_header_timeout",
             "cgi.held_output_limit",
+            "request_queue_timeout",
         ] {
             assert!(names.contains(ours), "{ours} is missing");
         }
@@ -803,6 +808,7 @@ mod tests {
             (Scope::Pool, "php_admin_flag[]"),
             (Scope::Pool, "cgi.request_header_timeout"),
             (Scope::Pool, "cgi.held_output_limit"),
+            (Scope::Pool, "request_queue_timeout"),
             // The master's own endpoint.
             (Scope::Global, "metrics.listen"),
             (Scope::Global, "metrics.allowed_clients"),
@@ -1049,6 +1055,7 @@ mod tests {
             ("clear_env", "maybe"),
             ("access.format", "%x"),
             ("request_terminate_timeout", "1h30m"),
+            ("request_queue_timeout", "2.5s"),
             ("rlimit_core", "-1"),
         ];
         for (name, value) in bad {

@@ -331,6 +331,9 @@ pub struct PoolConfig {
     pub request_slowlog_trace_command: Option<String>,
     pub request_terminate_timeout: Duration,
     pub request_terminate_timeout_track_finished: bool,
+    /// Ours: how long a request may wait for a worker of a full pool before the master
+    /// answers it 503 (0: it waits as long as the web server lets it).
+    pub request_queue_timeout: Duration,
 
     pub rlimit_files: Option<u64>,
     pub rlimit_core: Option<RlimitCore>,
@@ -408,6 +411,7 @@ impl PoolConfig {
             request_slowlog_trace_command: None,
             request_terminate_timeout: Duration::ZERO,
             request_terminate_timeout_track_finished: false,
+            request_queue_timeout: Duration::ZERO,
             rlimit_files: None,
             rlimit_core: None,
             chroot: None,

@@ -308,6 +308,8 @@ mod tests {
             max_active: 1,
             max_listen_queue: 0,
             start_time_us: 1_000_000,
+            queue_refusals: 0,
+            held_for_worker: 0,
             workers,
             previous: Vec::new(),
         }

@@ -145,8 +145,16 @@ impl Report<'_> {
         self.snapshot.start_time_us / 1_000_000
     }
 
+    /// Connections waiting for a worker: in the socket's accept queue, and those the
+    /// master holds for the pool under request_queue_timeout (taken from that queue).
+    fn listen_queue(&self) -> u32 {
+        self.queue
+            .queued
+            .saturating_add(self.snapshot.held_for_worker)
+    }
+
     fn max_listen_queue(&self) -> u32 {
-        self.snapshot.max_listen_queue.max(self.queue.queued)
+        self.snapshot.max_listen_queue.max(self.listen_queue())
     }
 
     /// The pool's figures as `"key":value` members, php-fpm's json keys.
@@ -175,7 +183,7 @@ impl Report<'_> {
                 Value::Int(self.now_s().saturating_sub(self.start_s())),
             ),
             field("accepted conn", Value::Int(s.accepted_conn)),
-            field("listen queue", Value::Int(self.queue.queued.into())),
+            field("listen queue", Value::Int(self.listen_queue().into())),
             field(
                 "max listen queue",
                 Value::Int(self.max_listen_queue().into()),
@@ -188,6 +196,7 @@ impl Report<'_> {
             field("max children reached", Value::Int(s.max_children_reached)),
             field("slow requests", Value::Int(s.slow_requests)),
             // Ours, after php-fpm's.
+            field("queue refusals", Value::Int(s.queue_refusals)),
             field("max children", Value::Int(settings.max_children.into())),
             field("start servers", Value::Int(settings.start_servers.into())),
             field(

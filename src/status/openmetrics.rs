@@ -94,7 +94,7 @@ pub fn pool_metrics(report: &Report<'_>) -> Vec<Metric> {
             "listen_queue",
             Gauge,
             "The number of requests in the queue of pending connections.",
-            report.queue.queued.into(),
+            report.listen_queue().into(),
         ),
         metric(
             "max_listen_queue",
@@ -149,6 +149,12 @@ pub fn pool_metrics(report: &Report<'_>) -> Vec<Metric> {
             Counter,
             "The number of requests that exceeded the request_slowlog_timeout value.",
             s.slow_requests,
+        ),
+        metric(
+            "queue_refusals",
+            Counter,
+            "The number of requests answered 503 because no worker came free within request_queue_timeout.",
+            s.queue_refusals,
         ),
         metric(
             "max_children",

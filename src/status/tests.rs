@@ -33,6 +33,8 @@ fn snapshot() -> PoolSnapshot {
         max_active: 3,
         max_listen_queue: 4,
         start_time_us: NOW - 100_000_000,
+        queue_refusals: 6,
+        held_for_worker: 0,
         workers: vec![
             worker(101, WorkerState::Idle),
             worker(102, WorkerState::Running),
@@ -114,6 +116,7 @@ fn text_has_php_fpms_fields_aligned_then_ours() {
             "max active processes",
             "max children reached",
             "slow requests",
+            "queue refusals",
             "max children",
             "start servers",
             "min spare servers",
@@ -148,6 +151,32 @@ fn the_live_queue_raises_the_max_listen_queue() {
     r.queue.queued = 9;
     let body = render(&r, Query::parse("")).body;
     assert_eq!(text_value(&body, "max listen queue"), "9");
+}
+
+#[test]
+fn connections_the_master_holds_for_a_worker_are_in_the_listen_queue() {
+    let snap = PoolSnapshot {
+        held_for_worker: 5,
+        ..snapshot()
+    };
+    let body = render(&report(&snap), Query::parse("")).body;
+    // 2 in the socket's queue, 5 taken from it by the master (request_queue_timeout).
+    assert_eq!(text_value(&body, "listen queue"), "7");
+    assert_eq!(text_value(&body, "max listen queue"), "7");
+    assert_eq!(text_value(&body, "queue refusals"), "6");
+    let metrics = render(&report(&snap), Query::parse("openmetrics")).body;
+    assert!(
+        metrics.contains("cgifpm_listen_queue{pool=\"www\"} 7\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE cgifpm_queue_refusals counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cgifpm_queue_refusals_total{pool=\"www\"} 6\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
