@@ -80,6 +80,32 @@ pub struct PoolChannels {
 pub struct Parked {
     pub pool: String,
     pub fd: RawFd,
+    /// When its request reached cgi-fpm (see [`monotonic_us`]), for one waiting for a
+    /// worker: its request_queue_timeout goes on from there, not from the reload. None
+    /// for an idle kept connection (and from an image that did not say).
+    #[serde(default)]
+    pub arrived_monotonic_us: Option<u64>,
+}
+
+/// CLOCK_MONOTONIC in microseconds: the clock `Instant` reads, and one that, unlike an
+/// `Instant`, means the same in the next image (the exec keeps the boot).
+pub fn monotonic_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
+/// `at` as [`monotonic_us`] reads it.
+pub fn instant_to_monotonic_us(at: std::time::Instant) -> u64 {
+    let ago = at.elapsed().as_micros() as u64;
+    monotonic_us().saturating_sub(ago)
+}
+
+/// A [`monotonic_us`] reading of this boot as an `Instant` (now, if it is in the future).
+pub fn monotonic_us_to_instant(us: u64) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let ago = std::time::Duration::from_micros(monotonic_us().saturating_sub(us));
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// Seconds since the epoch, 0 for none.
@@ -289,6 +315,7 @@ mod tests {
             parked: vec![Parked {
                 pool: "www".into(),
                 fd: 11,
+                arrived_monotonic_us: Some(42),
             }],
             master: Some(MasterFigures {
                 started_at_us: 1_700_000_000_000_000,
@@ -402,6 +429,19 @@ mod tests {
             !probed.borrow().iter().any(|&fd| fd == 2 || fd == 11),
             "refused numbers are not even looked at: {probed:?}"
         );
+    }
+
+    #[test]
+    fn a_wait_reads_the_same_across_the_exec() {
+        let arrived = std::time::Instant::now() - std::time::Duration::from_millis(1500);
+        let crossed = monotonic_us_to_instant(instant_to_monotonic_us(arrived));
+        let drift = crossed
+            .saturating_duration_since(arrived)
+            .max(arrived.saturating_duration_since(crossed));
+        assert!(drift < std::time::Duration::from_millis(5), "{drift:?}");
+        // A parked connection from an image that did not say when: idle.
+        let older: Parked = serde_json::from_str("{\"pool\":\"www\",\"fd\":9}").unwrap();
+        assert_eq!(older.arrived_monotonic_us, None);
     }
 
     #[test]

@@ -701,6 +701,11 @@ impl Scoreboard {
         self.counters().master_holding.load(Ordering::Relaxed) != 0
     }
 
+    /// Whether the master holds connections for this pool now (no ordering: a hint).
+    pub fn master_holds(&self) -> bool {
+        self.counters().master_holding.load(Ordering::Relaxed) != 0
+    }
+
     /// A worker has just published that it is busy: whether it was the last idle one, so
     /// that the master must look whether to start holding connections (request_queue_timeout).
     /// Workers going busy at once each store their state before they look (SeqCst fences):
@@ -831,6 +836,36 @@ mod tests {
         // rings for that worker.
         assert!(board.arm_doorbell());
         assert!(!board.take_doorbell());
+    }
+
+    #[test]
+    fn the_last_worker_to_get_busy_and_the_first_idle_one_call_the_master() {
+        let board = Scoreboard::new(2).unwrap();
+        let (a, b) = (board.slot(0).unwrap(), board.slot(1).unwrap());
+        a.claim(41);
+        b.claim(42);
+        a.set_state(WorkerState::Reading);
+        assert!(!board.none_idle(), "one is still idle");
+        b.set_state(WorkerState::Reading);
+        assert!(board.none_idle(), "the last one calls");
+        assert_eq!(board.idle_count(), 0);
+        // The master holds: nobody needs to call about getting busy, and a worker that
+        // turns idle calls for the oldest connection.
+        assert!(!board.set_holding(true), "nobody idle already");
+        assert!(board.master_holds());
+        assert!(!board.none_idle());
+        a.set_state(WorkerState::Idle);
+        assert!(board.idle_wanted());
+        // Starting to hold while a worker is idle: the master looks itself.
+        board.set_holding(false);
+        assert!(!board.idle_wanted());
+        assert!(board.set_holding(true));
+        // A slot being forked (pid -1) is nobody to hand a connection to.
+        board.set_holding(false);
+        a.release();
+        a.claim(-1);
+        assert_eq!(board.idle_count(), 0);
+        assert!(board.none_idle());
     }
 
     #[test]

@@ -61,8 +61,11 @@ impl Master {
                 self.reload();
             }
             self.old_workers.escalate_if_due();
+            // A worker may need starting for a connection handed out (ondemand).
+            self.serve_queues(&mut readable);
             let now = Instant::now();
             self.lot.expire(self.poll.registry(), now);
+            self.count_refusals();
             let tick = self.tick_if_due(now);
             if self.state == State::Running {
                 self.maintain_pools(tick, &readable, now);
@@ -91,8 +94,8 @@ impl Master {
                 format!("metrics.listen: failed to watch the listening socket: {e}")
             })?;
         }
-        for (index, fd) in std::mem::take(&mut self.handed_over_parked) {
-            self.lot.park(self.poll.registry(), fd, index);
+        for (index, fd, arrived) in std::mem::take(&mut self.handed_over_parked) {
+            self.lot.restore(self.poll.registry(), fd, index, arrived);
         }
         self.watch_ondemand_listeners().map(|()| signals)
     }
@@ -110,8 +113,9 @@ impl Master {
         }
     }
 
-    /// The channels workers park idle kept connections through, and how long a parked
-    /// connection that starts a request may wait here for its head to be complete.
+    /// The channels workers park idle kept connections through, how long a parked
+    /// connection that starts a request may wait here for its head to be complete, and
+    /// then, under request_queue_timeout, for a worker.
     fn watch_parking(&mut self) {
         for (index, channels) in self.channels.iter().enumerate() {
             if let Some(ch) = channels
@@ -120,17 +124,21 @@ impl Master {
                 log::warn!("cannot watch the channel for idle kept connections: {e}");
             }
         }
+        let queue_timeouts = self.queue_timeouts();
         let limits = self
             .pools
             .iter()
-            .map(|pool| lot::HeadLimit {
+            .zip(&queue_timeouts)
+            .map(|(pool, queue_timeout)| lot::PoolLimits {
                 pool: pool.name.clone(),
-                timeout: self.config.pools[pool.config_index]
+                header_timeout: self.config.pools[pool.config_index]
                     .cgi
                     .request_header_timeout,
+                queue_timeout: *queue_timeout,
             })
             .collect();
         self.lot.set_limits(limits);
+        self.queues = super::queue::Queues::new(queue_timeouts);
     }
 
     /// ondemand pools start workers when connections arrive.
@@ -192,11 +200,8 @@ impl Master {
             .lot
             .on_event(self.poll.registry(), token, &mut self.channels)
         {
-            LotEvent::HandedOut { pool } => {
-                // A worker may need starting for it (ondemand).
-                readable.insert(pool);
-            }
-            LotEvent::Parked => {}
+            // Handed out (or held) in `serve_queues`.
+            LotEvent::Queued { .. } | LotEvent::Parked => {}
             LotEvent::None => {
                 if let Some(index) = token.0.checked_sub(LISTENER_BASE) {
                     readable.insert(index);

@@ -17,7 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 #[derive(Debug, Default)]
 pub(super) struct HandedOver {
     pub channels: Vec<(String, [OwnedFd; 2])>,
-    pub parked: Vec<(String, OwnedFd)>,
+    /// With when the request waiting on it arrived (see `handover::Parked`).
+    pub parked: Vec<(String, OwnedFd, Option<std::time::Instant>)>,
 }
 
 /// Standard input, output and error are never ours to take.
@@ -61,12 +62,18 @@ pub(super) fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOv
             }
         }
     }
-    for Parked { pool, fd } in parked {
+    for Parked {
+        pool,
+        fd,
+        arrived_monotonic_us,
+    } in parked
+    {
         if takeable(fd) && is_socket_of(fd, SocketKind::Connection) {
             // SAFETY: as above.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             set_cloexec(owned.as_raw_fd(), true);
-            taken.parked.push((pool, owned));
+            let arrived = arrived_monotonic_us.map(crate::handover::monotonic_us_to_instant);
+            taken.parked.push((pool, owned, arrived));
         }
     }
     taken
@@ -154,6 +161,7 @@ mod tests {
         let parked = |fd| Parked {
             pool: "www".into(),
             fd,
+            arrived_monotonic_us: None,
         };
         // Not sockets at all here, so nothing could be taken anyway; what matters is that
         // no descriptor gets owned (and closed) by mistake: stdin stays open.

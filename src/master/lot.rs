@@ -1,13 +1,17 @@
-//! The master's side of parking idle kept connections (see `crate::parking`): it receives
-//! them from workers, watches them in its event loop without ever reading them, and hands
-//! each to the pool's idle workers once the web server sends the next request on it.
+//! The connections the master holds (see `crate::parking` and DESIGN.md, "Connections the
+//! master holds"): idle kept connections and new ones whose head has not arrived, which
+//! workers send it, and, under request_queue_timeout, new connections it accepts itself
+//! while their pool is full. It watches them in its event loop without reading them; once
+//! a request's head is complete the connection waits in its pool's queue, and the master
+//! hands the oldest to each idle worker, or answers 503 when its wait runs out.
 
 use crate::parking::{self, Peeked, Received};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{MsgFlags, recv};
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{CHANNEL_TOKENS, PARKED_TOKENS};
@@ -87,15 +91,25 @@ struct Parked {
     fd: OwnedFd,
     pool: usize,
     /// Part of a request head has arrived on it since then (the master waits for the
-    /// rest, never a worker); the pool's cgi.request_header_timeout runs from here.
+    /// rest, never a worker); the pool's cgi.request_header_timeout runs from here. For a
+    /// new connection, from its accept (as a worker counts it).
     head_since: Option<Instant>,
+    /// When the request on it reached cgi-fpm: a new connection's accept, or the first
+    /// byte of the next request on a kept one (none yet: an idle kept connection). The
+    /// pool's request_queue_timeout runs from here.
+    arrived: Option<Instant>,
+    /// Its head is complete: it waits in its pool's queue for a worker.
+    queued: bool,
 }
 
-/// A pool's name and cgi.request_header_timeout, for heads the master waits for.
-#[derive(Debug, Clone)]
-pub struct HeadLimit {
+/// A pool's name and the limits on the connections the master holds for it (zero: none).
+#[derive(Debug, Clone, Default)]
+pub struct PoolLimits {
     pub pool: String,
-    pub timeout: Duration,
+    /// cgi.request_header_timeout: for a head to complete.
+    pub header_timeout: Duration,
+    /// request_queue_timeout: for a request with its head complete to reach a worker.
+    pub queue_timeout: Duration,
 }
 
 /// What an event on a parking token asks of the master.
@@ -103,100 +117,212 @@ pub struct HeadLimit {
 pub enum LotEvent {
     /// Not a parking token.
     None,
-    /// Workers parked connections: nothing more to do.
+    /// Workers parked connections, or a held one changed: nothing more to do.
     Parked,
-    /// A connection was handed to the pool's workers (it may need a worker started).
-    HandedOut { pool: usize },
+    /// A request head completed: the connection waits in the pool's queue for the master
+    /// to hand it to a worker (see [`Lot::dispatch`]).
+    Queued { pool: usize },
+}
+
+/// One pool's connections with a complete head, waiting for a worker.
+#[derive(Default)]
+struct Waiting {
+    /// Oldest arrival first; may hold tokens no longer waiting (handed out, refused,
+    /// closed), skipped when met.
+    tokens: VecDeque<(Instant, Token)>,
+    /// How many of them still wait.
+    live: u32,
 }
 
 pub struct Lot {
     parked: HashMap<Token, Parked>,
-    /// By pool index; a pool missing here has no limit.
-    limits: Vec<HeadLimit>,
-    /// How many parked connections have part of a head (`head_since` is set).
-    partial: usize,
+    /// By pool index; a pool missing here has no limits.
+    limits: Vec<PoolLimits>,
+    /// By pool index.
+    waiting: Vec<Waiting>,
+    /// Every head and queue deadline, soonest first. An entry is only a reminder to look:
+    /// what is due is worked out from the connection when it comes up, and entries of
+    /// connections gone since are dropped then (or when they pile up, see `tidy`). So
+    /// the next deadline is a peek, and expiring costs only what is due.
+    deadlines: BinaryHeap<Reverse<(Instant, Token)>>,
     /// Oldest first, to make room when full; may hold tokens already gone.
     order: VecDeque<Token>,
+    /// Pools of the requests refused since the master last asked (one entry each).
+    refused: Vec<usize>,
     next: usize,
     capacity: usize,
 }
 
 impl Lot {
     /// At most `capacity` parked connections (they cost the master a descriptor each);
-    /// beyond that the oldest is closed, which nginx takes as a closed idle connection.
+    /// beyond that the oldest idle one is closed, which nginx takes as a closed idle
+    /// connection.
     pub fn new(capacity: usize) -> Lot {
         Lot {
             parked: HashMap::new(),
             limits: Vec::new(),
-            partial: 0,
+            waiting: Vec::new(),
+            deadlines: BinaryHeap::new(),
             order: VecDeque::new(),
+            refused: Vec::new(),
             next: 0,
             capacity: capacity.max(1),
         }
     }
 
-    /// The pools' names and head timeouts, by pool index.
-    pub fn set_limits(&mut self, limits: Vec<HeadLimit>) {
+    /// The pools' names and limits, by pool index.
+    pub fn set_limits(&mut self, limits: Vec<PoolLimits>) {
+        self.waiting.resize_with(limits.len(), Waiting::default);
         self.limits = limits;
     }
 
-    fn limit(&self, pool: usize) -> Option<Duration> {
+    fn header_limit(&self, pool: usize) -> Option<Duration> {
         self.limits
             .get(pool)
-            .map(|l| l.timeout)
+            .map(|l| l.header_timeout)
             .filter(|t| !t.is_zero())
     }
 
-    /// When the next partial head runs out of time.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        if self.partial == 0 {
-            return None;
-        }
-        self.parked
-            .values()
-            .filter_map(|p| Some(p.head_since? + self.limit(p.pool)?))
-            .min()
+    fn queue_limit(&self, pool: usize) -> Option<Duration> {
+        self.limits
+            .get(pool)
+            .map(|l| l.queue_timeout)
+            .filter(|t| !t.is_zero())
     }
 
-    /// Close the connections whose head did not complete in time, as a worker would.
+    fn pool_name(&self, pool: usize) -> &str {
+        self.limits.get(pool).map_or("?", |l| l.pool.as_str())
+    }
+
+    /// When something held is next due: a head that must be complete, or a wait for a
+    /// worker that ends. May be early (a connection gone since): the master then wakes
+    /// once for nothing.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Close the connections whose head did not complete in time, as a worker would, and
+    /// answer 503 to the requests that waited for a worker past request_queue_timeout.
     pub fn expire(&mut self, registry: &Registry, now: Instant) {
-        if self.partial == 0 {
-            return;
-        }
-        let late: Vec<Token> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| {
-                p.head_since
-                    .zip(self.limit(p.pool))
-                    .is_some_and(|(since, limit)| now >= since + limit)
-            })
-            .map(|(token, _)| *token)
-            .collect();
-        for token in late {
-            if let Some(gone) = self.remove(registry, token) {
-                // Closing with unread bytes would reset the connection; what the peer sent
-                // is less than PEEK_LIMIT, so one read takes it.
-                let mut sink = [0u8; parking::PEEK_LIMIT];
-                let _ = recv(gone.fd.as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT);
-                let limit = &self.limits[gone.pool];
-                log::warn!(
-                    "[pool {}] the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
-                    limit.pool,
-                    limit.timeout.as_secs()
-                );
+        while let Some(&Reverse((at, token))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(parked) = self.parked.get(&token) else {
+                continue;
+            };
+            let pool = parked.pool;
+            if parked.queued {
+                let due = self
+                    .queue_limit(pool)
+                    .zip(parked.arrived)
+                    .is_some_and(|(limit, arrived)| now >= arrived + limit);
+                if due {
+                    self.refuse(registry, token, now);
+                }
+            } else if self
+                .header_limit(pool)
+                .zip(parked.head_since)
+                .is_some_and(|(limit, since)| now >= since + limit)
+            {
+                self.close_late_head(registry, token);
             }
         }
+        self.tidy();
+    }
+
+    /// The pools of the requests answered 503 since the last call, one entry per request.
+    pub fn take_refused(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.refused)
+    }
+
+    fn close_late_head(&mut self, registry: &Registry, token: Token) {
+        let Some(gone) = self.remove(registry, token) else {
+            return;
+        };
+        // Closing with unread bytes would reset the connection; what the peer sent is
+        // less than PEEK_LIMIT, so one read takes it.
+        let mut sink = [0u8; parking::PEEK_LIMIT];
+        let _ = recv(gone.fd.as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT);
+        log::warn!(
+            "[pool {}] the web server did not send a complete request within {}s (cgi.request_header_timeout); closing the connection",
+            self.pool_name(gone.pool),
+            self.header_limit(gone.pool).unwrap_or_default().as_secs()
+        );
+    }
+
+    /// Answer the request waiting on `token` 503 with Retry-After, log it, and count it.
+    /// A kept connection whose request was read whole goes on as an idle kept one; any
+    /// other is closed once the answer is written.
+    fn refuse(&mut self, registry: &Registry, token: Token, now: Instant) {
+        let Some(gone) = self.remove(registry, token) else {
+            return;
+        };
+        let limit = self.queue_limit(gone.pool).unwrap_or_default();
+        let waited = gone
+            .arrived
+            .map_or(Duration::ZERO, |arrived| now.saturating_duration_since(arrived));
+        // The head is complete (and under PEEK_LIMIT, or its start is all that is needed).
+        let mut sent = vec![0u8; parking::PEEK_LIMIT];
+        let n = recv(gone.fd.as_raw_fd(), &mut sent, MsgFlags::MSG_DONTWAIT).unwrap_or(0);
+        let answer = super::refusal::refuse(&sent[..n], super::refusal::retry_after(limit));
+        let request = answer
+            .as_ref()
+            .and_then(|a| a.request.clone())
+            .unwrap_or_else(|| "a request".to_string());
+        log::warn!(
+            "[pool {}] {request} waited {}.{:03}s for a free worker, past request_queue_timeout ({}s); answered 503 Service Unavailable",
+            self.pool_name(gone.pool),
+            waited.as_secs(),
+            waited.subsec_millis(),
+            limit.as_secs()
+        );
+        self.refused.push(gone.pool);
+        let Some(answer) = answer else {
+            return;
+        };
+        let written = write_now(gone.fd.as_fd(), &answer.bytes);
+        if written && answer.keep_conn && answer.complete {
+            self.park(registry, gone.fd, gone.pool);
+            return;
+        }
+        // The web server reads the answer before it sees the end of the connection; what
+        // it sends meanwhile (the rest of a body) is read off so that closing does not
+        // reset the connection under the answer.
+        let _ = nix::sys::socket::shutdown(gone.fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        let _ = recv(gone.fd.as_raw_fd(), &mut sent, MsgFlags::MSG_DONTWAIT);
     }
 
     /// Forget a parked connection (dropping it closes it unless the caller keeps it).
     fn remove(&mut self, registry: &Registry, token: Token) -> Option<Parked> {
         let parked = self.parked.remove(&token)?;
         let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
-        if parked.head_since.is_some() {
-            self.partial -= 1;
+        if parked.queued
+            && let Some(waiting) = self.waiting.get_mut(parked.pool)
+        {
+            waiting.live = waiting.live.saturating_sub(1);
         }
         Some(parked)
+    }
+
+    /// Drop the reminders and queue entries of connections gone since, once they make up
+    /// most of what is kept (a steady stream of short waits would otherwise grow them).
+    fn tidy(&mut self) {
+        let parked = &self.parked;
+        if self.deadlines.len() > 2 * parked.len() + 64 {
+            self.deadlines
+                .retain(|Reverse((_, token))| parked.contains_key(token));
+        }
+        for (pool, waiting) in self.waiting.iter_mut().enumerate() {
+            let still = |token: &Token| parked.get(token).is_some_and(|p| p.queued && p.pool == pool);
+            while waiting.tokens.front().is_some_and(|(_, t)| !still(t)) {
+                waiting.tokens.pop_front();
+            }
+            if waiting.tokens.len() > 2 * waiting.live as usize + 16 {
+                waiting.tokens.retain(|(_, t)| still(t));
+            }
+        }
     }
 
     /// Handle an event on `token`, if it is a parking one.
@@ -207,7 +333,7 @@ impl Lot {
         channels: &mut [Option<Channels>],
     ) -> LotEvent {
         if PARKED_TOKENS.contains(&token.0) {
-            return self.on_parked_ready(registry, token, channels);
+            return self.on_parked_ready(registry, token);
         }
         if CHANNEL_TOKENS.contains(&token.0)
             && let pool = token.0 - CHANNEL_TOKENS.start
@@ -242,11 +368,35 @@ impl Lot {
         self.park_as(registry, fd, pool, parking::Kind::Idle);
     }
 
+    /// Hold `fd`, a new connection of pool `pool` that reached cgi-fpm at `arrived`, until
+    /// its head is complete and a worker is free (request_queue_timeout).
+    pub fn hold(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, arrived: Instant) {
+        self.insert(registry, fd, pool, Some(arrived), Some(arrived));
+    }
+
+    /// A connection the previous image held (see `parked_fds`): idle if it had no request
+    /// yet, else waiting since `arrived`, as before the reload.
+    pub fn restore(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, arrived: Option<Instant>) {
+        self.insert(registry, fd, pool, arrived, arrived);
+    }
+
     /// [`Lot::park`]; a connection still awaiting its head has cgi.request_header_timeout
-    /// to complete it, counted from now.
+    /// to complete it, counted from now (as its wait for a worker).
     fn park_as(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, kind: parking::Kind) {
+        let since = (kind == parking::Kind::AwaitingHead).then(Instant::now);
+        self.insert(registry, fd, pool, since, since);
+    }
+
+    fn insert(
+        &mut self,
+        registry: &Registry,
+        fd: OwnedFd,
+        pool: usize,
+        head_since: Option<Instant>,
+        arrived: Option<Instant>,
+    ) {
         if self.parked.len() >= self.capacity {
-            self.evict_oldest(registry);
+            self.make_room(registry);
         }
         let token = Token(PARKED_TOKENS.start + self.next);
         self.next = (self.next + 1) % PARKED_TOKENS.len();
@@ -258,23 +408,86 @@ impl Lot {
         {
             return;
         }
+        if let Some((since, limit)) = head_since.zip(self.header_limit(pool)) {
+            self.deadlines.push(Reverse((since + limit, token)));
+        }
         self.parked.insert(
             token,
             Parked {
                 fd,
                 pool,
-                head_since: (kind == parking::Kind::AwaitingHead).then(Instant::now),
+                head_since,
+                arrived,
+                queued: false,
             },
         );
-        if kind == parking::Kind::AwaitingHead {
-            self.partial += 1;
-        }
         self.order.push_back(token);
         // `order` keeps tokens of connections gone since; drop them now and then.
         if self.order.len() > 2 * self.capacity {
             let parked = &self.parked;
             self.order.retain(|t| parked.contains_key(t));
         }
+    }
+
+    /// Whether another connection fits without closing one.
+    pub fn has_room(&self) -> bool {
+        self.parked.len() < self.capacity
+    }
+
+    /// Connections of pool `pool` with a complete head waiting for a worker.
+    pub fn held(&self, pool: usize) -> u32 {
+        self.waiting.get(pool).map_or(0, |w| w.live)
+    }
+
+    /// Hand at most `available` of the pool's waiting connections to its workers, oldest
+    /// first. Returns how many went.
+    pub fn dispatch(
+        &mut self,
+        registry: &Registry,
+        pool: usize,
+        available: usize,
+        channels: &mut [Option<Channels>],
+    ) -> usize {
+        let mut handed = 0;
+        while handed < available {
+            let Some(token) = self.pop_oldest(pool) else {
+                break;
+            };
+            let Some(parked) = self.remove(registry, token) else {
+                continue;
+            };
+            // A pool without channels parks nothing; dropping closes it.
+            let Some(ch) = channels.get_mut(pool).and_then(Option::as_mut) else {
+                continue;
+            };
+            match parking::send(ch.master.as_fd(), parked.fd.as_fd()) {
+                Ok(()) => {
+                    ch.handed_out += 1;
+                    handed += 1;
+                }
+                // Closing it is what nginx expects of an upstream that cannot go on: it
+                // retries the request on a new connection.
+                Err(e) => {
+                    log::warn!("cannot hand a kept connection to a worker: {e}; closing it")
+                }
+            }
+        }
+        handed
+    }
+
+    /// The token of the pool's oldest waiting connection, taken off its queue.
+    fn pop_oldest(&mut self, pool: usize) -> Option<Token> {
+        let waiting = self.waiting.get_mut(pool)?;
+        while let Some((_, token)) = waiting.tokens.pop_front() {
+            if self
+                .parked
+                .get(&token)
+                .is_some_and(|p| p.queued && p.pool == pool)
+            {
+                return Some(token);
+            }
+        }
+        None
     }
 
     /// Take what workers have sent on every channel (before a reload counts them).
@@ -284,9 +497,12 @@ impl Lot {
         }
     }
 
-    /// Every parked connection, with its pool's index.
-    pub fn parked_fds(&self) -> impl Iterator<Item = (usize, RawFd)> + '_ {
-        self.parked.values().map(|p| (p.pool, p.fd.as_raw_fd()))
+    /// Every parked connection, with its pool's index and when its request arrived (none
+    /// for an idle kept one).
+    pub fn parked_fds(&self) -> impl Iterator<Item = (usize, RawFd, Option<Instant>)> + '_ {
+        self.parked
+            .values()
+            .map(|p| (p.pool, p.fd.as_raw_fd(), p.arrived))
     }
 
     /// Close every parked connection (stopping): nginx drops a cached connection that
@@ -297,36 +513,67 @@ impl Lot {
             let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
         }
         self.order.clear();
-        self.partial = 0;
+        self.deadlines.clear();
+        for waiting in &mut self.waiting {
+            *waiting = Waiting::default();
+        }
     }
 
-    fn evict_oldest(&mut self, registry: &Registry) {
+    /// Full: close the oldest idle kept connection (or one still sending its head). When
+    /// every one held waits for a worker, the oldest of them is answered 503 now rather
+    /// than dropped unanswered.
+    fn make_room(&mut self, registry: &Registry) {
+        let mut oldest_waiting = None;
+        let mut skipped = Vec::new();
         while let Some(oldest) = self.order.pop_front() {
-            if self.remove(registry, oldest).is_some() {
-                return;
+            match self.parked.get(&oldest) {
+                None => {}
+                Some(p) if p.queued => {
+                    oldest_waiting.get_or_insert(oldest);
+                    skipped.push(oldest);
+                }
+                Some(_) => {
+                    self.remove(registry, oldest);
+                    oldest_waiting = None;
+                    break;
+                }
             }
+        }
+        for token in skipped.into_iter().rev() {
+            self.order.push_front(token);
+        }
+        if let Some(token) = oldest_waiting {
+            self.refuse(registry, token, Instant::now());
         }
     }
 
     /// A parked connection woke: closed by the web server (forget it), part of a request
     /// head arrived (wait for the rest: it stays registered, and the next bytes wake us
-    /// again), or a whole head (hand it out, unread).
-    fn on_parked_ready(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        channels: &mut [Option<Channels>],
-    ) -> LotEvent {
+    /// again), or a whole head (it joins its pool's queue, unread).
+    fn on_parked_ready(&mut self, registry: &Registry, token: Token) -> LotEvent {
+        let now = Instant::now();
         let Some(parked) = self.parked.get_mut(&token) else {
             return LotEvent::None;
         };
-        match parking::peek_head(parked.fd.as_fd()) {
+        let peeked = parking::peek_head(parked.fd.as_fd());
+        if parked.queued {
+            // More of its request (a body), or the web server gave up waiting.
+            if peeked == Peeked::Closed {
+                self.remove(registry, token);
+            }
+            return LotEvent::Parked;
+        }
+        match peeked {
             Peeked::Ready => {}
             Peeked::Partial(None) => return LotEvent::Parked,
             Peeked::Partial(Some(_)) => {
                 if parked.head_since.is_none() {
-                    parked.head_since = Some(Instant::now());
-                    self.partial += 1;
+                    parked.head_since = Some(now);
+                    parked.arrived.get_or_insert(now);
+                    let pool = parked.pool;
+                    if let Some(limit) = self.header_limit(pool) {
+                        self.deadlines.push(Reverse((now + limit, token)));
+                    }
                 }
                 return LotEvent::Parked;
             }
@@ -336,23 +583,36 @@ impl Lot {
                 return LotEvent::Parked;
             }
         }
-        let Some(parked) = self.remove(registry, token) else {
-            return LotEvent::None;
-        };
-        let Some(ch) = channels.get_mut(parked.pool).and_then(Option::as_mut) else {
-            return LotEvent::Parked;
-        };
-        match parking::send(ch.master.as_fd(), parked.fd.as_fd()) {
-            Ok(()) => {
-                ch.handed_out += 1;
-                LotEvent::HandedOut { pool: parked.pool }
-            }
-            Err(e) => {
-                // Closing it is what nginx expects of an upstream that cannot go on: it
-                // retries the request on a new connection.
-                log::warn!("cannot hand a kept connection to a worker: {e}; closing it");
-                LotEvent::Parked
-            }
+        let pool = parked.pool;
+        let arrived = *parked.arrived.get_or_insert(now);
+        parked.queued = true;
+        if pool >= self.waiting.len() {
+            self.waiting.resize_with(pool + 1, Waiting::default);
+        }
+        let waiting = &mut self.waiting[pool];
+        // Arrivals are nearly always in order: this is a push at the back.
+        let at = waiting.tokens.partition_point(|(t, _)| *t <= arrived);
+        waiting.tokens.insert(at, (arrived, token));
+        waiting.live += 1;
+        if let Some(limit) = self.queue_limit(pool) {
+            self.deadlines.push(Reverse((arrived + limit, token)));
+        }
+        LotEvent::Queued { pool }
+    }
+}
+
+/// Write all of `bytes` to a non-blocking socket at once, or report that it could not:
+/// a few hundred bytes on a connection with nothing else in flight always fit.
+fn write_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> bool {
+    loop {
+        match nix::sys::socket::send(
+            fd.as_raw_fd(),
+            bytes,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(n) => return n == bytes.len(),
+            Err(_) => return false,
         }
     }
 }

@@ -87,7 +87,7 @@ impl Master {
             ProcessManager::Static => None,
             ProcessManager::Dynamic | ProcessManager::Ondemand => pool
                 .queue_figures(&mut self.prober)
-                .map(|f| f.queued + handoffs),
+                .map(|f| f.queued + handoffs + self.lot.held(index)),
         };
         let figures = Figures {
             total,
@@ -206,12 +206,14 @@ impl Master {
 
     /// Keep the status page's high-water marks current between status requests.
     pub(super) fn note_figures(&mut self) {
-        for pool in &self.pools {
+        for (index, pool) in self.pools.iter().enumerate() {
             if pool.kind != PoolKind::Workers {
                 continue;
             }
             if let Some(figures) = pool.queue_figures(&mut self.prober) {
-                pool.scoreboard.note_listen_queue(figures.queued);
+                // Those the master holds for a worker were taken from that queue.
+                pool.scoreboard
+                    .note_listen_queue(figures.queued + self.lot.held(index));
             }
             pool.scoreboard.note_active(pool.scoreboard.active_count());
         }

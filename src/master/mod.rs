@@ -1,6 +1,7 @@
 //! The master process: one thread, one mio loop. It owns the listening sockets and the
-//! scoreboards, forks the workers, reaps and replaces them, and acts on signals. It never
-//! accepts a pool connection itself.
+//! scoreboards, forks the workers, reaps and replaces them, and acts on signals. It
+//! accepts a pool's connections itself only while the pool is full and has a
+//! request_queue_timeout (see `queue`).
 
 mod capture;
 mod children;
@@ -15,6 +16,8 @@ mod logs;
 mod lot;
 mod maintenance;
 mod pm;
+mod queue;
+mod refusal;
 mod reload;
 mod startup;
 mod systemd_report;
@@ -159,9 +162,11 @@ struct Master {
     /// Each pool's channels for idle kept connections (none for status pools), by index.
     channels: Vec<Option<Channels>>,
     lot: Lot,
+    /// request_queue_timeout: the pools whose connections the master holds.
+    queues: queue::Queues,
     /// Connections parked with the previous image, handed over and watched once the
-    /// loop starts.
-    handed_over_parked: Vec<(usize, std::os::fd::OwnedFd)>,
+    /// loop starts, with when the request waiting on one arrived.
+    handed_over_parked: Vec<(usize, std::os::fd::OwnedFd, Option<Instant>)>,
     /// Reads the pools' listen queues through one kept netlink socket.
     prober: Prober,
     /// `metrics.listen`, when set.

@@ -370,9 +370,10 @@ impl Master {
     fn parked_to_hand_over(&self) -> Vec<handover::Parked> {
         self.lot
             .parked_fds()
-            .map(|(index, fd)| handover::Parked {
+            .map(|(index, fd, arrived)| handover::Parked {
                 pool: self.pools[index].name.clone(),
                 fd,
+                arrived_monotonic_us: arrived.map(handover::instant_to_monotonic_us),
             })
             .collect()
     }

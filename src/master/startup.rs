@@ -54,6 +54,7 @@ impl Master {
             // workers, and so CGI children, never see it.
             inherited_env: std::env::vars_os().collect(),
             lot: Lot::new(lot_capacity(&config)),
+            queues: Default::default(),
             config,
             pools,
             children: HashMap::new(),
@@ -200,7 +201,10 @@ fn make_doorbell() -> Option<EventFd> {
 fn parking(
     pools: &[Pool],
     mut handed_over: handed_over::HandedOver,
-) -> (Vec<Option<Channels>>, Vec<(usize, OwnedFd)>) {
+) -> (
+    Vec<Option<Channels>>,
+    Vec<(usize, OwnedFd, Option<std::time::Instant>)>,
+) {
     let channels = pools
         .iter()
         .map(|p| match p.kind {
@@ -221,11 +225,11 @@ fn parking(
     let parked = handed_over
         .parked
         .into_iter()
-        .filter_map(|(name, fd)| {
+        .filter_map(|(name, fd, arrived)| {
             let index = pools
                 .iter()
                 .position(|p| p.kind == PoolKind::Workers && p.name == name)?;
-            Some((index, fd))
+            Some((index, fd, arrived))
         })
         .collect();
     (channels, parked)

@@ -28,7 +28,7 @@ impl Master {
             // request, as one stalled slot is anyway.
             let give_up_at = Some(Instant::now() + crate::scoreboard::READ_PATIENCE);
             let mut parked = vec![0u64; pools.len()];
-            for (index, _) in lot.parked_fds() {
+            for (index, _, _) in lot.parked_fds() {
                 if let Some(count) = parked.get_mut(index) {
                     *count += 1;
                 }

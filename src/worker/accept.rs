@@ -30,6 +30,7 @@ pub(super) fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> 
         if ctx.quit {
             return 0;
         }
+        ctx.offer_idle();
         if let Some(code) = acceptor.resume_if_due(ctx) {
             return code;
         }
@@ -73,8 +74,11 @@ pub(super) fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> 
         }
         // A head that is not there at once waits with the master, not with a worker: a
         // client that trickles it then costs a descriptor in the master, never a worker.
+        // While the master holds connections for the pool (request_queue_timeout), every
+        // new one joins them, behind those waiting longer.
         if ctx.parking.is_some()
-            && !head_arrives_within(fd.as_fd(), HEAD_PATIENCE)
+            && (ctx.queue_timed() && ctx.scoreboard.master_holds()
+                || !head_arrives_within(fd.as_fd(), HEAD_PATIENCE))
             && park(ctx, fd.as_fd(), crate::parking::Kind::AwaitingHead)
         {
             continue;

@@ -198,14 +198,36 @@ impl WorkerCtx<'_> {
     fn go_busy(&self) {
         self.slot().set_state(WorkerState::Reading);
         self.wake_master_if_asleep();
+        // The last idle worker of a pool with request_queue_timeout tells the master,
+        // which holds new connections if the pool cannot grow (see `master::queue`).
+        if self.queue_timed() && self.scoreboard.none_idle() {
+            self.ring_doorbell();
+        }
+    }
+
+    /// Just turned idle: while the master holds connections for the pool, it hands this
+    /// worker the oldest; ring so that it knows.
+    fn offer_idle(&self) {
+        if self.queue_timed() && self.scoreboard.idle_wanted() {
+            self.ring_doorbell();
+        }
+    }
+
+    /// The pool has request_queue_timeout (a status worker answers apart from that queue).
+    fn queue_timed(&self) -> bool {
+        !self.status_only && !self.pool.request_queue_timeout.is_zero()
     }
 
     /// After any change from idle to busy (a new connection, or the next request on a
     /// kept one).
     fn wake_master_if_asleep(&self) {
-        if self.scoreboard.take_doorbell()
-            && let Some(fd) = self.doorbell
-        {
+        if self.scoreboard.take_doorbell() {
+            self.ring_doorbell();
+        }
+    }
+
+    fn ring_doorbell(&self) {
+        if let Some(fd) = self.doorbell {
             // Non-blocking; a full counter already means "wake up".
             let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
         }

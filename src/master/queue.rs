@@ -1,0 +1,257 @@
+//! request_queue_timeout: a request waits at most that long for a worker of a full pool,
+//! then the master answers it 503 (see DESIGN.md, "Connections the master holds").
+//!
+//! Below the limit nothing changes: workers accept on the pool's socket themselves. The
+//! worker that takes the last idle slot rings the master's doorbell; if the pool cannot
+//! grow (every slot taken), the master starts *holding* for it: it accepts the waiting
+//! connections itself, stamps their arrival, and keeps them in the lot (`lot.rs`) with
+//! the pool's kept connections whose next request has come. While it holds, a worker that
+//! turns idle rings the doorbell, and one that accepts a connection itself hands it to
+//! the master too, so that each idle worker gets the oldest request, from the lot. A
+//! request still there at its deadline is answered 503 with Retry-After. Once nothing
+//! waits and a worker is idle, the master stops holding and workers accept directly again.
+
+use super::{LISTENER_BASE, Master, PoolKind, State};
+use crate::config::ProcessManager;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::errno::Errno;
+use nix::sys::socket::{SockFlag, accept4};
+use std::collections::HashSet;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Each pool's request_queue_timeout and whether the master holds connections for it.
+#[derive(Default)]
+pub struct Queues {
+    pools: Vec<PoolQueue>,
+}
+
+#[derive(Default)]
+struct PoolQueue {
+    /// request_queue_timeout; zero is off.
+    timeout: Duration,
+    /// The master accepts the pool's connections and hands them out.
+    holding: bool,
+    /// It registered the pool's listening socket for that (an ondemand pool's is
+    /// registered anyway).
+    watching: bool,
+    /// Out of descriptors at accept (see `shortage`).
+    accept_shortage: crate::shortage::Episode,
+}
+
+impl Queues {
+    /// Pools by index, with their request_queue_timeout (zero: off; always off for a
+    /// status pool, which has no queue of its own to bound).
+    pub fn new(timeouts: impl IntoIterator<Item = Duration>) -> Queues {
+        Queues {
+            pools: timeouts
+                .into_iter()
+                .map(|timeout| PoolQueue {
+                    timeout,
+                    ..PoolQueue::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn timeout(&self, pool: usize) -> Duration {
+        self.pools.get(pool).map_or(Duration::ZERO, |p| p.timeout)
+    }
+
+    fn holding(&self, pool: usize) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.holding)
+    }
+}
+
+impl Master {
+    /// The pools' request_queue_timeout, by pool index, for `Queues::new` and the lot.
+    pub(super) fn queue_timeouts(&self) -> Vec<Duration> {
+        self.pools
+            .iter()
+            .map(|pool| match pool.kind {
+                PoolKind::Workers => self.config.pools[pool.config_index].request_queue_timeout,
+                PoolKind::Status { .. } => Duration::ZERO,
+            })
+            .collect()
+    }
+
+    /// Once per pass, before deadlines are looked at: hand waiting connections to idle
+    /// workers, oldest first, and start or stop holding. A pool without the limit (or any
+    /// pool, stopping) gets every waiting connection at once, as before. Pools that got
+    /// one go into `handed` (an ondemand pool may need a worker started for it).
+    pub(super) fn serve_queues(&mut self, handed: &mut HashSet<usize>) {
+        let running = self.state == State::Running;
+        for index in 0..self.pools.len() {
+            if self.pools[index].kind != PoolKind::Workers {
+                continue;
+            }
+            let limited = running && !self.queues.timeout(index).is_zero();
+            if !limited {
+                if self.queues.holding(index) {
+                    self.stop_holding(index);
+                }
+                if self.lot.held(index) > 0
+                    && self
+                        .lot
+                        .dispatch(self.poll.registry(), index, usize::MAX, &mut self.channels)
+                        > 0
+                {
+                    handed.insert(index);
+                }
+                continue;
+            }
+            if self.queues.holding(index) {
+                self.accept_waiting(index);
+            }
+            let mut available = self.available_workers(index);
+            let sent = self
+                .lot
+                .dispatch(self.poll.registry(), index, available, &mut self.channels);
+            if sent > 0 {
+                handed.insert(index);
+            }
+            available -= sent;
+            let holding = self.queues.holding(index);
+            let waiting = self.lot.held(index);
+            if !holding && available == 0 && (waiting > 0 || self.cannot_grow(index)) {
+                self.start_holding(index);
+            } else if holding && waiting == 0 && available > 0 {
+                self.stop_holding(index);
+            }
+            self.pools[index]
+                .scoreboard
+                .counters()
+                .held_for_worker
+                .store(self.lot.held(index), Ordering::Relaxed);
+        }
+    }
+
+    /// After the lot's deadlines: count the requests it answered 503.
+    pub(super) fn count_refusals(&mut self) {
+        for index in self.lot.take_refused() {
+            if let Some(pool) = self.pools.get(index) {
+                pool.scoreboard
+                    .counters()
+                    .queue_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Idle workers of the pool not already sent a connection they have yet to take.
+    fn available_workers(&mut self, index: usize) -> usize {
+        let board = &self.pools[index].scoreboard;
+        let idle = board.idle_count() as usize;
+        let taken = board.counters().handoffs_taken.load(Ordering::Relaxed);
+        let pending = self.channels[index]
+            .as_mut()
+            .map_or(0, |ch| ch.pending(taken)) as usize;
+        idle.saturating_sub(pending)
+    }
+
+    /// Every slot has a worker (or one starting): the pool manager can add none.
+    fn cannot_grow(&self, index: usize) -> bool {
+        self.pools[index].scoreboard.free_slot().is_none() || self.process_max_reached
+    }
+
+    fn start_holding(&mut self, index: usize) {
+        let pool = &self.pools[index];
+        log::debug!(
+            "[pool {}] no worker free: the master holds new connections (request_queue_timeout)",
+            pool.name
+        );
+        let queue = &mut self.queues.pools[index];
+        queue.holding = true;
+        // An ondemand pool's socket is watched already, and stays so.
+        if pool.settings.pm != ProcessManager::Ondemand {
+            match self.poll.registry().register(
+                &mut SourceFd(&pool.listener.raw_fd()),
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            ) {
+                Ok(()) => queue.watching = true,
+                Err(e) => log::warn!(
+                    "[pool {}] cannot watch the listening socket ({e}); requests waiting there are not timed",
+                    pool.name
+                ),
+            }
+        }
+        // A worker that turned idle before the flag was up did not ring: look again.
+        let idle_already = pool.scoreboard.set_holding(true);
+        self.accept_waiting(index);
+        if idle_already {
+            let available = self.available_workers(index);
+            self.lot
+                .dispatch(self.poll.registry(), index, available, &mut self.channels);
+        }
+    }
+
+    fn stop_holding(&mut self, index: usize) {
+        let pool = &self.pools[index];
+        log::debug!(
+            "[pool {}] a worker is free: workers accept directly again",
+            pool.name
+        );
+        pool.scoreboard.set_holding(false);
+        let queue = &mut self.queues.pools[index];
+        queue.holding = false;
+        if std::mem::take(&mut queue.watching) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pool.listener.raw_fd()));
+        }
+        pool.scoreboard
+            .counters()
+            .held_for_worker
+            .store(self.lot.held(index), Ordering::Relaxed);
+    }
+
+    /// Take every connection waiting on the pool's socket into the lot, stamped with the
+    /// time it was taken (as close to its arrival as the master can tell: while it holds,
+    /// it takes them as they come). Stops when the lot is full; the rest wait in the
+    /// socket's queue.
+    fn accept_waiting(&mut self, index: usize) {
+        let pool = &self.pools[index];
+        let config = &self.config.pools[pool.config_index];
+        let listener = pool.listener.raw_fd();
+        while self.lot.has_room() {
+            let fd = match accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(e) if crate::shortage::is_shortage(e) => {
+                    let failure = self.queues.pools[index].accept_shortage.failed();
+                    if failure.first {
+                        log::error!(
+                            "[pool {}] the master cannot accept a waiting connection: {e}; it waits in the queue, untimed",
+                            pool.name
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "[pool {}] the master cannot accept a waiting connection: {e}",
+                        pool.name
+                    );
+                    break;
+                }
+            };
+            if let Some(failures) = self.queues.pools[index].accept_shortage.succeeded() {
+                log::info!(
+                    "[pool {}] the master accepts again after {failures} failure(s)",
+                    pool.name
+                );
+            }
+            if !crate::isolation::clients::admit(config, &fd) {
+                continue;
+            }
+            self.lot
+                .hold(self.poll.registry(), fd, index, Instant::now());
+        }
+    }
+}
