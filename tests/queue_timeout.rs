@@ -59,7 +59,8 @@ impl Setup {
         let gated = fpm.script(
             "gated.sh",
             &format!(
-                "#!/bin/sh\ni=0\nwhile [ ! -e {} ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nprintf 'Content-Type: text/plain\\r\\n\\r\\nreleased'\n",
+                "#!/bin/sh\necho $$ >> {}\ni=0\nwhile [ ! -e {} ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nprintf 'Content-Type: text/plain\\r\\n\\r\\nreleased'\n",
+                fpm.path("running").display(),
                 gate.display()
             ),
         );
@@ -84,11 +85,13 @@ impl Setup {
     }
 
     /// Occupy the pool's only worker with the gated script, on a thread; returns once the
-    /// worker runs it.
+    /// worker runs it. Told by the script, not by the master: asking the master would
+    /// wake it, and it must learn that the pool is full from the worker alone.
     fn occupy(&self) -> std::thread::JoinHandle<u16> {
         let handle = send(&self.fpm.address, &self.gated, false);
+        let running = self.fpm.path("running");
         wait_until("the worker runs the gated script", Duration::from_secs(10), || {
-            self.status()["active processes"] == 1
+            running.exists()
         });
         handle
     }
@@ -177,12 +180,15 @@ fn assert_refused(response: &common::Response, waited: Duration, timeout: Durati
 fn full_pool_refuses_after_the_wait_then_serves(listen: Listen) {
     let timeout = Duration::from_secs(2);
     let setup = Setup::start(listen, 2);
+    // Two requests just before: the second finds the master awake with a round due
+    // within the second, so only the last idle worker's ring can tell it that the pool
+    // is full before the waiting request's arrival is stamped (a second late otherwise).
+    for _ in 0..2 {
+        assert_eq!(setup.fpm.get(&hello(), &[]).status(), 200);
+    }
     let occupied = setup.occupy();
+    // Nothing asks the master anything until the answer: see `occupy`.
     let waiting = timed(&setup.fpm.address, &hello());
-    // While it waits, the master holds it and shows it in the listen queue.
-    wait_until("the listen queue shows the waiting request", timeout, || {
-        setup.status()["listen queue"] == 1
-    });
     let (response, waited) = waiting.join().expect("waiting request");
     assert_refused(&response, waited, timeout);
     assert_eq!(setup.refusals(), 1);
@@ -222,7 +228,8 @@ fn a_request_whose_worker_frees_up_in_time_is_served() {
     let setup = Setup::start(Listen::Unix, 3);
     let occupied = setup.occupy();
     let waiting = timed(&setup.fpm.address, &hello());
-    wait_until("the request waits", Duration::from_secs(2), || {
+    // While it waits, the master holds it and shows it in the listen queue.
+    wait_until("the listen queue shows the waiting request", Duration::from_secs(2), || {
         setup.status()["listen queue"] == 1
     });
     setup.release();
@@ -262,6 +269,33 @@ fn waiting_requests_are_served_oldest_first() {
     assert_eq!(second.status(), 200, "served after {waited:?}");
     assert_eq!(occupied.join().expect("gated request"), 200);
     assert_eq!(setup.refusals(), 0);
+}
+
+/// A worker that frees up calls for the next waiting request at once: three quick ones
+/// behind a slow one are all served well within a second of it (the master's round, once
+/// a second, would take one a second).
+#[test]
+fn a_freed_worker_takes_the_waiting_requests_at_once() {
+    let setup = Setup::start(Listen::Unix, 10);
+    let occupied = setup.occupy();
+    let waiting: Vec<_> = (0..3)
+        .map(|n| {
+            let handle = timed(&setup.fpm.address, &hello());
+            wait_until("the request waits", Duration::from_secs(2), || {
+                setup.status()["listen queue"] == n + 1
+            });
+            handle
+        })
+        .collect();
+    let released = Instant::now();
+    setup.release();
+    assert_eq!(occupied.join().expect("gated request"), 200);
+    for handle in waiting {
+        let (response, _) = handle.join().expect("waiting request");
+        assert_eq!(response.status(), 200);
+    }
+    let took = released.elapsed();
+    assert!(took < Duration::from_millis(800), "served {took:?} after the release");
 }
 
 /// The next request on a kept connection the master parked waits like a new connection's,
