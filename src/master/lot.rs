@@ -219,7 +219,7 @@ impl Lot {
                     .zip(parked.arrived)
                     .is_some_and(|(limit, arrived)| now >= arrived + limit);
                 if due {
-                    self.refuse(registry, token, now);
+                    self.refuse(registry, token, now, true);
                 }
             } else if self
                 .header_limit(pool)
@@ -253,16 +253,16 @@ impl Lot {
     }
 
     /// Answer the request waiting on `token` 503 with Retry-After, log it, and count it.
-    /// A kept connection whose request was read whole goes on as an idle kept one; any
-    /// other is closed once the answer is written.
-    fn refuse(&mut self, registry: &Registry, token: Token, now: Instant) {
+    /// A kept connection whose request was read whole goes on as an idle kept one if
+    /// `may_keep`; any other is closed once the answer is written.
+    fn refuse(&mut self, registry: &Registry, token: Token, now: Instant, may_keep: bool) {
         let Some(gone) = self.remove(registry, token) else {
             return;
         };
         let limit = self.queue_limit(gone.pool).unwrap_or_default();
-        let waited = gone
-            .arrived
-            .map_or(Duration::ZERO, |arrived| now.saturating_duration_since(arrived));
+        let waited = gone.arrived.map_or(Duration::ZERO, |arrived| {
+            now.saturating_duration_since(arrived)
+        });
         // The head is complete (and under PEEK_LIMIT, or its start is all that is needed).
         let mut sent = vec![0u8; parking::PEEK_LIMIT];
         let n = recv(gone.fd.as_raw_fd(), &mut sent, MsgFlags::MSG_DONTWAIT).unwrap_or(0);
@@ -283,7 +283,7 @@ impl Lot {
             return;
         };
         let written = write_now(gone.fd.as_fd(), &answer.bytes);
-        if written && answer.keep_conn && answer.complete {
+        if may_keep && written && answer.keep_conn && answer.complete {
             self.park(registry, gone.fd, gone.pool);
             return;
         }
@@ -315,7 +315,11 @@ impl Lot {
                 .retain(|Reverse((_, token))| parked.contains_key(token));
         }
         for (pool, waiting) in self.waiting.iter_mut().enumerate() {
-            let still = |token: &Token| parked.get(token).is_some_and(|p| p.queued && p.pool == pool);
+            let still = |token: &Token| {
+                parked
+                    .get(token)
+                    .is_some_and(|p| p.queued && p.pool == pool)
+            };
             while waiting.tokens.front().is_some_and(|(_, t)| !still(t)) {
                 waiting.tokens.pop_front();
             }
@@ -376,7 +380,13 @@ impl Lot {
 
     /// A connection the previous image held (see `parked_fds`): idle if it had no request
     /// yet, else waiting since `arrived`, as before the reload.
-    pub fn restore(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, arrived: Option<Instant>) {
+    pub fn restore(
+        &mut self,
+        registry: &Registry,
+        fd: OwnedFd,
+        pool: usize,
+        arrived: Option<Instant>,
+    ) {
         self.insert(registry, fd, pool, arrived, arrived);
     }
 
@@ -395,8 +405,10 @@ impl Lot {
         head_since: Option<Instant>,
         arrived: Option<Instant>,
     ) {
-        if self.parked.len() >= self.capacity {
-            self.make_room(registry);
+        // Full of requests waiting for a worker, nothing else: an idle kept connection
+        // is the one to close (the web server opens another when it needs one).
+        if self.parked.len() >= self.capacity && !self.make_room(registry, arrived.is_some()) {
+            return;
         }
         let token = Token(PARKED_TOKENS.start + self.next);
         self.next = (self.next + 1) % PARKED_TOKENS.len();
@@ -519,32 +531,37 @@ impl Lot {
         }
     }
 
-    /// Full: close the oldest idle kept connection (or one still sending its head). When
-    /// every one held waits for a worker, the oldest of them is answered 503 now rather
-    /// than dropped unanswered.
-    fn make_room(&mut self, registry: &Registry) {
-        let mut oldest_waiting = None;
-        let mut skipped = Vec::new();
-        while let Some(oldest) = self.order.pop_front() {
-            match self.parked.get(&oldest) {
-                None => {}
-                Some(p) if p.queued => {
-                    oldest_waiting.get_or_insert(oldest);
-                    skipped.push(oldest);
-                }
-                Some(_) => {
-                    self.remove(registry, oldest);
-                    oldest_waiting = None;
-                    break;
-                }
-            }
+    /// Full: close the oldest idle kept connection, else the oldest still sending its
+    /// head. When every one held waits for a worker, the oldest of them is answered 503
+    /// now rather than dropped unanswered, if `for_request` (the newcomer has one).
+    /// Returns whether there is room now.
+    fn make_room(&mut self, registry: &Registry, for_request: bool) -> bool {
+        let parked = &self.parked;
+        let oldest = |wanted: &dyn Fn(&Parked) -> bool| {
+            self.order
+                .iter()
+                .position(|t| parked.get(t).is_some_and(wanted))
+        };
+        let (at, refuse) = match oldest(&|p| p.arrived.is_none()).or_else(|| oldest(&|p| !p.queued))
+        {
+            Some(at) => (at, false),
+            None => match oldest(&|p| p.queued) {
+                Some(at) if for_request => (at, true),
+                Some(_) => return false,
+                // Only tokens of connections gone: there is room.
+                None => return true,
+            },
+        };
+        let Some(token) = self.order.remove(at) else {
+            return true;
+        };
+        if refuse {
+            // Not kept: parking it again would need the room being made.
+            self.refuse(registry, token, Instant::now(), false);
+        } else {
+            self.remove(registry, token);
         }
-        for token in skipped.into_iter().rev() {
-            self.order.push_front(token);
-        }
-        if let Some(token) = oldest_waiting {
-            self.refuse(registry, token, Instant::now());
-        }
+        true
     }
 
     /// A parked connection woke: closed by the web server (forget it), part of a request
@@ -620,7 +637,111 @@ fn write_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fastcgi::record::{RecordType, Role, write_begin_request, write_stream_end};
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
+
+    /// A lot for one pool `www` with request_queue_timeout `queue`, and its poll.
+    fn lot(queue: Duration, capacity: usize) -> (mio::Poll, Lot) {
+        let poll = mio::Poll::new().unwrap();
+        let mut lot = Lot::new(capacity);
+        lot.set_limits(vec![PoolLimits {
+            pool: "www".into(),
+            header_timeout: Duration::from_secs(30),
+            queue_timeout: queue,
+        }]);
+        (poll, lot)
+    }
+
+    /// A connection whose whole request (id 1, not kept) has arrived, held by the lot as
+    /// arrived `ago`; returns the web server's end.
+    fn held(poll: &mio::Poll, lot: &mut Lot, ago: Duration) -> UnixStream {
+        let (mut web, ours) = UnixStream::pair().unwrap();
+        let mut request = Vec::new();
+        write_begin_request(&mut request, 1, Role::Responder, 0);
+        write_stream_end(&mut request, RecordType::Params, 1);
+        write_stream_end(&mut request, RecordType::Stdin, 1);
+        web.write_all(&request).unwrap();
+        web.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        lot.hold(poll.registry(), ours.into(), 0, Instant::now() - ago);
+        web
+    }
+
+    /// Feed the lot its events, as the master's loop does.
+    fn pass(poll: &mut mio::Poll, lot: &mut Lot, channels: &mut [Option<Channels>]) {
+        let mut events = mio::Events::with_capacity(16);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        for event in &events {
+            lot.on_event(poll.registry(), event.token(), channels);
+        }
+    }
+
+    fn answer(web: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        web.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn waiting_connections_go_out_oldest_first_and_the_overdue_get_503() {
+        let (mut poll, mut lot) = lot(Duration::from_secs(2), 8);
+        let mut channels = vec![Some(Channels::new().unwrap())];
+        let mut overdue = held(&poll, &mut lot, Duration::from_secs(3));
+        let _young = held(&poll, &mut lot, Duration::ZERO);
+        let _older = held(&poll, &mut lot, Duration::from_secs(1));
+        pass(&mut poll, &mut lot, &mut channels);
+        assert_eq!(lot.held(0), 3);
+        // The overdue one's deadline is the first, and passed.
+        assert!(lot.next_deadline().unwrap() <= Instant::now());
+        lot.expire(poll.registry(), Instant::now());
+        assert_eq!(lot.take_refused(), vec![0]);
+        assert_eq!(lot.held(0), 2);
+        let got = String::from_utf8_lossy(&answer(&mut overdue)).into_owned();
+        assert!(got.contains("Status: 503 Service Unavailable\r\nRetry-After: 2\r\n"));
+        // Next due: the older of the two left, a second from now.
+        let next = lot.next_deadline().unwrap();
+        assert!(next > Instant::now() && next <= Instant::now() + Duration::from_secs(1));
+        // One worker free: it gets the older.
+        assert_eq!(lot.dispatch(poll.registry(), 0, 1, &mut channels), 1);
+        let worker = channels[0].as_ref().unwrap().worker.as_fd();
+        let Received::Fd(fd) = parking::receive(worker).unwrap() else {
+            panic!("nothing handed out");
+        };
+        let mut handed = UnixStream::from(fd);
+        handed.set_nonblocking(true).unwrap();
+        let mut first = [0u8; 8];
+        handed.read_exact(&mut first).unwrap();
+        assert_eq!(first[1], RecordType::BeginRequest.as_u8());
+        assert_eq!(lot.held(0), 1);
+        // Nothing else is due before the young one's deadline.
+        lot.expire(poll.registry(), Instant::now());
+        assert!(lot.take_refused().is_empty());
+        lot.expire(poll.registry(), Instant::now() + Duration::from_secs(2));
+        assert_eq!(lot.take_refused(), vec![0]);
+        assert_eq!(lot.held(0), 0);
+    }
+
+    #[test]
+    fn a_full_lot_of_waiting_connections_answers_the_oldest_rather_than_drop_one() {
+        let (mut poll, mut lot) = lot(Duration::from_secs(60), 2);
+        let mut channels = vec![Some(Channels::new().unwrap())];
+        let mut oldest = held(&poll, &mut lot, Duration::from_secs(2));
+        let _next = held(&poll, &mut lot, Duration::from_secs(1));
+        pass(&mut poll, &mut lot, &mut channels);
+        assert!(!lot.has_room());
+        let _newest = held(&poll, &mut lot, Duration::ZERO);
+        assert_eq!(lot.take_refused(), vec![0]);
+        let got = answer(&mut oldest);
+        assert!(String::from_utf8_lossy(&got).contains("Status: 503"));
+        pass(&mut poll, &mut lot, &mut channels);
+        assert_eq!(lot.held(0), 2);
+        // An idle kept connection does not take a waiting one's place: it is closed.
+        let (mut web, idle) = UnixStream::pair().unwrap();
+        lot.park(poll.registry(), idle.into(), 0);
+        assert!(lot.take_refused().is_empty());
+        assert!(answer(&mut web).is_empty(), "closed");
+        assert_eq!(lot.held(0), 2);
+    }
 
     #[test]
     fn pending_handoffs_follow_the_channel_not_only_the_counts() {

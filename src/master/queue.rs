@@ -87,16 +87,20 @@ impl Master {
             if self.pools[index].kind != PoolKind::Workers {
                 continue;
             }
-            let limited = running && !self.queues.timeout(index).is_zero();
+            // Without channels nothing can be handed to a worker: no holding then.
+            let limited =
+                running && !self.queues.timeout(index).is_zero() && self.channels[index].is_some();
             if !limited {
                 if self.queues.holding(index) {
                     self.stop_holding(index);
                 }
                 if self.lot.held(index) > 0
-                    && self
-                        .lot
-                        .dispatch(self.poll.registry(), index, usize::MAX, &mut self.channels)
-                        > 0
+                    && self.lot.dispatch(
+                        self.poll.registry(),
+                        index,
+                        usize::MAX,
+                        &mut self.channels,
+                    ) > 0
                 {
                     handed.insert(index);
                 }
@@ -106,9 +110,9 @@ impl Master {
                 self.accept_waiting(index);
             }
             let mut available = self.available_workers(index);
-            let sent = self
-                .lot
-                .dispatch(self.poll.registry(), index, available, &mut self.channels);
+            let sent =
+                self.lot
+                    .dispatch(self.poll.registry(), index, available, &mut self.channels);
             if sent > 0 {
                 handed.insert(index);
             }
