@@ -12,10 +12,12 @@
 # wake-ups at rest, and p99 with nginx `keepalive 8` against the W workers.
 #
 # usage: scripts/bench.sh [-n RUNS] [-d SECONDS] [-w WORKERS] [-c CONNECTIONS] [-t THREADS]
-#                         [-o CASES]
+#                         [-o CASES] [-q SECONDS]
 #   defaults: -n 3 -d 5 -w 4 -c 16 -t 2   (wrk's -d is capped at 10 s)
 #   -o: a comma-separated subset of hello.sh,hello,hello.py,echo,php,keepalive,rest
 #       (default all; rest: the master's wake-ups at rest per pool manager)
+#   -q: request_queue_timeout for cgi-fpm's pool (default 0, off): compare the cost of the
+#       queue deadline, with -c below -w (a worker idle) and above it (the pool full)
 # It installs what is missing (nginx, fcgiwrap, wrk, curl, a C compiler, python3; php-fpm and
 # php-cgi if they can be had), builds cgi-fpm --release, and starts everything it uses on
 # loopback and unix sockets in a temporary directory; it stops only what it started, by pid.
@@ -24,7 +26,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 RUNS=3 DURATION=5 WORKERS=4 CONNS=16 THREADS=2 ONLY=hello.sh,hello,hello.py,echo,php,keepalive,rest
-while getopts "n:d:w:c:t:o:h" opt; do
+QUEUE_TIMEOUT=0
+while getopts "n:d:w:c:t:o:q:h" opt; do
     case $opt in
     n) RUNS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
@@ -32,12 +35,14 @@ while getopts "n:d:w:c:t:o:h" opt; do
     c) CONNS=$OPTARG ;;
     t) THREADS=$OPTARG ;;
     o) ONLY=$OPTARG ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
+    q) QUEUE_TIMEOUT=$OPTARG ;;
+    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
     esac
 done
 for v in "$RUNS" "$DURATION" "$WORKERS" "$CONNS" "$THREADS"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: options take positive integers" >&2; exit 64; }
 done
+[[ $QUEUE_TIMEOUT =~ ^[0-9]+$ ]] || { echo "bench.sh: -q takes whole seconds" >&2; exit 64; }
 ((DURATION <= 10)) || DURATION=10
 ((CONNS <= 256)) || CONNS=256
 wanted() { [[ ,$ONLY, == *,$1,* ]]; }
@@ -166,6 +171,7 @@ error_log = $TMP/cgi-fpm.log
 listen = $TMP/cgi-fpm.sock
 pm = static
 pm.max_children = $WORKERS
+request_queue_timeout = $QUEUE_TIMEOUT
 cgi.allowed_roots = $WWW
 env[PATH] = $CGI_PATH
 ${PHP_CGI_BIN:+cgi.interpreter[.php] = $PHP_CGI_BIN}

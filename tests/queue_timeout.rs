@@ -90,9 +90,11 @@ impl Setup {
     fn occupy(&self) -> std::thread::JoinHandle<u16> {
         let handle = send(&self.fpm.address, &self.gated, false);
         let running = self.fpm.path("running");
-        wait_until("the worker runs the gated script", Duration::from_secs(10), || {
-            running.exists()
-        });
+        wait_until(
+            "the worker runs the gated script",
+            Duration::from_secs(10),
+            || running.exists(),
+        );
         handle
     }
 
@@ -101,7 +103,9 @@ impl Setup {
     }
 
     fn refusals(&self) -> u64 {
-        self.status()["queue refusals"].as_u64().expect("queue refusals")
+        self.status()["queue refusals"]
+            .as_u64()
+            .expect("queue refusals")
     }
 }
 
@@ -170,7 +174,10 @@ fn assert_refused(response: &common::Response, waited: Duration, timeout: Durati
         "{text}"
     );
     assert!(text.contains("The server is busy"), "{text}");
-    assert!(waited >= timeout, "refused after {waited:?}, before {timeout:?}");
+    assert!(
+        waited >= timeout,
+        "refused after {waited:?}, before {timeout:?}"
+    );
     assert!(
         waited < timeout + SLACK,
         "refused after {waited:?}, more than {SLACK:?} past {timeout:?}"
@@ -229,9 +236,11 @@ fn a_request_whose_worker_frees_up_in_time_is_served() {
     let occupied = setup.occupy();
     let waiting = timed(&setup.fpm.address, &hello());
     // While it waits, the master holds it and shows it in the listen queue.
-    wait_until("the listen queue shows the waiting request", Duration::from_secs(2), || {
-        setup.status()["listen queue"] == 1
-    });
+    wait_until(
+        "the listen queue shows the waiting request",
+        Duration::from_secs(2),
+        || setup.status()["listen queue"] == 1,
+    );
     setup.release();
     let (response, waited) = waiting.join().expect("waiting request");
     assert_eq!(
@@ -295,7 +304,10 @@ fn a_freed_worker_takes_the_waiting_requests_at_once() {
         assert_eq!(response.status(), 200);
     }
     let took = released.elapsed();
-    assert!(took < Duration::from_millis(800), "served {took:?} after the release");
+    assert!(
+        took < Duration::from_millis(800),
+        "served {took:?} after the release"
+    );
 }
 
 /// The next request on a kept connection the master parked waits like a new connection's,
@@ -335,7 +347,9 @@ fn a_reload_does_not_reset_a_wait() {
     wait_until("two wait", timeout, || setup.status()["listen queue"] == 2);
     // Halfway: a wait that started again at the reload would end a second too late.
     let halfway = sent + timeout / 2;
-    wait_until("half the wait passes", timeout, || Instant::now() >= halfway);
+    wait_until("half the wait passes", timeout, || {
+        Instant::now() >= halfway
+    });
     setup.fpm.signal(nix::sys::signal::Signal::SIGUSR2);
     setup
         .fpm
@@ -359,7 +373,9 @@ fn without_the_setting_a_request_waits_for_its_worker() {
     });
     // Longer than any refusal in these tests would take.
     let until = Instant::now() + Duration::from_millis(2500);
-    wait_until("time passes", Duration::from_secs(3), || Instant::now() >= until);
+    wait_until("time passes", Duration::from_secs(3), || {
+        Instant::now() >= until
+    });
     assert!(!waiting.is_finished(), "answered without a worker");
     setup.release();
     let (response, _) = waiting.join().expect("waiting request");
@@ -381,19 +397,24 @@ fn nginx_passes_the_503_on() {
         return;
     };
     let socket = nginx.socket.clone();
-    let occupied = std::thread::spawn(move || {
-        common::http::get(&socket, "/gated.sh").map(|r| r.status)
-    });
-    wait_until("the worker runs the gated script", Duration::from_secs(10), || {
-        setup.status()["active processes"] == 1
-    });
+    let occupied =
+        std::thread::spawn(move || common::http::get(&socket, "/gated.sh").map(|r| r.status));
+    wait_until(
+        "the worker runs the gated script",
+        Duration::from_secs(10),
+        || setup.status()["active processes"] == 1,
+    );
     std::fs::copy(hello(), setup.fpm.path("www/hello.sh")).expect("copy hello.sh");
     let started = Instant::now();
     let refused = common::http::get(&nginx.socket, "/hello.sh").expect("GET through nginx");
     let waited = started.elapsed();
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.header("Retry-After"), Some("1"));
-    assert!(refused.text().contains("The server is busy"), "{}", refused.text());
+    assert!(
+        refused.text().contains("The server is busy"),
+        "{}",
+        refused.text()
+    );
     assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(1) + SLACK);
     setup.release();
     assert_eq!(occupied.join().expect("gated").expect("gated GET"), 200);

@@ -224,10 +224,7 @@ impl Dump {
             "request_terminate_timeout_track_finished",
             yes_no(pool.request_terminate_timeout_track_finished),
         );
-        self.line(
-            "request_queue_timeout",
-            seconds(pool.request_queue_timeout),
-        );
+        self.line("request_queue_timeout", seconds(pool.request_queue_timeout));
     }
 
     fn cgi(&mut self, pool: &PoolConfig) {

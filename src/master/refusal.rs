@@ -119,7 +119,11 @@ mod tests {
         let mut out = Vec::new();
         let mut rest = bytes;
         while let Some((record, len)) = parse_record(rest).unwrap() {
-            out.push((record.record_type, record.request_id, record.content.to_vec()));
+            out.push((
+                record.record_type,
+                record.request_id,
+                record.content.to_vec(),
+            ));
             rest = &rest[len..];
         }
         assert!(rest.is_empty(), "trailing bytes");
@@ -138,7 +142,10 @@ mod tests {
             "{cgi}"
         );
         assert!(cgi.contains("\r\n\r\nThe server is busy"), "{cgi}");
-        assert_eq!((got[1].0, got[1].1, got[1].2.len()), (RecordType::Stdout, 7, 0));
+        assert_eq!(
+            (got[1].0, got[1].1, got[1].2.len()),
+            (RecordType::Stdout, 7, 0)
+        );
         assert_eq!((got[2].0, got[2].1), (RecordType::EndRequest, 7));
         let end = EndRequest::parse(&got[2].2).unwrap();
         assert_eq!(end.protocol_status, ProtocolStatus::RequestComplete);
