@@ -102,6 +102,10 @@ struct Parked {
     queued: bool,
 }
 
+/// A connection the previous image held, for [`Lot::restore`]: its pool's index, the
+/// connection, and when the request waiting on it arrived.
+pub type HeldOver = (usize, OwnedFd, Option<Instant>);
+
 /// A pool's name and the limits on the connections the master holds for it (zero: none).
 #[derive(Debug, Clone, Default)]
 pub struct PoolLimits {

@@ -166,7 +166,7 @@ struct Master {
     queues: queue::Queues,
     /// Connections parked with the previous image, handed over and watched once the
     /// loop starts, with when the request waiting on one arrived.
-    handed_over_parked: Vec<(usize, std::os::fd::OwnedFd, Option<Instant>)>,
+    handed_over_parked: Vec<lot::HeldOver>,
     /// Reads the pools' listen queues through one kept netlink socket.
     prober: Prober,
     /// `metrics.listen`, when set.

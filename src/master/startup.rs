@@ -17,7 +17,7 @@ use crate::scoreboard::{Scoreboard, now_us};
 use mio::Poll;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 impl Master {
@@ -201,10 +201,7 @@ fn make_doorbell() -> Option<EventFd> {
 fn parking(
     pools: &[Pool],
     mut handed_over: handed_over::HandedOver,
-) -> (
-    Vec<Option<Channels>>,
-    Vec<(usize, OwnedFd, Option<std::time::Instant>)>,
-) {
+) -> (Vec<Option<Channels>>, Vec<super::lot::HeldOver>) {
     let channels = pools
         .iter()
         .map(|p| match p.kind {
