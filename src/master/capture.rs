@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::CAPTURE_TOKENS;
+use super::tokens::CAPTURE_TOKENS;
 
 struct Pipe {
     fd: OwnedFd,

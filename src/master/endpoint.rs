@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// The listening socket's token; its connections take the ones above.
-pub const LISTENER_TOKEN: Token = Token(1 << 62);
-const CONNECTION_TOKENS: std::ops::Range<usize> = (1 << 62) + 1..1 << 63;
+use super::tokens::{
+    ENDPOINT_CONNECTIONS as CONNECTION_TOKENS, ENDPOINT_LISTENER as LISTENER_TOKEN,
+};
 /// Open connections at most; a new one past this closes the oldest, so idle clients
 /// cannot lock a scraper out.
 pub const MAX_CONNECTIONS: usize = crate::fdplan::METRICS_CONNECTIONS as usize;

@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::{CHANNEL_TOKENS, PARKED_TOKENS};
+use super::tokens::{CHANNEL_TOKENS, PARKED_TOKENS};
 
 /// One pool's channel: the master's end and the end its workers inherit. Workers park
 /// connections by sending on their end, and the master hands them out by sending on its

@@ -3,7 +3,8 @@
 
 use super::children::SpawnFailure;
 use super::pm::{Decision, Figures, IdleWorker, Trigger};
-use super::{LISTENER_BASE, Master, Pool, PoolKind, pm};
+use super::tokens::LISTENER_BASE;
+use super::{Master, Pool, PoolKind, pm};
 use crate::config::ProcessManager;
 use crate::listen_queue::Prober;
 use crate::scoreboard::{WorkerState, now_us};

@@ -21,6 +21,7 @@ mod refusal;
 mod reload;
 mod startup;
 mod systemd_report;
+mod tokens;
 mod views;
 
 use crate::config::Config;
@@ -33,7 +34,7 @@ use emergency::Emergency;
 use listener::Listener;
 use logs::PoolLogs;
 use lot::{Channels, Lot};
-use mio::{Poll, Token};
+use mio::Poll;
 use nix::unistd::Pid;
 use pm::PmState;
 use reload::OldWorkers;
@@ -42,18 +43,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-/// The master's event tokens, one range per kind of source so that none can be taken
-/// for another: signals; pool listening sockets (by pool index); catch_workers_output
-/// pipes; parking channels (by pool index); parked connections.
-const SIGNALS: Token = Token(0);
-/// The eventfd workers ring when they get busy while the master sleeps with nothing due.
-const DOORBELL: Token = Token(CAPTURE_TOKENS.start - 1);
-const CAPTURE_TOKENS: std::ops::Range<usize> = 1 << 20..1 << 30;
-const CHANNEL_TOKENS: std::ops::Range<usize> = 1 << 30..1 << 31;
-const PARKED_TOKENS: std::ops::Range<usize> = 1 << 31..1 << 62;
-
-/// Token of an ondemand pool's listening socket: this plus the pool's index.
-const LISTENER_BASE: usize = 1;
 /// The shortest time between two maintenance rounds, php-fpm's tick. Unlike php-fpm's, a
 /// round happens only when something is due (see `pm::tick_due`): at rest the master
 /// sleeps until a signal, an event or a real deadline.
