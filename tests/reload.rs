@@ -707,7 +707,20 @@ fn the_status_page_shows_an_old_worker_with_its_request_during_a_reload() {
     let busy = wait_for_busy_worker(&fpm);
     reload(&fpm);
 
-    let status = status_full(&fpm);
+    // The new image logs "ready" just before it tells the old workers to finish: until
+    // then the idle old worker may still answer, with its own image's page.
+    let mut status = serde_json::Value::Null;
+    wait_until(
+        "a worker of the new image answers, listing the old one",
+        Duration::from_secs(10),
+        || {
+            status = status_full(&fpm);
+            status["processes"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["pid"] == busy && p["state"] == "Finishing")
+            })
+        },
+    );
     let processes = status["processes"].as_array().expect("processes");
     let old = processes
         .iter()
