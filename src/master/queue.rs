@@ -11,7 +11,8 @@
 //! request still there at its deadline is answered 503 with Retry-After. Once nothing
 //! waits and a worker is idle, the master stops holding and workers accept directly again.
 
-use super::{LISTENER_BASE, Master, PoolKind, State};
+use super::tokens::LISTENER_BASE;
+use super::{Master, PoolKind, State};
 use crate::config::ProcessManager;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
