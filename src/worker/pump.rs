@@ -856,8 +856,8 @@ pub(super) fn start_slow_record(
     let elapsed = started.elapsed();
     let worker = std::process::id();
     log::warn!(
-        "[pool {}] child {worker}, script '{script}' (request: \"{request_line}\") executing too slow ({}.{:06} sec), logging",
-        ctx.pool.name,
+        "{} script '{script}' (request: \"{request_line}\") executing too slow ({}.{:06} sec), logging",
+        ctx.log_prefix(),
         elapsed.as_secs(),
         elapsed.subsec_micros()
     );
@@ -900,9 +900,8 @@ pub(super) fn log_held_output_full(
         return;
     }
     log::warn!(
-        "[pool {}] child {}, script '{script}' wrote {limit} bytes while the request body was still arriving; its output is not read until the body is complete (cgi.held_output_limit)",
-        ctx.pool.name,
-        std::process::id()
+        "{} script '{script}' wrote {limit} bytes while the request body was still arriving; its output is not read until the body is complete (cgi.held_output_limit)",
+        ctx.log_prefix()
     );
 }
 

@@ -119,9 +119,8 @@ fn start(
             pump.attach(child);
             if let Some(failures) = ctx.spawn_shortage.succeeded() {
                 log::info!(
-                    "[pool {}] child {}, scripts start again after {failures} request(s) answered 503 for want of descriptors",
-                    ctx.pool.name,
-                    std::process::id()
+                    "{} scripts start again after {failures} request(s) answered 503 for want of descriptors",
+                    ctx.log_prefix()
                 );
             }
         }
