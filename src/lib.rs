@@ -21,6 +21,7 @@ pub mod master;
 pub mod master_signals;
 pub mod parking;
 pub mod ping;
+pub mod preflight;
 pub mod proctitle;
 pub mod scoreboard;
 pub mod shortage;

@@ -23,6 +23,8 @@ fn reexec(
         config_path: config_path.to_path_buf(),
         prefix: options.prefix.clone(),
         allow_root: options.allow_root,
+        pid_override: options.pid.clone(),
+        force_stderr: options.force_stderr,
     })
 }
 
@@ -126,6 +128,14 @@ fn main() -> ExitCode {
         log::info!("{notice}");
     }
     if options.test > 0 {
+        // The master's own files and limits, as a start would open and set them.
+        let refusals =
+            cgi_fpm::preflight::check(&config, options.pid.as_deref(), options.force_stderr);
+        if !refusals.is_empty() {
+            refusals.iter().for_each(|e| log::error!("{e}"));
+            log::error!("configuration file {} test failed", path.display());
+            return exit(exit_code::CONFIG);
+        }
         // The same descriptor plan a start makes: a configuration that could not start
         // under these limits fails the test too.
         match cgi_fpm::fdplan::check(&config) {

@@ -206,3 +206,49 @@ fn test_refuses_a_socket_in_a_missing_directory_as_start_does() {
     let (code, start) = run(&["-F", "-y", &config]);
     assert_eq!(code, 78, "{start}");
 }
+
+/// The master's own files and limits: a start refuses an error log or pid file in a
+/// missing directory and an rlimit_files out of reach, so `-t` does too, with the same
+/// words.
+#[test]
+fn test_refuses_the_masters_files_and_limits_as_start_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("a.sock");
+    let missing = dir.path().join("nonexistent");
+    let pool = format!(
+        "[www]\nlisten = {}\npm = static\npm.max_children = 1\ncgi.allowed_roots = /\n",
+        socket.display()
+    );
+    for (global, says) in [
+        (
+            format!("error_log = {}/error.log", missing.display()),
+            format!(
+                "failed to open error_log ({}/error.log): the directory '{}' does not exist",
+                missing.display(),
+                missing.display()
+            ),
+        ),
+        (
+            format!("pid = {}/cgi-fpm.pid", missing.display()),
+            format!(
+                "failed to write the pid file '{}/cgi-fpm.pid': the directory '{}' does not exist",
+                missing.display(),
+                missing.display()
+            ),
+        ),
+        (
+            "rlimit_files = 999999999999".to_string(),
+            "failed to set rlimit_files for the master".to_string(),
+        ),
+    ] {
+        let config = dir.path().join("master.conf");
+        std::fs::write(&config, format!("[global]\n{global}\n{pool}")).expect("write");
+        let config = config.display().to_string();
+        let (code, text) = run(&["-t", "-R", "-y", &config]);
+        assert_eq!(code, 78, "{global}: {text}");
+        assert!(text.contains(&says), "{global}: {text}");
+        let (code, start) = run(&["-F", "-R", "-y", &config]);
+        assert_eq!(code, 78, "{global} at start: {start}");
+        assert!(!socket.exists(), "{global}: a socket left behind");
+    }
+}

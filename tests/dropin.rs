@@ -139,6 +139,11 @@ fn install_php_src(dir: &Path, every_directive: bool) -> PathBuf {
     let pool_dir = dir.join("php-fpm.d");
     fs::create_dir_all(&pool_dir).expect("mkdir php-fpm.d");
     fs::create_dir_all(dir.join("pools/www")).expect("mkdir pools/www");
+    // Where the enabled `pid` and `error_log` put their files, relative to the prefix;
+    // `make install` creates them, and a start (so -t) needs them.
+    for made in ["log", "run"] {
+        fs::create_dir_all(dir.join(made)).expect("mkdir log, run");
+    }
     // The build's defaults are nobody/nobody; the group is nobody's own here (Debian
     // calls it nogroup).
     let user = nix::unistd::User::from_name("nobody")

@@ -856,3 +856,44 @@ fn a_handover_naming_descriptors_that_are_not_what_it_says_is_refused_line_by_li
         fpm.log_text()
     );
 }
+
+/// A configuration that loads but that the new image would refuse at start (its error
+/// log or pid file in a missing directory, a limit out of reach): the reload is refused
+/// before the exec. Refused by the new image instead, the master exited and every pool
+/// went down with it.
+#[test]
+fn a_reload_the_new_image_would_refuse_at_start_is_refused_before_the_exec() {
+    let fpm = Fpm::start(2, "");
+    let master = fpm.pid();
+    let workers = fpm.worker_pids();
+    let good = std::fs::read_to_string(&fpm.config).expect("config");
+    let missing = fpm.path("nonexistent");
+    let lines = [
+        format!("error_log = {}/error.log", missing.display()),
+        format!("pid = {}/cgi-fpm.pid", missing.display()),
+        "rlimit_files = 999999999999".to_string(),
+    ];
+    for (n, line) in lines.iter().enumerate() {
+        std::fs::write(
+            &fpm.config,
+            good.replacen("[global]\n", &format!("[global]\n{line}\n"), 1),
+        )
+        .expect("write");
+        fpm.signal(Signal::SIGUSR2);
+        wait_until(
+            &format!("the reload to `{line}` is aborted"),
+            Duration::from_secs(10),
+            || count(&fpm, "reload aborted") == n + 1 || !alive(master),
+        );
+        assert!(alive(master), "the master exited; log:\n{}", fpm.log_text());
+    }
+    let log = fpm.log_text();
+    assert!(!log.contains("re-executing"), "{log}");
+    assert!(
+        log.contains("failed to open error_log") && log.contains("failed to write the pid file"),
+        "{log}"
+    );
+    assert_eq!(fpm.worker_pids(), workers, "the same workers serve on");
+    let hello = examples_dir().join("hello.sh");
+    assert_eq!(fpm.get(&hello, &[]).status(), 200);
+}

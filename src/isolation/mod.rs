@@ -8,7 +8,7 @@ pub mod acl;
 pub mod clients;
 pub mod privileges;
 
-pub use privileges::{Prepared, Privileges, apply_master_limits, prepare};
+pub use privileges::{Prepared, Privileges, apply_master_limits, check_master_limits, prepare};
 
 use nix::unistd::{Gid, Group, Uid, User};
 

@@ -425,6 +425,45 @@ pub fn apply_master_limits(global: &GlobalConfig) -> Result<Vec<String>, String>
     Ok(notices)
 }
 
+/// Whether [`apply_master_limits`] would succeed, without changing anything: a limit
+/// above what this process may set (its hard limit; as root, the kernel's `nr_open` for
+/// files) fails with EPERM. For `-t` and for a reload, which must refuse here what the
+/// new image would refuse at start.
+pub fn check_master_limits(global: &GlobalConfig) -> Result<(), String> {
+    let root = geteuid().is_root();
+    if let Some(files) = global.rlimit_files {
+        let bound = if root {
+            std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        } else {
+            nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+                .ok()
+                .map(|(_, hard)| hard)
+        };
+        if let Some(bound) = bound
+            && files > bound
+        {
+            return Err(format!(
+                "failed to set rlimit_files for the master: {files} is above the system's \
+                 limit of {bound}; check the system limits or lower rlimit_files"
+            ));
+        }
+    }
+    if let Some(core) = global.rlimit_core
+        && !root
+        && let Ok((_, hard)) = nix::sys::resource::getrlimit(Resource::RLIMIT_CORE)
+        && hard != RLIM_INFINITY
+        && core_limit(core) > hard
+    {
+        return Err(format!(
+            "failed to set rlimit_core for the master: {} is above the hard limit of {hard}",
+            core_text(core)
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

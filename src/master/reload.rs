@@ -31,6 +31,10 @@ pub struct Reexec {
     pub config_path: PathBuf,
     pub prefix: Option<PathBuf>,
     pub allow_root: bool,
+    /// `-g`, which wins over the configuration's `pid`.
+    pub pid_override: Option<PathBuf>,
+    /// `-O`: the error log stays on stderr.
+    pub force_stderr: bool,
 }
 
 /// Workers of the previous image, finishing their last request.
@@ -162,6 +166,15 @@ impl Master {
         };
         if let Err(errors) = crate::isolation::prepare(&config, reexec.allow_root) {
             errors.iter().for_each(|e| log::error!("{e}"));
+            log::error!("reload aborted; the running configuration stays in effect");
+            return;
+        }
+        // What the new image would refuse at start (its error log, pid file, limits):
+        // refused there, the master would exit and take every pool with it.
+        let refusals =
+            crate::preflight::check(&config, reexec.pid_override.as_deref(), reexec.force_stderr);
+        if !refusals.is_empty() {
+            refusals.iter().for_each(|e| log::error!("{e}"));
             log::error!("reload aborted; the running configuration stays in effect");
             return;
         }
