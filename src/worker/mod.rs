@@ -5,6 +5,7 @@ mod accept;
 mod account;
 mod conn;
 mod connection;
+mod exchange;
 mod output;
 mod park;
 pub(crate) mod poll;

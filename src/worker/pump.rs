@@ -11,14 +11,14 @@
 
 use super::WorkerCtx;
 use super::conn::{Conn, Fill, OUTPUT_CHUNK};
+use super::exchange::{Exchange, Settled};
 use super::poll::{self, PollSet};
 use super::signals::Request as SignalRequest;
 use super::slowlog::SlowRecord;
-use crate::cgi::headers::ResponseHeaders;
 use crate::cgi::response::error_response;
 use crate::cgi::{CgiChild, Usage, reap};
 use crate::config::StderrMode;
-use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
+use crate::fastcgi::record::RecordType;
 use crate::fastcgi::{Event, Session};
 use crate::scoreboard::WorkerState;
 use nix::errno::Errno;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 const STDIN_HIGH_WATER: usize = 64 * 1024;
 /// After the response is complete, how long the web server may take to finish sending a
 /// body the child did not read before we give up on the connection.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without a pidfd, how often to look for the child's exit.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// After the script exits, how long processes it left behind may keep its output open
@@ -70,49 +70,13 @@ enum Source {
 }
 
 pub struct Pump<'a> {
-    conn: &'a mut Conn,
-    session: &'a mut Session,
-    id: u16,
-    stderr_mode: StderrMode,
-    /// SCRIPT_FILENAME, for log lines.
-    script: String,
-    /// `METHOD URI` as php-fpm's log lines show a request.
-    request_line: String,
+    x: Exchange<'a>,
     child: Option<CgiChild>,
     /// Body bytes waiting for the child's stdin.
     stdin_buf: Vec<u8>,
     exit: Option<WaitStatus>,
     usage: Usage,
-    stdout_bytes: u64,
-    headers: ResponseHeaders,
-    stderr_records: bool,
-    stderr_lines: crate::logging::LineSplitter,
-    /// A response cgi-fpm makes itself (refusal, timeout) instead of the script's.
-    own_status: Option<u16>,
-    /// The response is queued up to the end of its stdout stream.
-    response_done: bool,
-    /// END_REQUEST is queued.
-    end_queued: bool,
-    /// The web server is gone or broke the protocol: nothing more can be sent.
-    broken: bool,
-    aborted: bool,
-    terminate: bool,
-    timed_out: bool,
-    started: Instant,
-    /// Bytes the connection had written before this request: none more means nothing of
-    /// this response has gone out yet.
-    written_before: u64,
-    terminate_at: Option<Instant>,
-    slow_at: Option<Instant>,
     background_at: Option<Instant>,
-    drain_deadline: Option<Instant>,
-    slow: Option<SlowRecord>,
-    /// The master died: stop the script if it is not done by then.
-    orphan_deadline: Option<Instant>,
-    /// `cgi.held_output_limit`.
-    held_limit: u64,
-    /// The held output reached the limit (logged once per request).
-    held_full_logged: bool,
     poll_set: PollSet,
 }
 
@@ -126,44 +90,13 @@ impl<'a> Pump<'a> {
         script: String,
         request_line: String,
     ) -> Pump<'a> {
-        if !session.stdin_done() {
-            conn.hold_output();
-        }
-        let pool = ctx.pool;
-        let after = |d: Duration| (!d.is_zero()).then(|| started + d);
-        let written_before = conn.bytes_written();
         Pump {
-            conn,
-            session,
-            id,
-            stderr_mode: pool.cgi.stderr,
-            script,
-            request_line,
+            x: Exchange::new(conn, session, id, ctx, started, script, request_line),
             child: None,
             stdin_buf: Vec::new(),
             exit: None,
             usage: Usage::default(),
-            stdout_bytes: 0,
-            headers: ResponseHeaders::default(),
-            stderr_records: false,
-            stderr_lines: crate::logging::LineSplitter::default(),
-            own_status: None,
-            response_done: false,
-            end_queued: false,
-            broken: false,
-            aborted: false,
-            terminate: false,
-            timed_out: false,
-            started,
-            written_before,
-            terminate_at: after(pool.request_terminate_timeout),
-            slow_at: after(pool.request_slowlog_timeout).filter(|_| ctx.slowlog_fd.is_some()),
             background_at: None,
-            drain_deadline: None,
-            slow: None,
-            orphan_deadline: ctx.orphan_deadline,
-            held_limit: pool.cgi.held_output_limit,
-            held_full_logged: false,
             poll_set: PollSet::default(),
         }
     }
@@ -174,28 +107,21 @@ impl<'a> Pump<'a> {
 
     /// Answer with our own error response; the body, if any, is still drained.
     pub fn answer_without_child(&mut self, status: u16) {
-        self.own_status = Some(status);
-        self.queue_own_response(status);
-        self.response_done = true;
-    }
-
-    fn queue_own_response(&mut self, status: u16) {
-        let message = crate::cgi::response::public_message(status);
-        let body = error_response(status, message);
-        self.conn.queue_stream(RecordType::Stdout, self.id, &body);
-        self.conn.queue_record(RecordType::Stdout, self.id, &[]);
+        self.x.own_status = Some(status);
+        self.x.end_response();
+        self.x.response_done = true;
     }
 
     pub fn summary(&self) -> Summary {
         Summary {
-            status: self.own_status.unwrap_or_else(|| {
-                if self.child.is_some() && self.stdout_bytes == 0 {
+            status: self.x.own_status.unwrap_or_else(|| {
+                if self.child.is_some() && self.x.stdout_bytes == 0 {
                     502
                 } else {
-                    self.headers.status()
+                    self.x.headers.status()
                 }
             }),
-            headers: self.headers.headers().to_vec(),
+            headers: self.x.headers.headers().to_vec(),
             usage: self.usage,
         }
     }
@@ -207,135 +133,67 @@ impl<'a> Pump<'a> {
         }
     }
 
-    /// The web server will send no more body for this request, or we no longer care.
-    fn stdin_settled(&self) -> bool {
-        self.session.stdin_done() || self.aborted || self.timed_out
-    }
-
     pub fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
         let outcome = self.run_loop(ctx, keep_conn);
-        if let Some(record) = self.slow.take() {
-            write_slow_record(ctx, record);
-        }
+        let answered = matches!(outcome, Outcome::Answered { .. });
+        self.x.finish_slow_record(ctx, answered);
         let summary = self.summary();
         (outcome, summary)
     }
 
     fn run_loop(&mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> Outcome {
         loop {
-            if self.terminate {
+            if self.x.terminate {
                 self.kill_child();
                 return Outcome::Terminate;
             }
-            if self.broken {
+            if self.x.broken {
                 self.kill_child();
                 return Outcome::Close;
             }
             self.check_deadlines(ctx);
-            if self.conn.output_held() && self.stdin_settled() {
-                self.conn.release_output();
-            }
-            if !self.response_done && self.child_done() {
+            if !self.x.response_done && self.child_done() {
                 self.finish_response(ctx);
             }
-            if self.response_done && !self.end_queued && self.stdin_settled() {
-                let status = self.exit.map(app_status).unwrap_or(0);
-                write_end_request(
-                    self.conn.output_mut(),
-                    self.id,
-                    status,
-                    ProtocolStatus::RequestComplete,
-                );
-                self.end_queued = true;
-            }
-            if self.end_queued {
-                self.flush();
-                if !self.conn.has_output() && !self.broken {
-                    break;
-                }
-            }
-            if self.response_done && !self.stdin_settled() {
-                let deadline = *self
-                    .drain_deadline
-                    .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                if Instant::now() >= deadline {
-                    log::warn!(
-                        "{} the web server did not finish sending the request body within {}s after the response; closing the connection",
-                        ctx.log_prefix(),
-                        DRAIN_TIMEOUT.as_secs()
-                    );
-                    return Outcome::Close;
-                }
+            match self.x.settle(ctx, self.exit.map(app_status).unwrap_or(0)) {
+                Settled::Answered => return self.x.answered(keep_conn),
+                Settled::GaveUp => return Outcome::Close,
+                Settled::Open => {}
             }
             if let Err(e) = self.wait_and_handle(ctx) {
                 log::error!(
                     "{} waiting for the request's descriptors failed: {e}",
                     ctx.log_prefix()
                 );
-                self.broken = true;
+                self.x.broken = true;
             }
-        }
-        // A slow record whose trace is still running completes before the worker moves
-        // on; its own time limit bounds the wait.
-        while self.slow.as_mut().is_some_and(|s| !s.poll_done()) {
-            if let Some(s) = &mut self.slow {
-                wait_for(s.fd(), s.deadline());
-                s.on_readable();
-            }
-        }
-        // After an abort the web server sends nothing more for this request (it waits for
-        // END_REQUEST), so the connection is as good as after a complete body; after a
-        // timeout the rest of the body may still be on its way.
-        let reusable = (self.session.stdin_done() || self.aborted) && !self.timed_out;
-        Outcome::Answered {
-            keep_conn: keep_conn && reusable,
         }
     }
 
     /// Act on whichever deadline has passed.
     fn check_deadlines(&mut self, ctx: &mut WorkerCtx<'_>) {
         let now = Instant::now();
-        if let Some(at) = self.orphan_deadline
-            && now >= at
+        if self
+            .x
+            .orphan_time_is_up(ctx, now, format_args!("terminating"))
         {
-            log::warn!(
-                "{} script '{}' (request: \"{}\") still running {}s after the master died; terminating",
-                ctx.log_prefix(),
-                self.script,
-                self.request_line,
-                ctx.orphan_grace.as_secs()
-            );
-            self.terminate = true;
+            self.x.terminate = true;
             return;
         }
         let track_finished = ctx.pool.request_terminate_timeout_track_finished;
-        if let Some(at) = self.terminate_at
+        if let Some(at) = self.x.terminate_at
             && now >= at
-            && !self.timed_out
-            && (!self.child_done() || (track_finished && !self.end_queued))
+            && !self.x.timed_out
+            && (!self.child_done() || (track_finished && !self.x.end_queued))
         {
             self.on_terminate_timeout(ctx);
         }
-        if let Some(at) = self.slow_at
-            && now >= at
-            && self.exit.is_none()
-            && self.slow.is_none()
-            && let Some(child) = &self.child
-        {
-            self.slow_at = None;
-            self.slow = Some(start_slow_record(
-                ctx,
-                child.pid.as_raw(),
-                &self.script,
-                &self.request_line,
-                self.started,
-            ));
-        }
-        if self.slow.as_mut().is_some_and(SlowRecord::poll_done)
-            && let Some(record) = self.slow.take()
-        {
-            write_slow_record(ctx, record);
-        }
+        let pid = self
+            .child
+            .as_ref()
+            .filter(|_| self.exit.is_none())
+            .map(|c| c.pid.as_raw());
+        self.x.slow_time_is_up(ctx, now, pid);
         let holding = self
             .child
             .as_ref()
@@ -346,7 +204,7 @@ impl<'a> Pump<'a> {
                 log::warn!(
                     "{} script '{}' exited, but processes it started still hold its output after {} s; stopping them",
                     ctx.log_prefix(),
-                    self.script,
+                    self.x.script,
                     BACKGROUND_GRACE.as_secs()
                 );
                 self.kill_child();
@@ -355,91 +213,70 @@ impl<'a> Pump<'a> {
     }
 
     fn on_terminate_timeout(&mut self, ctx: &WorkerCtx<'_>) {
-        self.timed_out = true;
-        let elapsed = self.started.elapsed();
+        self.x.timed_out = true;
+        let elapsed = self.x.started.elapsed();
         log::warn!(
             "{} script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating",
             ctx.log_prefix(),
-            self.script,
-            self.request_line,
+            self.x.script,
+            self.x.request_line,
             elapsed.as_secs(),
             elapsed.subsec_micros()
         );
         self.kill_child();
-        // No response header has reached the web server yet: the client gets a clear 504
-        // instead of a truncated page or a 502. Stderr records may have gone out already;
-        // they carry no part of the response, so they do not count — and whatever of
-        // them is still queued stays, since a record cut in half would break the stream.
-        if self.stdout_bytes == 0 {
-            self.own_status = Some(504);
-        } else if self.conn.bytes_written() == self.written_before {
-            self.conn.discard_output();
-            self.stderr_records = false;
-            self.own_status = Some(504);
-        }
+        self.x.answer_timeout();
     }
 
     /// Queue the end of the response: our own answer when there is one, a 502 when the
     /// script said nothing, then the end of the stdout stream.
     fn finish_response(&mut self, ctx: &WorkerCtx<'_>) {
         ctx.slot().set_state(WorkerState::Finishing);
-        self.flush_stderr_line(ctx);
-        self.response_done = true;
-        if self.aborted {
+        self.x.flush_stderr_line(ctx);
+        self.x.response_done = true;
+        if self.x.aborted {
             return;
         }
-        if let Some(status) = self.own_status {
-            self.queue_own_response(status);
-            if self.stderr_records {
-                self.conn.queue_record(RecordType::Stderr, self.id, &[]);
-            }
-            return;
-        }
-        if let (Some(child), Some(exit)) = (&self.child, self.exit) {
+        if self.x.own_status.is_none()
+            && let (Some(child), Some(exit)) = (&self.child, self.exit)
+        {
             if let WaitStatus::Signaled(_, sig, core) = exit {
                 log::warn!(
                     "{} script '{}' (CGI process {}) was killed by signal {} ({}){}",
                     ctx.log_prefix(),
-                    self.script,
+                    self.x.script,
                     child.pid,
                     sig as i32,
                     sig.as_str(),
                     if core { " - core dumped" } else { "" }
                 );
             }
-            if self.stdout_bytes == 0 {
+            if self.x.stdout_bytes == 0 {
                 log::warn!(
                     "{} script '{}' (CGI process {}) produced no output and {}; answered 502",
                     ctx.log_prefix(),
-                    self.script,
+                    self.x.script,
                     child.pid,
                     crate::wait_status::describe(exit)
                 );
                 let body = error_response(502, "The script produced no response.");
-                self.conn.queue_stream(RecordType::Stdout, self.id, &body);
+                self.x
+                    .conn
+                    .queue_stream(RecordType::Stdout, self.x.id, &body);
             }
         }
-        self.conn.queue_record(RecordType::Stdout, self.id, &[]);
-        if self.stderr_records {
-            self.conn.queue_record(RecordType::Stderr, self.id, &[]);
-        }
+        self.x.end_response();
     }
 
     /// The next moment something must happen without any descriptor waking us.
     fn next_deadline(&self) -> Option<Instant> {
-        let child_running = !self.child_done();
-        [
-            self.drain_deadline,
-            self.terminate_at
-                .filter(|_| !self.timed_out && child_running),
-            self.slow_at.filter(|_| self.exit.is_none()),
-            self.background_at,
-            self.slow.as_ref().and_then(SlowRecord::deadline),
-            self.orphan_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let running = !self.child_done();
+        let traceable = self.child.is_some() && self.exit.is_none();
+        self.x
+            .deadlines(running, traceable)
+            .into_iter()
+            .chain([self.background_at])
+            .flatten()
+            .min()
     }
 
     /// Wait until something can move, then move it.
@@ -451,9 +288,9 @@ impl<'a> Pump<'a> {
         }
         let (sources, deadline) = self.fill_poll_set();
         match ctx.wait(&mut self.poll_set, deadline)? {
-            Some(SignalRequest::Terminate) => self.terminate = true,
+            Some(SignalRequest::Terminate) => self.x.terminate = true,
             // An orphan's request gets its grace from now.
-            Some(SignalRequest::Quit) => self.orphan_deadline = ctx.orphan_deadline,
+            Some(SignalRequest::Quit) => self.x.orphan_deadline = ctx.orphan_deadline,
             None => {}
         }
         for (source, index) in sources {
@@ -467,7 +304,7 @@ impl<'a> Pump<'a> {
                         self.read_conn(ctx);
                     }
                     if events & (poll::OUT | poll::ERR) != 0 {
-                        self.flush();
+                        self.x.flush();
                     }
                 }
                 Source::ChildStdin => self.write_child_stdin(),
@@ -475,7 +312,7 @@ impl<'a> Pump<'a> {
                 Source::ChildStderr => self.read_child_stderr(ctx),
                 Source::ChildExit => self.reap(),
                 Source::Trace => {
-                    if let Some(s) = &mut self.slow {
+                    if let Some(s) = &mut self.x.slow {
                         s.on_readable();
                     }
                 }
@@ -484,7 +321,7 @@ impl<'a> Pump<'a> {
         if self.exit.is_none() && self.child.as_ref().is_some_and(|c| c.pidfd.is_none()) {
             self.reap();
         }
-        self.flush();
+        self.x.flush();
         Ok(())
     }
 
@@ -495,14 +332,14 @@ impl<'a> Pump<'a> {
         let set = &mut self.poll_set;
         set.clear();
         let mut conn_events = 0;
-        if !self.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
+        if !self.x.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
             conn_events |= poll::IN | poll::RDHUP;
         }
-        if self.conn.has_output() && !self.conn.output_held() {
+        if self.x.conn.has_output() && !self.x.conn.output_held() {
             conn_events |= poll::OUT;
         }
         if conn_events != 0 {
-            sources.push((Source::Conn, set.add(self.conn.fd(), conn_events)));
+            sources.push((Source::Conn, set.add(self.x.conn.fd(), conn_events)));
         }
         if let Some(child) = &self.child {
             if let Some(fd) = &child.stdin
@@ -513,15 +350,15 @@ impl<'a> Pump<'a> {
             // Output waits while the web server has not taken the previous record; held
             // output spills to disk instead, up to cgi.held_output_limit: past it the
             // child blocks on its pipe until the body is complete.
-            let room = !self.conn.has_output()
-                || (self.conn.output_held() && !self.conn.held_output_full(self.held_limit));
+            let room = !self.x.conn.has_output()
+                || (self.x.conn.output_held() && !self.x.conn.held_output_full(self.x.held_limit));
             if let Some(fd) = &child.stdout
                 && room
             {
                 sources.push((Source::ChildStdout, set.add(fd.as_fd(), poll::IN)));
             }
             if let Some(fd) = &child.stderr
-                && (room || self.stderr_mode == StderrMode::Log)
+                && (room || self.x.stderr_mode == StderrMode::Log)
             {
                 sources.push((Source::ChildStderr, set.add(fd.as_fd(), poll::IN)));
             }
@@ -535,14 +372,14 @@ impl<'a> Pump<'a> {
                 }
             }
         }
-        if let Some(fd) = self.slow.as_ref().and_then(SlowRecord::fd) {
+        if let Some(fd) = self.x.slow.as_ref().and_then(SlowRecord::fd) {
             sources.push((Source::Trace, set.add(fd, poll::IN)));
         }
         (sources, deadline)
     }
 
     fn read_conn(&mut self, ctx: &WorkerCtx<'_>) {
-        match self.conn.fill() {
+        match self.x.conn.fill() {
             Ok(Fill::Data) | Ok(Fill::Full) => {
                 self.decode_buffered(ctx);
             }
@@ -553,17 +390,17 @@ impl<'a> Pump<'a> {
                 log::info!(
                     "{} the web server closed the connection during the request for '{}'; stopping the script",
                     ctx.log_prefix(),
-                    self.script
+                    self.x.script
                 );
-                self.broken = true;
+                self.x.broken = true;
             }
             Err(e) => {
                 log::info!(
                     "{} reading from the web server failed ({e}) during the request for '{}'; stopping the script",
                     ctx.log_prefix(),
-                    self.script
+                    self.x.script
                 );
-                self.broken = true;
+                self.x.broken = true;
             }
         }
     }
@@ -574,9 +411,9 @@ impl<'a> Pump<'a> {
         let mut progressed = false;
         // Nothing after an abort belongs to this request: what follows stays buffered for
         // the next request on a kept connection.
-        while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.broken && !self.aborted {
+        while self.stdin_buf.len() < STDIN_HIGH_WATER && !self.x.broken && !self.x.aborted {
             let child_reads_stdin = self.child.as_ref().is_some_and(|c| c.stdin.is_some());
-            let event = self.conn.next_event(self.session);
+            let event = self.x.conn.next_event(self.x.session);
             progressed |= !matches!(event, Ok(None));
             match event {
                 Ok(None) => break,
@@ -591,11 +428,11 @@ impl<'a> Pump<'a> {
                     log::info!(
                         "{} the web server aborted the request for '{}'",
                         ctx.log_prefix(),
-                        self.script
+                        self.x.script
                     );
-                    self.aborted = true;
+                    self.x.aborted = true;
                     self.kill_child();
-                    self.response_done = true;
+                    self.x.response_done = true;
                 }
                 // Neither can happen while a request is active; the session answers
                 // other BEGIN_REQUESTs itself.
@@ -605,7 +442,7 @@ impl<'a> Pump<'a> {
                         "{} protocol error from the web server during the request: {e}",
                         ctx.log_prefix()
                     );
-                    self.broken = true;
+                    self.x.broken = true;
                 }
             }
         }
@@ -635,7 +472,7 @@ impl<'a> Pump<'a> {
                 }
             }
         }
-        if self.stdin_buf.is_empty() && self.session.stdin_done() {
+        if self.stdin_buf.is_empty() && self.x.session.stdin_done() {
             // End of body: closing the pipe is the child's EOF.
             child.stdin = None;
         }
@@ -649,10 +486,11 @@ impl<'a> Pump<'a> {
             return;
         };
         loop {
-            let headers = &mut self.headers;
+            let headers = &mut self.x.headers;
             let read =
-                self.conn
-                    .queue_read_from(fd.as_fd(), RecordType::Stdout, self.id, |bytes| {
+                self.x
+                    .conn
+                    .queue_read_from(fd.as_fd(), RecordType::Stdout, self.x.id, |bytes| {
                         headers.observe(bytes)
                     });
             match read {
@@ -661,20 +499,14 @@ impl<'a> Pump<'a> {
                     break;
                 }
                 Ok(n) => {
-                    self.stdout_bytes += n as u64;
-                    if let Err(e) = self.conn.spill_output() {
+                    self.x.stdout_bytes += n as u64;
+                    if let Err(e) = self.x.conn.spill_output() {
                         log_spool_failure(ctx, &e);
                     }
-                    if self.conn.held_output_full(self.held_limit) {
-                        log_held_output_full(
-                            ctx,
-                            &self.script,
-                            self.held_limit,
-                            &mut self.held_full_logged,
-                        );
+                    if self.x.held_output_full(ctx) {
                         break;
                     }
-                    if self.conn.pending_output() >= OUTPUT_CHUNK && !self.conn.output_held() {
+                    if self.x.conn.pending_output() >= OUTPUT_CHUNK && !self.x.conn.output_held() {
                         break;
                     }
                 }
@@ -698,8 +530,7 @@ impl<'a> Pump<'a> {
         let Some(fd) = &child.stderr else {
             return;
         };
-        let to_fastcgi = matches!(self.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
-        let to_log = matches!(self.stderr_mode, StderrMode::Log | StderrMode::Both);
+        let to_fastcgi = matches!(self.x.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
         let mut buf = [0u8; 16 * 1024];
         loop {
             match nix::unistd::read(fd, &mut buf) {
@@ -708,32 +539,11 @@ impl<'a> Pump<'a> {
                     break;
                 }
                 Ok(n) => {
-                    if to_fastcgi {
-                        self.conn
-                            .queue_stream(RecordType::Stderr, self.id, &buf[..n]);
-                        self.stderr_records = true;
-                        if let Err(e) = self.conn.spill_output() {
-                            log_spool_failure(ctx, &e);
-                        }
-                        if self.conn.held_output_full(self.held_limit) {
-                            log_held_output_full(
-                                ctx,
-                                &self.script,
-                                self.held_limit,
-                                &mut self.held_full_logged,
-                            );
-                            break;
-                        }
-                    }
-                    if to_log {
-                        let script = &self.script;
-                        self.stderr_lines.push(&buf[..n], |line, hidden| {
-                            log_stderr(ctx, script, line, hidden)
-                        });
-                    }
+                    self.x.stderr(ctx, &buf[..n], true);
                     if to_fastcgi
-                        && self.conn.pending_output() >= OUTPUT_CHUNK
-                        && !self.conn.output_held()
+                        && (self.x.held_output_full(ctx)
+                            || (self.x.conn.pending_output() >= OUTPUT_CHUNK
+                                && !self.x.conn.output_held()))
                     {
                         break;
                     }
@@ -746,12 +556,6 @@ impl<'a> Pump<'a> {
                 }
             }
         }
-    }
-
-    fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
-        let script = &self.script;
-        self.stderr_lines
-            .finish(|line, hidden| log_stderr(ctx, script, line, hidden));
     }
 
     fn reap(&mut self) {
@@ -809,23 +613,12 @@ impl<'a> Pump<'a> {
             self.exit = Some(WaitStatus::Signaled(child.pid, Signal::SIGKILL, false));
         }
     }
-
-    fn flush(&mut self) {
-        if self.broken {
-            self.conn.discard_output();
-            return;
-        }
-        if self.conn.has_output() && self.conn.flush().is_err() {
-            self.broken = true;
-            self.conn.discard_output();
-        }
-    }
 }
 
 /// Sleep until `fd` is readable or `deadline` passes, and in any case no longer than
 /// 100 ms with a descriptor (the caller looks again) or EXIT_POLL without one. A
 /// descriptor without a deadline waits until it is readable.
-fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
+pub(super) fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match fd {
         Some(fd) => {
@@ -887,22 +680,6 @@ pub(super) fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
     if let Some(fd) = ctx.slowlog_fd {
         crate::logging::write_all_fd(fd, &record.finish());
     }
-}
-
-/// Once per request: the script's held output reached cgi.held_output_limit.
-pub(super) fn log_held_output_full(
-    ctx: &WorkerCtx<'_>,
-    script: &str,
-    limit: u64,
-    logged: &mut bool,
-) {
-    if std::mem::replace(logged, true) {
-        return;
-    }
-    log::warn!(
-        "{} script '{script}' wrote {limit} bytes while the request body was still arriving; its output is not read until the body is complete (cgi.held_output_limit)",
-        ctx.log_prefix()
-    );
 }
 
 pub(super) fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {

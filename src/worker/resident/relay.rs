@@ -6,14 +6,12 @@
 
 use super::Resident;
 use super::records::{self, AppEvent, Replay};
-use crate::cgi::headers::ResponseHeaders;
-use crate::cgi::response::error_response;
-use crate::config::StderrMode;
-use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
+use crate::fastcgi::record::{ProtocolStatus, RecordType};
 use crate::fastcgi::{Event, Session};
 use crate::scoreboard::WorkerState;
 use crate::worker::WorkerCtx;
 use crate::worker::conn::{Conn, Fill};
+use crate::worker::exchange::{Exchange, Settled};
 use crate::worker::poll::{self, PollSet};
 use crate::worker::pump::{self, Outcome, Summary};
 use crate::worker::signals::Request as SignalRequest;
@@ -27,9 +25,6 @@ const APP_OUT_HIGH_WATER: usize = 64 * 1024;
 /// After an abort or a disconnect, how long the app gets to end the request before it is
 /// stopped (an app that cannot be told to stop must not hold the next request).
 const ABORT_GRACE: Duration = Duration::from_secs(1);
-/// After the response, how long the web server may take to finish a body the app did not
-/// read.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an app closed its connection, how long we wait to learn how it exited.
 const EXIT_WAIT: Duration = Duration::from_millis(200);
 
@@ -72,13 +67,8 @@ impl ToApp {
 }
 
 pub struct Relay<'a> {
-    conn: &'a mut Conn,
-    session: &'a mut Session,
-    id: u16,
+    x: Exchange<'a>,
     resident: &'a mut Resident,
-    stderr_mode: StderrMode,
-    script: String,
-    request_line: String,
     to_app: ToApp,
     retried: bool,
     /// The app sent some record for the request: a replay could duplicate its effects.
@@ -90,29 +80,7 @@ pub struct Relay<'a> {
     /// Body records still go to the app (not after it answered).
     forwarding: bool,
     stdin_end_sent: bool,
-    headers: ResponseHeaders,
-    stdout_bytes: u64,
-    stderr_records: bool,
-    stderr_lines: crate::logging::LineSplitter,
-    own_status: Option<u16>,
-    response_done: bool,
-    end_queued: bool,
-    broken: bool,
-    aborted: bool,
-    terminate: bool,
-    timed_out: bool,
-    started: Instant,
-    written_before: u64,
-    terminate_at: Option<Instant>,
-    /// Set once the master is gone: the request in hand has this long, then the app stops.
-    orphan_deadline: Option<Instant>,
-    slow_at: Option<Instant>,
-    slow: Option<SlowRecord>,
     abort_deadline: Option<Instant>,
-    drain_deadline: Option<Instant>,
-    /// `cgi.held_output_limit`, and whether reaching it was logged for this request.
-    held_limit: u64,
-    held_full_logged: bool,
     poll_set: PollSet,
 }
 
@@ -129,22 +97,11 @@ impl<'a> Relay<'a> {
         request_line: String,
         encoded_params: &[u8],
     ) -> Relay<'a> {
-        if !session.stdin_done() {
-            conn.hold_output();
-        }
-        let pool = ctx.pool;
-        let after = |d: Duration| (!d.is_zero()).then(|| started + d);
-        let written_before = conn.bytes_written();
         let mut to_app = ToApp::default();
         to_app.queue(|out| records::request_head(out, encoded_params));
         Relay {
-            conn,
-            session,
-            id,
+            x: Exchange::new(conn, session, id, ctx, started, script, request_line),
             resident,
-            stderr_mode: pool.cgi.stderr,
-            script,
-            request_line,
             to_app,
             retried: false,
             app_said: false,
@@ -153,49 +110,23 @@ impl<'a> Relay<'a> {
             app_status: 0,
             forwarding: true,
             stdin_end_sent: false,
-            headers: ResponseHeaders::default(),
-            stdout_bytes: 0,
-            stderr_records: false,
-            stderr_lines: crate::logging::LineSplitter::default(),
-            own_status: None,
-            response_done: false,
-            end_queued: false,
-            broken: false,
-            aborted: false,
-            terminate: false,
-            timed_out: false,
-            started,
-            written_before,
-            terminate_at: after(pool.request_terminate_timeout),
-            orphan_deadline: ctx.orphan_deadline,
-            slow_at: after(pool.request_slowlog_timeout).filter(|_| ctx.slowlog_fd.is_some()),
-            slow: None,
             abort_deadline: None,
-            drain_deadline: None,
-            held_limit: pool.cgi.held_output_limit,
-            held_full_logged: false,
             poll_set: PollSet::default(),
         }
     }
 
     pub fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
         let outcome = self.run_loop(ctx, keep_conn);
-        if let Some(record) = self.slow.take() {
-            pump::write_slow_record(ctx, record);
-        }
-        self.flush_stderr_line(ctx);
+        let answered = matches!(outcome, Outcome::Answered { .. });
+        self.x.finish_slow_record(ctx, answered);
+        self.x.flush_stderr_line(ctx);
         self.resident.after_request(ctx, self.app_clean);
-        let status = self.own_status.unwrap_or_else(|| self.headers.status());
         let summary = Summary {
-            status,
-            headers: self.headers.headers().to_vec(),
+            status: self.x.own_status.unwrap_or_else(|| self.x.headers.status()),
+            headers: self.x.headers.headers().to_vec(),
             usage: Default::default(),
         };
         (outcome, summary)
-    }
-
-    fn stdin_settled(&self) -> bool {
-        self.session.stdin_done() || self.aborted || self.timed_out
     }
 
     fn app_pid(&self) -> i32 {
@@ -204,103 +135,54 @@ impl<'a> Relay<'a> {
 
     fn run_loop(&mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> Outcome {
         loop {
-            if self.terminate {
+            if self.x.terminate {
                 self.stop_app(ctx, false);
                 return Outcome::Terminate;
             }
-            if self.broken && self.app_done {
-                return Outcome::Close;
-            }
             self.check_deadlines(ctx);
-            // A deadline may have just stopped the app: with the web server gone too,
-            // nothing is left to wait for.
-            if self.broken && self.app_done {
+            // The web server is gone, and the app is done (or a deadline just stopped
+            // it): nothing is left to wait for.
+            if self.x.broken && self.app_done {
                 return Outcome::Close;
             }
-            if self.conn.output_held() && self.stdin_settled() {
-                self.conn.release_output();
-            }
-            if !self.response_done && self.app_done {
+            if !self.x.response_done && self.app_done {
                 self.finish_response(ctx);
             }
-            if self.response_done && !self.end_queued && self.stdin_settled() && !self.broken {
-                write_end_request(
-                    self.conn.output_mut(),
-                    self.id,
-                    self.app_status,
-                    ProtocolStatus::RequestComplete,
-                );
-                self.end_queued = true;
+            let settled = self.x.settle(ctx, self.app_status);
+            if self.x.broken {
+                // The web server went away while writing to it: the app gives up too.
+                self.abort_app();
             }
-            // The response's last bytes, its end and END_REQUEST go out in one write.
-            self.flush();
-            if self.end_queued && !self.conn.has_output() && !self.broken && self.app_done {
-                break;
-            }
-            if self.response_done && !self.stdin_settled() {
-                let deadline = *self
-                    .drain_deadline
-                    .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                if Instant::now() >= deadline {
-                    log::warn!(
-                        "{} the web server did not finish sending the request body within {}s after the response; closing the connection",
-                        ctx.log_prefix(),
-                        DRAIN_TIMEOUT.as_secs()
-                    );
-                    self.broken = true;
-                    continue;
-                }
+            match settled {
+                // After an abort the app may still be ending the request.
+                Settled::Answered if self.app_done => return self.x.answered(keep_conn),
+                Settled::GaveUp => return Outcome::Close,
+                Settled::Answered | Settled::Open => {}
             }
             if let Err(e) = self.wait_and_handle(ctx) {
                 log::error!(
                     "{} waiting for the request's descriptors failed: {e}",
                     ctx.log_prefix(),
                 );
-                self.broken = true;
+                self.x.broken = true;
                 self.stop_app(ctx, false);
             }
-        }
-        while self.slow.as_mut().is_some_and(|s| !s.poll_done()) {
-            if let Some(s) = &mut self.slow {
-                let mut set = PollSet::default();
-                if let Some(fd) = s.fd() {
-                    set.add(fd, poll::IN);
-                }
-                let left = s
-                    .deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()));
-                let _ = set.wait(Some(
-                    left.unwrap_or(Duration::from_millis(50))
-                        .min(Duration::from_millis(100)),
-                ));
-                s.on_readable();
-            }
-        }
-        let reusable = (self.session.stdin_done() || self.aborted) && !self.timed_out;
-        Outcome::Answered {
-            keep_conn: keep_conn && reusable,
         }
     }
 
     fn check_deadlines(&mut self, ctx: &mut WorkerCtx<'_>) {
         let now = Instant::now();
-        if let Some(at) = self.orphan_deadline
-            && now >= at
+        let pid = self.app_pid();
+        if self
+            .x
+            .orphan_time_is_up(ctx, now, format_args!("stopping FastCGI app {pid}"))
         {
-            log::warn!(
-                "{} script '{}' (request: \"{}\") still running {}s after the master died; stopping FastCGI app {}",
-                ctx.log_prefix(),
-                self.script,
-                self.request_line,
-                ctx.orphan_grace.as_secs(),
-                self.app_pid()
-            );
-            self.terminate = true;
+            self.x.terminate = true;
             return;
         }
-        if let Some(at) = self.terminate_at
+        if let Some(at) = self.x.terminate_at
             && now >= at
-            && !self.timed_out
+            && !self.x.timed_out
             && !self.app_done
         {
             self.on_terminate_timeout(ctx);
@@ -310,55 +192,31 @@ impl<'a> Relay<'a> {
             && !self.app_done
         {
             log::warn!(
-                "{} FastCGI app {} did not end the aborted request for '{}' within {} s; stopping it",
+                "{} FastCGI app {pid} did not end the aborted request for '{}' within {} s; stopping it",
                 ctx.log_prefix(),
-                self.app_pid(),
-                self.script,
+                self.x.script,
                 ABORT_GRACE.as_secs()
             );
             self.stop_app(ctx, false);
         }
-        if let Some(at) = self.slow_at
-            && now >= at
-            && !self.app_done
-            && self.slow.is_none()
-        {
-            self.slow_at = None;
-            self.slow = Some(pump::start_slow_record(
-                ctx,
-                self.app_pid(),
-                &self.script,
-                &self.request_line,
-                self.started,
-            ));
-        }
-        if self.slow.as_mut().is_some_and(SlowRecord::poll_done)
-            && let Some(record) = self.slow.take()
-        {
-            pump::write_slow_record(ctx, record);
-        }
+        self.x
+            .slow_time_is_up(ctx, now, (!self.app_done).then_some(pid));
     }
 
     fn on_terminate_timeout(&mut self, ctx: &mut WorkerCtx<'_>) {
-        self.timed_out = true;
-        let elapsed = self.started.elapsed();
+        self.x.timed_out = true;
+        let elapsed = self.x.started.elapsed();
         log::warn!(
             "{} script '{}' (request: \"{}\") execution timed out ({}.{:06} sec), terminating FastCGI app {}",
             ctx.log_prefix(),
-            self.script,
-            self.request_line,
+            self.x.script,
+            self.x.request_line,
             elapsed.as_secs(),
             elapsed.subsec_micros(),
             self.app_pid()
         );
         self.stop_app(ctx, true);
-        if self.stdout_bytes == 0 {
-            self.own_status = Some(504);
-        } else if self.conn.bytes_written() == self.written_before {
-            self.conn.discard_output();
-            self.stderr_records = false;
-            self.own_status = Some(504);
-        }
+        self.x.answer_timeout();
     }
 
     /// Stop the app in hand (the request can no longer be trusted to it).
@@ -370,36 +228,24 @@ impl<'a> Relay<'a> {
 
     fn finish_response(&mut self, ctx: &WorkerCtx<'_>) {
         ctx.slot().set_state(WorkerState::Finishing);
-        self.response_done = true;
-        if self.aborted || self.broken {
+        self.x.response_done = true;
+        if self.x.aborted || self.x.broken {
             return;
         }
-        if self.own_status.is_none() && self.stdout_bytes == 0 {
-            self.own_status = Some(502);
+        if self.x.own_status.is_none() && self.x.stdout_bytes == 0 {
+            self.x.own_status = Some(502);
         }
-        if let Some(status) = self.own_status {
-            let body = error_response(status, crate::cgi::response::public_message(status));
-            self.conn.queue_stream(RecordType::Stdout, self.id, &body);
-        }
-        self.conn.queue_record(RecordType::Stdout, self.id, &[]);
-        if self.stderr_records {
-            self.conn.queue_record(RecordType::Stderr, self.id, &[]);
-        }
+        self.x.end_response();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.drain_deadline,
-            self.terminate_at
-                .filter(|_| !self.timed_out && !self.app_done),
-            self.slow_at.filter(|_| !self.app_done),
-            self.abort_deadline.filter(|_| !self.app_done),
-            self.slow.as_ref().and_then(SlowRecord::deadline),
-            self.orphan_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let running = !self.app_done;
+        self.x
+            .deadlines(running, running)
+            .into_iter()
+            .chain([self.abort_deadline.filter(|_| running)])
+            .flatten()
+            .min()
     }
 
     /// Whether the app's output may be taken now: the web server has taken what came
@@ -407,10 +253,10 @@ impl<'a> Relay<'a> {
     /// wants it any more. Otherwise the app is not read, and blocks once its socket is
     /// full: backpressure, as for a CGI child's pipe.
     fn room_for_app_output(&self) -> bool {
-        self.broken
-            || self.aborted
-            || !self.conn.has_output()
-            || (self.conn.output_held() && !self.conn.held_output_full(self.held_limit))
+        self.x.broken
+            || self.x.aborted
+            || !self.x.conn.has_output()
+            || (self.x.conn.output_held() && !self.x.conn.held_output_full(self.x.held_limit))
     }
 
     fn wait_and_handle(&mut self, ctx: &mut WorkerCtx<'_>) -> Result<(), Errno> {
@@ -425,45 +271,12 @@ impl<'a> Relay<'a> {
             return Ok(());
         }
         let deadline = self.next_deadline();
-        let app_out_pending = self.to_app.pending();
-        let room = self.room_for_app_output();
-        let set = &mut self.poll_set;
-        set.clear();
-        let mut conn_events = 0;
-        if !self.broken {
-            if !self.conn.eof && app_out_pending < APP_OUT_HIGH_WATER {
-                conn_events |= poll::IN | poll::RDHUP;
-            }
-            if self.conn.has_output() && !self.conn.output_held() {
-                conn_events |= poll::OUT;
-            }
-        }
-        let conn_index = (conn_events != 0).then(|| set.add(self.conn.fd(), conn_events));
-        let mut app_index = None;
-        if let Some(app) = &self.resident.app
-            && !self.app_done
-        {
-            let mut events = 0;
-            if room {
-                events |= poll::IN;
-            }
-            if app_out_pending > 0 {
-                events |= poll::OUT;
-            }
-            if events != 0 {
-                app_index = Some(set.add(app.conn(), events));
-            }
-        }
-        let trace = self
-            .slow
-            .as_ref()
-            .and_then(SlowRecord::fd)
-            .map(|fd| set.add(fd, poll::IN));
+        let (conn_index, app_index, trace) = self.fill_poll_set();
         match ctx.wait(&mut self.poll_set, deadline)? {
-            Some(SignalRequest::Terminate) => self.terminate = true,
+            Some(SignalRequest::Terminate) => self.x.terminate = true,
             // As for CGI children: an orphaned worker stops accepting at once and gives
             // the request in hand its grace.
-            Some(SignalRequest::Quit) => self.orphan_deadline = ctx.orphan_deadline,
+            Some(SignalRequest::Quit) => self.x.orphan_deadline = ctx.orphan_deadline,
             None => {}
         }
         if let Some(index) = conn_index {
@@ -486,7 +299,7 @@ impl<'a> Relay<'a> {
         }
         if let Some(index) = trace
             && self.poll_set.revents(index) != 0
-            && let Some(s) = &mut self.slow
+            && let Some(s) = &mut self.x.slow
         {
             s.on_readable();
         }
@@ -498,8 +311,49 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// The descriptors worth waiting on now: the web server's connection, the app's, the
+    /// slowlog trace; the index of each in the poll set, if it is there.
+    fn fill_poll_set(&mut self) -> (Option<usize>, Option<usize>, Option<usize>) {
+        let app_out_pending = self.to_app.pending();
+        let room = self.room_for_app_output();
+        let set = &mut self.poll_set;
+        set.clear();
+        let mut conn_events = 0;
+        if !self.x.broken {
+            if !self.x.conn.eof && app_out_pending < APP_OUT_HIGH_WATER {
+                conn_events |= poll::IN | poll::RDHUP;
+            }
+            if self.x.conn.has_output() && !self.x.conn.output_held() {
+                conn_events |= poll::OUT;
+            }
+        }
+        let conn_index = (conn_events != 0).then(|| set.add(self.x.conn.fd(), conn_events));
+        let mut app_index = None;
+        if let Some(app) = &self.resident.app
+            && !self.app_done
+        {
+            let mut events = 0;
+            if room {
+                events |= poll::IN;
+            }
+            if app_out_pending > 0 {
+                events |= poll::OUT;
+            }
+            if events != 0 {
+                app_index = Some(set.add(app.conn(), events));
+            }
+        }
+        let trace = self
+            .x
+            .slow
+            .as_ref()
+            .and_then(SlowRecord::fd)
+            .map(|fd| set.add(fd, poll::IN));
+        (conn_index, app_index, trace)
+    }
+
     fn read_web(&mut self, ctx: &mut WorkerCtx<'_>) {
-        match self.conn.fill() {
+        match self.x.conn.fill() {
             Ok(Fill::Data | Fill::Full) => {
                 self.decode_web(ctx);
             }
@@ -508,11 +362,11 @@ impl<'a> Relay<'a> {
                 log::info!(
                     "{} the web server closed the connection during the request for '{}'; aborting it in FastCGI app {}",
                     ctx.log_prefix(),
-                    self.script,
+                    self.x.script,
                     self.app_pid()
                 );
-                self.broken = true;
-                self.conn.discard_output();
+                self.x.broken = true;
+                self.x.conn.discard_output();
                 self.abort_app();
             }
         }
@@ -532,8 +386,8 @@ impl<'a> Relay<'a> {
     /// any record meant something.
     fn decode_web(&mut self, ctx: &mut WorkerCtx<'_>) -> bool {
         let mut progressed = false;
-        while self.to_app.pending() < APP_OUT_HIGH_WATER && !self.broken && !self.aborted {
-            let event = self.conn.next_event(self.session);
+        while self.to_app.pending() < APP_OUT_HIGH_WATER && !self.x.broken && !self.x.aborted {
+            let event = self.x.conn.next_event(self.x.session);
             progressed |= !matches!(event, Ok(None));
             match event {
                 Ok(None) => break,
@@ -553,10 +407,10 @@ impl<'a> Relay<'a> {
                     log::info!(
                         "{} the web server aborted the request for '{}'",
                         ctx.log_prefix(),
-                        self.script
+                        self.x.script
                     );
-                    self.aborted = true;
-                    self.response_done = true;
+                    self.x.aborted = true;
+                    self.x.response_done = true;
                     self.abort_app();
                 }
                 Ok(Some(Event::Request(_) | Event::Rejected { .. })) => {}
@@ -565,7 +419,7 @@ impl<'a> Relay<'a> {
                         "{} protocol error from the web server during the request: {e}",
                         ctx.log_prefix(),
                     );
-                    self.broken = true;
+                    self.x.broken = true;
                     self.abort_app();
                 }
             }
@@ -622,19 +476,11 @@ impl<'a> Relay<'a> {
 
     /// Decode the app's buffered records while there is room for them; true if any was.
     fn decode_app(&mut self, ctx: &mut WorkerCtx<'_>) -> bool {
-        let discarding = self.broken || self.aborted || self.timed_out;
-        let to_fastcgi = matches!(self.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
-        let to_log = matches!(self.stderr_mode, StderrMode::Log | StderrMode::Both);
+        let discarding = self.x.broken || self.x.aborted || self.x.timed_out;
         let mut progressed = false;
         loop {
             // Held output at its limit: the rest waits in the app's buffer and socket.
-            if !discarding && self.conn.held_output_full(self.held_limit) {
-                pump::log_held_output_full(
-                    ctx,
-                    &self.script,
-                    self.held_limit,
-                    &mut self.held_full_logged,
-                );
+            if !discarding && self.x.held_output_full(ctx) {
                 return progressed;
             }
             let event = match self.resident.input.next_event() {
@@ -645,7 +491,7 @@ impl<'a> Relay<'a> {
                         "{} FastCGI app {} broke the protocol ({e}) during the request for '{}'; stopping it",
                         ctx.log_prefix(),
                         self.resident.app.as_ref().map_or(0, |a| a.pid.as_raw()),
-                        self.script
+                        self.x.script
                     );
                     self.stop_app(ctx, false);
                     return true;
@@ -658,10 +504,12 @@ impl<'a> Relay<'a> {
                     if data.is_empty() || discarding {
                         continue;
                     }
-                    self.headers.observe(data);
-                    self.stdout_bytes += data.len() as u64;
-                    self.conn.queue_stream(RecordType::Stdout, self.id, data);
-                    if let Err(e) = self.conn.spill_output() {
+                    self.x.headers.observe(data);
+                    self.x.stdout_bytes += data.len() as u64;
+                    self.x
+                        .conn
+                        .queue_stream(RecordType::Stdout, self.x.id, data);
+                    if let Err(e) = self.x.conn.spill_output() {
                         pump::log_spool_failure(ctx, &e);
                     }
                 }
@@ -670,16 +518,7 @@ impl<'a> Relay<'a> {
                     if data.is_empty() {
                         continue;
                     }
-                    if to_fastcgi && !discarding {
-                        self.conn.queue_stream(RecordType::Stderr, self.id, data);
-                        self.stderr_records = true;
-                    }
-                    if to_log {
-                        let script = &self.script;
-                        self.stderr_lines.push(data, |line, hidden| {
-                            pump::log_stderr(ctx, script, line, hidden)
-                        });
-                    }
+                    self.x.stderr(ctx, data, !discarding);
                 }
                 AppEvent::End {
                     app_status,
@@ -695,7 +534,7 @@ impl<'a> Relay<'a> {
                             "{} FastCGI app {} refused the request for '{}' ({protocol_status:?})",
                             ctx.log_prefix(),
                             self.app_pid(),
-                            self.script
+                            self.x.script
                         );
                     }
                     return true;
@@ -723,11 +562,11 @@ impl<'a> Relay<'a> {
             served_before,
             exited_cleanly: matches!(exit, Some(WaitStatus::Exited(_, 0))),
         };
-        if records::may_retry(gone) && !self.aborted && !self.broken {
+        if records::may_retry(gone) && !self.x.aborted && !self.x.broken {
             log::info!(
                 "{} FastCGI app {pid} was gone before it answered the request for '{}' ({how}, and it {status}); sending the request to a fresh one",
                 ctx.log_prefix(),
-                self.script
+                self.x.script
             );
             self.retried = true;
             self.resident.ended_by_itself();
@@ -743,7 +582,7 @@ impl<'a> Relay<'a> {
                     log::error!(
                         "{} request \"{}\": {reason}; answered 502",
                         ctx.log_prefix(),
-                        self.request_line
+                        self.x.request_line
                     );
                     self.app_done = true;
                     self.app_clean = false;
@@ -754,8 +593,8 @@ impl<'a> Relay<'a> {
         log::warn!(
             "{} FastCGI app {pid} ended in the middle of the request for '{}': {how}, and it {status}{}",
             ctx.log_prefix(),
-            self.script,
-            if self.stdout_bytes == 0 && !self.aborted && !self.broken {
+            self.x.script,
+            if self.x.stdout_bytes == 0 && !self.x.aborted && !self.x.broken {
                 "; answered 502"
             } else {
                 ""
@@ -764,20 +603,9 @@ impl<'a> Relay<'a> {
         self.stop_app(ctx, false);
     }
 
-    fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
-        let script = &self.script;
-        self.stderr_lines
-            .finish(|line, hidden| pump::log_stderr(ctx, script, line, hidden));
-    }
-
+    /// Write what the web server takes; if it is gone, the app is told to give up.
     fn flush(&mut self) {
-        if self.broken {
-            self.conn.discard_output();
-            return;
-        }
-        if self.conn.has_output() && self.conn.flush().is_err() {
-            self.broken = true;
-            self.conn.discard_output();
+        if self.x.flush() {
             self.abort_app();
         }
     }
