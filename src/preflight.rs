@@ -39,6 +39,9 @@ pub fn check(config: &Config, pid_override: Option<&Path>, force_stderr: bool) -
 
 /// Whether `path` can be opened for writing, created if missing, without doing either.
 fn writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("it is a directory".to_string());
+    }
     if path.exists() {
         return access(path, AccessFlags::W_OK).map_err(|e| e.desc().to_string());
     }
@@ -94,6 +97,18 @@ mod tests {
         assert!(
             errors[2].starts_with("failed to set rlimit_files"),
             "{errors:?}"
+        );
+        // A directory where the file should be is refused too.
+        let taken = GlobalConfig {
+            pid: Some(dir.path().to_path_buf()),
+            ..GlobalConfig::default()
+        };
+        assert_eq!(
+            check(&config(taken), None, false),
+            [format!(
+                "failed to write the pid file '{}': it is a directory",
+                dir.path().display()
+            )]
         );
         // -O keeps the error log on stderr; -g names another pid file.
         global.rlimit_files = None;
