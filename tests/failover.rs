@@ -160,13 +160,18 @@ fn draining_one_of_two_hosts_with_quit_loses_no_request() {
             )
         })
     };
+    // Only slow.sh's child counts: the load's who.sh children run on a's workers too, and
+    // taking one of them for the slow request sent QUIT before the slow one connected.
     wait_until(
         "host a runs the slow request",
         Duration::from_secs(10),
         || {
-            a.worker_pids()
-                .iter()
-                .any(|w| !common::children_of(*w).is_empty())
+            a.worker_pids().iter().any(|w| {
+                common::children_of(*w).iter().any(|c| {
+                    fs::read(format!("/proc/{c}/cmdline"))
+                        .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("slow.sh"))
+                })
+            })
         },
     );
     a.signal(nix::sys::signal::Signal::SIGQUIT);
