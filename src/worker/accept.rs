@@ -78,7 +78,7 @@ pub(super) fn accept_loop(ctx: &mut WorkerCtx<'_>, listener: BorrowedFd<'_>) -> 
         // new one joins them, behind those waiting longer.
         if ctx.parking.is_some()
             && (ctx.queue_timed() && ctx.scoreboard.master_holds()
-                || !head_arrives_within(fd.as_fd(), HEAD_PATIENCE))
+                || !head_arrives_within(fd.as_fd(), HEAD_PATIENCE, ctx.buffers.scratch()))
             && park(ctx, fd.as_fd(), crate::parking::Kind::AwaitingHead)
         {
             continue;

@@ -36,6 +36,15 @@ pub struct ConnBuffers {
 }
 
 impl ConnBuffers {
+    /// The input buffer, as room to look at a connection's first bytes before it is
+    /// served (its content is not kept).
+    pub fn scratch(&mut self) -> &mut [u8] {
+        if self.input.len() != INPUT_CAPACITY {
+            self.input = vec![0; INPUT_CAPACITY].into_boxed_slice();
+        }
+        &mut self.input
+    }
+
     /// Whether memory is waiting to be handed back (see `trim`).
     pub fn trim_pending(&self) -> bool {
         self.trim_pending

@@ -67,12 +67,17 @@ fn channel_is_broken(error: Errno) -> bool {
 pub(super) const HEAD_PATIENCE: Duration = Duration::from_millis(5);
 
 /// Whether `fd`'s request head is complete (or the peer closed, or sent something else a
-/// worker must answer) within `patience`, judged by peeking: nothing is read.
-pub(super) fn head_arrives_within(fd: BorrowedFd<'_>, patience: Duration) -> bool {
-    use crate::parking::{Peeked, peek_head};
+/// worker must answer) within `patience`, judged by peeking into `scratch`: nothing is
+/// read.
+pub(super) fn head_arrives_within(
+    fd: BorrowedFd<'_>,
+    patience: Duration,
+    scratch: &mut [u8],
+) -> bool {
+    use crate::parking::{Peeked, peek_head_into};
     let deadline = Instant::now() + patience;
     loop {
-        if !matches!(peek_head(fd), Peeked::Partial(_)) {
+        if !matches!(peek_head_into(fd, scratch), Peeked::Partial(_)) {
             return true;
         }
         if Instant::now() >= deadline {
