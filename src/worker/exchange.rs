@@ -5,7 +5,7 @@
 //! and its slowlog record.
 
 use super::WorkerCtx;
-use super::conn::Conn;
+use super::conn::{Conn, OUTPUT_CHUNK};
 use super::pump::{DRAIN_TIMEOUT, Outcome};
 use super::slowlog::SlowRecord;
 use crate::cgi::headers::ResponseHeaders;
@@ -15,6 +15,12 @@ use crate::fastcgi::Session;
 use crate::fastcgi::record::{ProtocolStatus, RecordType, write_end_request};
 use crate::logging::LineSplitter;
 use std::time::{Duration, Instant};
+
+/// How long output smaller than a record may wait for more before it is sent (when the
+/// exchange coalesces), so that a small response goes out in one write with END_REQUEST:
+/// the web server is then woken once per response, not once per piece the script wrote
+/// (hello.sh writes three). Streamed output is late by at most this much.
+pub(crate) const COALESCE: Duration = Duration::from_millis(1);
 
 pub(crate) struct Exchange<'a> {
     pub conn: &'a mut Conn,
@@ -55,6 +61,13 @@ pub(crate) struct Exchange<'a> {
     /// `cgi.held_output_limit`, and whether reaching it was logged for this request.
     pub held_limit: u64,
     held_full_logged: bool,
+    /// Small output waits for more (see `COALESCE`): the pump's choice.
+    pub coalesce: bool,
+    /// Output waits for more until then.
+    pub coalesce_until: Option<Instant>,
+    /// The last flush left output the web server did not take: the next one waits for
+    /// the socket, not for more output.
+    backlogged: bool,
 }
 
 /// Where a request stands before the next wait (see [`Exchange::settle`]).
@@ -111,6 +124,9 @@ impl<'a> Exchange<'a> {
             drain_deadline: None,
             held_limit: pool.cgi.held_output_limit,
             held_full_logged: false,
+            coalesce: false,
+            coalesce_until: None,
+            backlogged: false,
         }
     }
 
@@ -157,18 +173,48 @@ impl<'a> Exchange<'a> {
         Settled::Open
     }
 
-    /// Write what the web server takes. True if the connection broke just now.
+    /// Write what the web server takes, unless it waits for more (see `coalescing`).
+    /// True if the connection broke just now.
     pub fn flush(&mut self) -> bool {
         if self.broken {
             self.conn.discard_output();
             return false;
         }
-        if self.conn.has_output() && self.conn.flush().is_err() {
-            self.broken = true;
-            self.conn.discard_output();
-            return true;
+        if !self.conn.has_output() || self.coalescing() {
+            return false;
         }
-        false
+        match self.conn.flush() {
+            Ok(all) => {
+                self.backlogged = !all;
+                false
+            }
+            Err(_) => {
+                self.broken = true;
+                self.conn.discard_output();
+                true
+            }
+        }
+    }
+
+    /// Whether the output queued waits for more (see `COALESCE`): when the exchange
+    /// coalesces, while the output is smaller than a record, no body is still to come
+    /// (so END_REQUEST may follow soon), and the web server has taken everything before
+    /// it; for at most `COALESCE` from its first byte.
+    pub fn coalescing(&mut self) -> bool {
+        let small = self.conn.has_output()
+            && !self.conn.output_held()
+            && self.conn.pending_output() < OUTPUT_CHUNK;
+        if !self.coalesce || !small || self.end_queued || self.backlogged || !self.stdin_settled() {
+            self.coalesce_until = None;
+            return false;
+        }
+        let now = Instant::now();
+        let until = *self.coalesce_until.get_or_insert(now + COALESCE);
+        if now >= until {
+            self.coalesce_until = None;
+            return false;
+        }
+        true
     }
 
     /// The request ran out of time: a clear 504 instead of a truncated page or a 502 when
@@ -244,9 +290,10 @@ impl<'a> Exchange<'a> {
     /// The deadlines every request has: `running` says whether the script or app is
     /// still at work (request_terminate_timeout applies only then), `traceable` whether a
     /// slowlog record could be started for it (see `slow_time_is_up`).
-    pub fn deadlines(&self, running: bool, traceable: bool) -> [Option<Instant>; 5] {
+    pub fn deadlines(&self, running: bool, traceable: bool) -> [Option<Instant>; 6] {
         [
             self.drain_deadline,
+            self.coalesce_until,
             self.terminate_at.filter(|_| !self.timed_out && running),
             self.slow_at.filter(|_| traceable),
             self.slow.as_ref().and_then(SlowRecord::deadline),

@@ -90,8 +90,11 @@ impl<'a> Pump<'a> {
         script: String,
         request_line: String,
     ) -> Pump<'a> {
+        let mut x = Exchange::new(conn, session, id, ctx, started, script, request_line);
+        // A script's output comes in pieces as it writes them: small ones are gathered.
+        x.coalesce = true;
         Pump {
-            x: Exchange::new(conn, session, id, ctx, started, script, request_line),
+            x,
             child: None,
             stdin_buf: Vec::new(),
             exit: None,
@@ -335,7 +338,8 @@ impl<'a> Pump<'a> {
         if !self.x.conn.eof && self.stdin_buf.len() < STDIN_HIGH_WATER {
             conn_events |= poll::IN | poll::RDHUP;
         }
-        if self.x.conn.has_output() && !self.x.conn.output_held() {
+        let coalescing = self.x.coalesce_until.is_some();
+        if self.x.conn.has_output() && !self.x.conn.output_held() && !coalescing {
             conn_events |= poll::OUT;
         }
         if conn_events != 0 {
@@ -350,7 +354,9 @@ impl<'a> Pump<'a> {
             // Output waits while the web server has not taken the previous record; held
             // output spills to disk instead, up to cgi.held_output_limit: past it the
             // child blocks on its pipe until the body is complete.
+            // Output waiting for more is smaller than a record: more may join it.
             let room = !self.x.conn.has_output()
+                || (coalescing && self.x.conn.pending_output() < OUTPUT_CHUNK)
                 || (self.x.conn.output_held() && !self.x.conn.held_output_full(self.x.held_limit));
             if let Some(fd) = &child.stdout
                 && room
