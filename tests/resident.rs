@@ -484,15 +484,15 @@ fn an_apps_output_held_for_an_incomplete_body_stops_at_its_limit() {
     );
 }
 
-#[test]
-fn a_flup_wsgi_app_serves_a_whole_pool() {
+/// python3 with flup, or None (a skip outside CI, a failure in CI).
+fn python_with_flup() -> Option<String> {
     let Some(python) = common::which("python3") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "python3 is required in CI"
         );
         eprintln!("SKIPPED: python3 is not installed");
-        return;
+        return None;
     };
     let has_flup = std::process::Command::new(&python)
         .args(["-c", "import flup.server.fcgi"])
@@ -504,9 +504,17 @@ fn a_flup_wsgi_app_serves_a_whole_pool() {
             "flup is required in CI (scripts/install-test-deps.sh)"
         );
         eprintln!("SKIPPED: flup is not installed (pip install flup)");
-        return;
+        return None;
     }
-    serves_a_whole_pool(&python.display().to_string(), "app.py", FLUP_APP, "wsgi");
+    Some(python.display().to_string())
+}
+
+#[test]
+fn a_flup_wsgi_app_serves_a_whole_pool() {
+    let Some(python) = python_with_flup() else {
+        return;
+    };
+    serves_a_whole_pool(&python, "app.py", FLUP_APP, "wsgi");
 }
 
 #[test]
@@ -778,4 +786,109 @@ fn the_status_page_names_the_app_that_serves_a_request() {
         .expect("thread")
         .expect("shell request");
     assert_eq!(response.body(), b"shell\n");
+}
+
+/// A flup app that writes each request's URI to its fd 2 and to wsgi.errors (which flup
+/// sends as FCGI_STDERR records), and, for `/later`, writes to fd 2 after the response
+/// and then creates the file `LATER`.
+const STDERR_APP: &str = r#"import os, sys, threading
+from flup.server.fcgi import WSGIServer
+
+def later():
+    sys.stderr.write('written after the response\n')
+    sys.stderr.flush()
+    open(os.environ['LATER'], 'w').close()
+
+def app(environ, start_response):
+    uri = environ['REQUEST_URI']
+    sys.stderr.write('fd2 %s\n' % uri)
+    sys.stderr.flush()
+    environ['wsgi.errors'].write('record %s\n' % uri)
+    environ['wsgi.errors'].flush()
+    if uri == '/later':
+        threading.Timer(0.1, later).start()
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [('%d\n' % os.getpid()).encode()]
+
+WSGIServer(app).run()
+"#;
+
+/// `cgi.stderr` takes a resident app's stderr as it takes a CGI child's: its FCGI_STDERR
+/// records and its fd 2 during a request go to the web server (`fastcgi`), the log
+/// (`log`, one entry per line naming the script) or nowhere (`discard`); what it writes
+/// to fd 2 between requests belongs to no request and is logged unless discarded.
+#[test]
+fn cgi_stderr_takes_an_apps_stderr_records_and_its_fd_2() {
+    let Some(python) = python_with_flup() else {
+        return;
+    };
+    for mode in ["fastcgi", "log", "discard"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("app.py");
+        std::fs::write(&app, STDERR_APP).expect("write app");
+        let later = dir.path().join("later-done");
+        let config = format!(
+            "[global]\n\n[app]\nlisten = {sock}\npm = static\npm.max_children = 1\n\
+             cgi.fastcgi_app = {python} {app}\ncgi.stderr = {mode}\nenv[LATER] = {later}\n",
+            sock = dir.path().join("app.sock").display(),
+            app = app.display(),
+            later = later.display(),
+        );
+        let address = dir.path().join("app.sock").display().to_string();
+        let fpm = Fpm::start_with(dir, &config, &address);
+        let get = |uri: &str| {
+            fpm.client()
+                .request(
+                    &[
+                        ("REQUEST_METHOD", "GET"),
+                        ("REQUEST_URI", uri),
+                        ("SERVER_NAME", "localhost"),
+                        ("SERVER_PORT", "80"),
+                        ("SERVER_PROTOCOL", "HTTP/1.1"),
+                    ],
+                    b"",
+                    false,
+                )
+                .expect("FastCGI request")
+        };
+        let response = get("/one");
+        assert_eq!(response.status(), 200, "{mode}: {response:?}");
+        let pid = pid_of(response.body());
+        let stderr = String::from_utf8_lossy(&response.stderr).into_owned();
+        let log = fpm.log_text();
+        let said = |line: &str| format!("said into stderr: \"{line}\"");
+        match mode {
+            "fastcgi" => {
+                // Two channels: their order is the order the worker read them in.
+                let mut lines: Vec<&str> = stderr.lines().collect();
+                lines.sort_unstable();
+                assert_eq!(lines, ["fd2 /one", "record /one"], "{mode}; log:\n{log}");
+                assert!(!log.contains("/one"), "{mode}: {log}");
+            }
+            "log" => {
+                assert_eq!(stderr, "", "{mode}");
+                for line in ["fd2 /one", "record /one"] {
+                    assert!(log.contains(&said(line)), "{mode}: no {line:?} in\n{log}");
+                }
+            }
+            _ => {
+                assert_eq!(stderr, "", "{mode}");
+                assert!(!log.contains("/one"), "{mode}: {log}");
+            }
+        }
+        // Between requests: logged, naming the app, when the next request comes.
+        assert_eq!(get("/later").status(), 200);
+        wait_until(
+            "the app wrote to fd 2 after its response",
+            Duration::from_secs(5),
+            || later.exists(),
+        );
+        let next = get("/two");
+        assert_eq!(pid_of(next.body()), pid, "{mode}: one app throughout");
+        let stderr = String::from_utf8_lossy(&next.stderr).into_owned();
+        assert!(!stderr.contains("after the response"), "{mode}: {stderr}");
+        let log = fpm.log_text();
+        let between = format!("FastCGI app {pid} {}", said("written after the response"));
+        assert_eq!(log.contains(&between), mode != "discard", "{mode}: {log}");
+    }
 }

@@ -698,6 +698,12 @@ pub(super) fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
 /// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit;
 /// we cut, noting how many bytes of the line were left out).
 pub(super) fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
+    log_said_into_stderr(ctx, &format!("script '{script}'"), line, hidden);
+}
+
+/// A line of stderr from `subject` (`script '/srv/x.sh'`, `FastCGI app 1234`), as
+/// [`log_stderr`] logs it.
+pub(super) fn log_said_into_stderr(ctx: &WorkerCtx<'_>, subject: &str, line: &[u8], hidden: usize) {
     let line = if hidden == 0 {
         line.strip_suffix(b"\r").unwrap_or(line)
     } else {
@@ -711,9 +717,8 @@ pub(super) fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden:
     }
     crate::logging::warn_cut(
         format!(
-            "{} script '{}' said into stderr: \"{}\"",
+            "{} {subject} said into stderr: \"{}\"",
             ctx.log_prefix(),
-            script,
             String::from_utf8_lossy(line)
         ),
         hidden,

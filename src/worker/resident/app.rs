@@ -8,6 +8,7 @@
 use crate::cgi::spawn::{above_stdio, dev_null, reap, spawn_program};
 use crate::cgi::{EnvPolicy, Usage};
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
@@ -55,6 +56,8 @@ impl Launch {
 pub struct App {
     pub pid: Pid,
     pub conn: OwnedFd,
+    /// The read end of its descriptor 2 (non-blocking), until every writer closed it.
+    pub stderr: Option<OwnedFd>,
     pidfd: Option<OwnedFd>,
     /// Requests it has answered completely.
     pub served: u64,
@@ -66,10 +69,15 @@ impl App {
     pub fn start(launch: &Launch) -> io::Result<App> {
         let (listener, conn) = private_socket_pair()?;
         let null = dev_null()?;
-        // The worker's stderr: the error log, or the master's pipe with
-        // catch_workers_output.
-        let stderr = above_stdio(std::io::stderr().as_fd().try_clone_to_owned()?)?;
-        let stdio = [listener.as_raw_fd(), null.as_raw_fd(), stderr.as_raw_fd()];
+        // Its stderr is a pipe the worker reads, as a CGI child's is (see stderr.rs).
+        let (stderr, stderr_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(&stderr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let stderr_write = above_stdio(stderr_write)?;
+        let stdio = [
+            listener.as_raw_fd(),
+            null.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+        ];
         let (pid, pidfd) = spawn_program(
             &launch.argv,
             &launch.dir,
@@ -77,13 +85,11 @@ impl App {
             stdio,
             Some(Signal::SIGKILL),
         )?;
-        nix::fcntl::fcntl(
-            &conn,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
+        nix::fcntl::fcntl(&conn, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(App {
             pid,
             conn,
+            stderr: Some(stderr),
             pidfd,
             served: 0,
             started: Instant::now(),

@@ -7,6 +7,7 @@
 mod app;
 pub mod records;
 mod relay;
+mod stderr;
 
 use super::WorkerCtx;
 use super::conn::Conn;
@@ -45,7 +46,7 @@ impl Residents {
         for mut resident in self.apps.drain(..) {
             resident.discard(ctx, true);
             if let Some(next) = resident.successor.take() {
-                next.stop(true);
+                stop_and_log(ctx, next, true);
             }
         }
     }
@@ -102,6 +103,9 @@ impl Resident {
     /// PHP_FCGI_MAX_REQUESTS, a crash, a kill) is replaced here, before the request is
     /// sent, so it costs no request. Err: why no app can serve (for a 502).
     fn ready(&mut self, ctx: &WorkerCtx<'_>) -> Result<(), String> {
+        // Written since the last request: it belongs to none, in particular not to the
+        // one about to be sent.
+        self.log_stderr(ctx);
         if let Some(app) = &mut self.app {
             if app.is_usable() {
                 return Ok(());
@@ -127,10 +131,12 @@ impl Resident {
             if next.is_usable() {
                 self.app = Some(next);
                 self.input.clear();
+                // What it wrote while it waited (its start) belongs to no request.
+                self.log_stderr(ctx);
                 return Ok(());
             }
             // It died waiting (a broken app): start afresh below, with the back-off.
-            next.stop(false);
+            stop_and_log(ctx, next, false);
         }
         if let Some(at) = self.not_before
             && Instant::now() < at
@@ -227,8 +233,15 @@ impl Resident {
             ));
         }
         log::debug!("{} stopping FastCGI app {}", ctx.log_prefix(), app.pid);
-        app.stop(grace);
+        stop_and_log(ctx, app, grace);
         self.input.clear();
+    }
+
+    /// What the app wrote to its stderr outside a request, to the log.
+    fn log_stderr(&mut self, ctx: &WorkerCtx<'_>) {
+        if let Some(app) = &mut self.app {
+            log_app_stderr(ctx, app.pid.as_raw(), &mut app.stderr);
+        }
     }
 
     /// The request is over: count it, and retire the app if it has served enough or the
@@ -258,6 +271,30 @@ impl Resident {
             self.prepare_successor(ctx);
         }
     }
+}
+
+/// Stop `app` (TERM first with `grace`) and log its last words (the reason it could not
+/// start, say), read once every writer is gone.
+fn stop_and_log(ctx: &WorkerCtx<'_>, mut app: App, grace: bool) {
+    let pid = app.pid.as_raw();
+    let mut pipe = app.stderr.take();
+    app.stop(grace);
+    log_app_stderr(ctx, pid, &mut pipe);
+}
+
+/// Drain an app's stderr pipe into the log, one entry per line, unless `cgi.stderr =
+/// discard` (then it is read and dropped, so that the app never blocks on it).
+fn log_app_stderr(ctx: &WorkerCtx<'_>, pid: i32, pipe: &mut Option<std::os::fd::OwnedFd>) {
+    let keep = ctx.pool.cgi.stderr != crate::config::StderrMode::Discard;
+    let subject = format!("FastCGI app {pid}");
+    let mut lines = crate::logging::LineSplitter::default();
+    let mut emit = |line: &[u8], hidden: usize| {
+        if keep {
+            super::pump::log_said_into_stderr(ctx, &subject, line, hidden);
+        }
+    };
+    stderr::drain(pipe, |bytes| lines.push(bytes, &mut emit));
+    lines.finish(&mut emit);
 }
 
 /// The slot names the app that serves the request: as its CGI pid, which the master's

@@ -6,6 +6,7 @@
 
 use super::Resident;
 use super::records::{self, AppEvent, Replay};
+use crate::config::StderrMode;
 use crate::fastcgi::record::{ProtocolStatus, RecordType};
 use crate::fastcgi::{Event, Session};
 use crate::scoreboard::WorkerState;
@@ -146,6 +147,8 @@ impl<'a> Relay<'a> {
                 return Outcome::Close;
             }
             if !self.x.response_done && self.app_done {
+                // Whatever it wrote to fd 2 before it ended the request is in the pipe.
+                self.drain_app_stderr(ctx);
                 self.finish_response(ctx);
             }
             let settled = self.x.settle(ctx, self.app_status);
@@ -221,6 +224,7 @@ impl<'a> Relay<'a> {
 
     /// Stop the app in hand (the request can no longer be trusted to it).
     fn stop_app(&mut self, ctx: &WorkerCtx<'_>, grace: bool) {
+        self.drain_app_stderr(ctx);
         self.resident.discard(ctx, grace);
         self.app_done = true;
         self.app_clean = false;
@@ -271,7 +275,7 @@ impl<'a> Relay<'a> {
             return Ok(());
         }
         let deadline = self.next_deadline();
-        let (conn_index, app_index, trace) = self.fill_poll_set();
+        let (conn_index, app_index, stderr_index, trace) = self.fill_poll_set();
         match ctx.wait(&mut self.poll_set, deadline)? {
             Some(SignalRequest::Terminate) => self.x.terminate = true,
             // As for CGI children: an orphaned worker stops accepting at once and gives
@@ -297,6 +301,11 @@ impl<'a> Relay<'a> {
                 self.read_app(ctx);
             }
         }
+        if let Some(index) = stderr_index
+            && self.poll_set.revents(index) != 0
+        {
+            self.read_app_stderr(ctx);
+        }
         if let Some(index) = trace
             && self.poll_set.revents(index) != 0
             && let Some(s) = &mut self.x.slow
@@ -311,9 +320,9 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    /// The descriptors worth waiting on now: the web server's connection, the app's, the
-    /// slowlog trace; the index of each in the poll set, if it is there.
-    fn fill_poll_set(&mut self) -> (Option<usize>, Option<usize>, Option<usize>) {
+    /// The descriptors worth waiting on now: the web server's connection, the app's, its
+    /// stderr pipe, the slowlog trace; the index of each in the poll set, if it is there.
+    fn fill_poll_set(&mut self) -> (Option<usize>, Option<usize>, Option<usize>, Option<usize>) {
         let app_out_pending = self.to_app.pending();
         let room = self.room_for_app_output();
         let set = &mut self.poll_set;
@@ -343,13 +352,53 @@ impl<'a> Relay<'a> {
                 app_index = Some(set.add(app.conn(), events));
             }
         }
+        // Its stderr with the same backpressure as its records, unless none of it goes
+        // to the web server.
+        let to_fastcgi = matches!(self.x.stderr_mode, StderrMode::Fastcgi | StderrMode::Both);
+        let stderr_index = match &self.resident.app {
+            Some(app) if !self.app_done && (room || !to_fastcgi) => app
+                .stderr
+                .as_ref()
+                .map(|fd| set.add(std::os::fd::AsFd::as_fd(fd), poll::IN)),
+            _ => None,
+        };
         let trace = self
             .x
             .slow
             .as_ref()
             .and_then(SlowRecord::fd)
             .map(|fd| set.add(fd, poll::IN));
-        (conn_index, app_index, trace)
+        (conn_index, app_index, stderr_index, trace)
+    }
+
+    /// Bytes the app wrote to its fd 2 during the request: as its FCGI_STDERR records go.
+    fn app_stderr(&mut self, ctx: &WorkerCtx<'_>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let discarding = self.x.broken || self.x.aborted || self.x.timed_out;
+        self.x.stderr(ctx, data, !discarding);
+    }
+
+    /// One read of the app's fd 2 while it works on the request.
+    fn read_app_stderr(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(app) = &mut self.resident.app else {
+            return;
+        };
+        let mut buf = [0u8; super::stderr::CHUNK];
+        if let super::stderr::Read::Data(n) = super::stderr::read(&mut app.stderr, &mut buf) {
+            self.app_stderr(ctx, &buf[..n]);
+        }
+    }
+
+    /// What the app's fd 2 holds now, for the request.
+    fn drain_app_stderr(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(app) = &mut self.resident.app else {
+            return;
+        };
+        let mut held = Vec::new();
+        super::stderr::drain(&mut app.stderr, |bytes| held.extend_from_slice(bytes));
+        self.app_stderr(ctx, &held);
     }
 
     fn read_web(&mut self, ctx: &mut WorkerCtx<'_>) {
