@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long a trace command may run before it is killed.
 pub const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a trace whose output has ended is checked for its exit.
+const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// Trace output kept in a record; the rest is cut with a note.
 const TRACE_OUTPUT_MAX: usize = 256 * 1024;
 
@@ -141,8 +143,14 @@ impl SlowRecord {
         self.trace.as_ref()?.stdout.as_ref().map(|s| s.as_fd())
     }
 
+    /// When the caller must look at the record again (`poll_done`) if nothing else wakes
+    /// it: the trace's time limit, or soon once its output has ended, since the command
+    /// usually exits just after closing it and no descriptor tells when it has.
     pub fn deadline(&self) -> Option<Instant> {
-        self.trace.as_ref().map(|t| t.deadline)
+        self.trace.as_ref().map(|t| match t.stdout {
+            Some(_) => t.deadline,
+            None => t.deadline.min(Instant::now() + EXIT_CHECK),
+        })
     }
 
     /// Take what the trace has written so far.
@@ -265,6 +273,27 @@ mod tests {
         let line = describe_process(me).expect("self");
         assert!(line.starts_with(&format!("{me} (state ")), "{line}");
         assert!(describe_process(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_trace_whose_output_ended_is_looked_at_again_soon() {
+        // The command closes its output and goes on for a while: no descriptor will
+        // say when it exits, so the deadline must.
+        let mut r = SlowRecord::start("head\n".into(), 1, Some("exec >&-; sleep 0.3"), 20);
+        assert!(r.deadline().expect("a trace") > Instant::now() + Duration::from_secs(5));
+        let ended = Instant::now() + Duration::from_secs(5);
+        while r.fd().is_some() {
+            r.on_readable();
+            assert!(Instant::now() < ended, "the output never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let next = r.deadline().expect("a trace");
+        assert!(next <= Instant::now() + EXIT_CHECK, "{next:?}");
+        let done = Instant::now() + Duration::from_secs(5);
+        while !r.poll_done() {
+            assert!(Instant::now() < done, "the trace never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
