@@ -892,3 +892,70 @@ fn cgi_stderr_takes_an_apps_stderr_records_and_its_fd_2() {
         assert_eq!(log.contains(&between), mode != "discard", "{mode}: {log}");
     }
 }
+
+/// `cgi.fastcgi_app_start = worker_start`: each worker's app runs before any request, and
+/// the first request goes to it.
+#[test]
+fn apps_start_with_their_workers_when_asked() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(
+        2,
+        &format!("cgi.fastcgi_app[.php] = {php}\ncgi.fastcgi_app_start = worker_start\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP);
+    let workers = fpm.worker_pids();
+    let mut apps = HashSet::new();
+    wait_until(
+        "every worker has started its app",
+        Duration::from_secs(10),
+        || {
+            apps = workers
+                .iter()
+                .flat_map(|w| common::children_of(*w))
+                .collect();
+            apps.len() == workers.len()
+        },
+    );
+    for app in &apps {
+        let cmdline = std::fs::read(format!("/proc/{app}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("php-cgi"),
+            "{cmdline:?}"
+        );
+    }
+    for _ in 0..6 {
+        let response = fpm.get(&page, &[]);
+        assert_eq!(response.status(), 200, "{response:?}");
+        let pid = pid_of(response.body());
+        assert!(apps.contains(&pid), "{pid} is not one of {apps:?}");
+    }
+    // A worker that comes later (after pm.max_requests, a crash) starts its app too.
+    let worker = workers[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill a worker");
+    wait_until("a new worker replaces it", Duration::from_secs(10), || {
+        let now = fpm.worker_pids();
+        now.len() == 2 && !now.contains(&worker)
+    });
+    let fresh = fpm
+        .worker_pids()
+        .into_iter()
+        .find(|w| !workers.contains(w))
+        .expect("the new worker");
+    wait_until(
+        "the new worker has started its app",
+        Duration::from_secs(10),
+        || !common::children_of(fresh).is_empty(),
+    );
+
+    // The default starts nothing before the first request for it.
+    let lazy = Fpm::start(1, &format!("cgi.fastcgi_app[.php] = {php}\n"));
+    let page = lazy.script("pid.php", PID_PHP);
+    let worker = lazy.worker_pids()[0];
+    assert!(common::children_of(worker).is_empty());
+    let pid = pid_of(lazy.get(&page, &[]).body());
+    assert_eq!(common::children_of(worker), [pid]);
+}

@@ -430,6 +430,10 @@ pub(super) static DIRECTIVES: &[Directive] = &[
         p.cgi.fastcgi_app_max_requests = integer(v, 0, u64::MAX)?;
         Ok(())
     }),
+    pool("cgi.fastcgi_app_start", Implemented, |p, v, _| {
+        p.cgi.fastcgi_app_start = app_start(v)?;
+        Ok(())
+    }),
     pool("cgi.allowed_roots", Implemented, |p, v, _| {
         p.cgi.allowed_roots = v.split_whitespace().map(Into::into).collect();
         Ok(())
@@ -694,6 +698,7 @@ mod tests {
             "cgi.fastcgi_app[]",
             "cgi.fastcgi_app",
             "cgi.fastcgi_app_max_requests",
+            "cgi.fastcgi_app_start",
             "cgi.allowed_roots",
             "cgi.stderr",
             "cgi.request_header_timeout",
@@ -765,6 +770,7 @@ mod tests {
             (Scope::Pool, "cgi.fastcgi_app[]"),
             (Scope::Pool, "cgi.fastcgi_app"),
             (Scope::Pool, "cgi.fastcgi_app_max_requests"),
+            (Scope::Pool, "cgi.fastcgi_app_start"),
             (Scope::Pool, "cgi.allowed_roots"),
             (Scope::Pool, "cgi.stderr"),
             (Scope::Global, "syslog.ident"),

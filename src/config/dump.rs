@@ -243,6 +243,7 @@ impl Dump {
             "cgi.fastcgi_app_max_requests",
             pool.cgi.fastcgi_app_max_requests.to_string(),
         );
+        self.line("cgi.fastcgi_app_start", pool.cgi.fastcgi_app_start.as_str());
         let roots: Vec<String> = pool
             .cgi
             .allowed_roots
@@ -322,6 +323,7 @@ mod tests {
         assert!(text.contains("cgi.interpreter[.x] = \"/opt/my app/run\" -q\n"));
         assert!(text.contains("cgi.fastcgi_app[.php] = /usr/bin/php-cgi\n"));
         assert!(text.contains("cgi.fastcgi_app_max_requests = 0\n"));
+        assert!(text.contains("cgi.fastcgi_app_start = first_use\n"));
         assert!(text.contains("cgi.stderr = fastcgi\n"));
         assert!(text.contains("cgi.request_header_timeout = 30s\n"));
         assert!(text.contains("cgi.held_output_limit = 64M\n"));

@@ -199,6 +199,26 @@ impl StderrMode {
     }
 }
 
+/// `cgi.fastcgi_app_start`: when a worker starts its resident FastCGI apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppStart {
+    /// On the first request that needs the app (default): a worker that never serves
+    /// one costs no app.
+    FirstUse,
+    /// As soon as the worker starts, so that its first request does not wait for the
+    /// app's start (php-cgi takes tens of milliseconds, a big WSGI app seconds).
+    WorkerStart,
+}
+
+impl AppStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppStart::FirstUse => "first_use",
+            AppStart::WorkerStart => "worker_start",
+        }
+    }
+}
+
 /// One `cgi.interpreter[.EXT] = program args...` mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interpreter {
@@ -255,6 +275,8 @@ pub struct CgiConfig {
     pub fastcgi_apps: Vec<Interpreter>,
     /// `cgi.fastcgi_app_max_requests`: restart an app after this many requests; 0 never.
     pub fastcgi_app_max_requests: u64,
+    /// `cgi.fastcgi_app_start`.
+    pub fastcgi_app_start: AppStart,
     /// Canonical directories scripts must lie under; empty means anywhere.
     pub allowed_roots: Vec<PathBuf>,
     pub stderr: StderrMode,
@@ -427,6 +449,7 @@ impl PoolConfig {
                 interpreters: Vec::new(),
                 fastcgi_apps: Vec::new(),
                 fastcgi_app_max_requests: 0,
+                fastcgi_app_start: AppStart::FirstUse,
                 allowed_roots: Vec::new(),
                 stderr: StderrMode::Fastcgi,
                 request_header_timeout: Duration::from_secs(30),

@@ -1362,3 +1362,43 @@ fn metrics_listen_parses_dumps_and_may_not_share_a_pool_address() {
         "{errors}"
     );
 }
+
+#[test]
+fn fastcgi_app_start_is_read_and_warns_without_an_app() {
+    let files = Files::new();
+    files.write(
+        "main.conf",
+        &[
+            pool_with(
+                "early",
+                "9001",
+                "cgi.fastcgi_app[.php] = /usr/bin/php-cgi\ncgi.fastcgi_app_start = worker_start\n",
+            ),
+            pool_with("plain", "9002", "cgi.fastcgi_app_start = worker_start\n"),
+            pool_with("lazy", "9003", "cgi.fastcgi_app[.php] = /usr/bin/php-cgi\n"),
+        ]
+        .concat(),
+    );
+    let config = files.loaded("main.conf");
+    assert_eq!(config.pools[0].cgi.fastcgi_app_start, AppStart::WorkerStart);
+    assert_eq!(config.pools[2].cgi.fastcgi_app_start, AppStart::FirstUse);
+    let warnings: Vec<String> = files
+        .warnings(&config)
+        .into_iter()
+        .filter(|w| w.contains("cgi.fastcgi_app_start"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("[pool plain]") && warnings[0].contains("no app to start"),
+        "{warnings:#?}"
+    );
+    files.write(
+        "bad.conf",
+        &pool_with("www", "9000", "cgi.fastcgi_app_start = ondemand\n"),
+    );
+    let errors = files.errors("bad.conf");
+    assert!(
+        errors[0].contains("expected first_use or worker_start"),
+        "{errors:#?}"
+    );
+}

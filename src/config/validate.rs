@@ -467,6 +467,14 @@ impl PoolChecks<'_> {
                     .to_string(),
             );
         }
+        if self.pool.config.cgi.fastcgi_apps.is_empty()
+            && self.pool.config.cgi.fastcgi_app_start == crate::config::AppStart::WorkerStart
+        {
+            self.warn(
+                "cgi.fastcgi_app_start",
+                "the pool has no cgi.fastcgi_app, so there is no app to start".to_string(),
+            );
+        }
     }
 
     /// php-fpm applies `php_value[]` and friends inside PHP; cgi-fpm hands them to php-cgi,

@@ -2,7 +2,7 @@
 //! and `$pool` substitution and says in a few words what is wrong; the caller adds file,
 //! line, section and key.
 
-use super::model::{ListenAddress, LogLevel, ProcessManager, RlimitCore, StderrMode};
+use super::model::{AppStart, ListenAddress, LogLevel, ProcessManager, RlimitCore, StderrMode};
 use super::suggest::hint;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -207,6 +207,14 @@ pub(super) fn stderr_mode(value: &str) -> Result<StderrMode, String> {
         ("discard", StderrMode::Discard),
     ];
     one_of(value, &modes, "expected fastcgi, log, both or discard")
+}
+
+pub(super) fn app_start(value: &str) -> Result<AppStart, String> {
+    let modes = [
+        ("first_use", AppStart::FirstUse),
+        ("worker_start", AppStart::WorkerStart),
+    ];
+    one_of(value, &modes, "expected first_use or worker_start")
 }
 
 pub(super) fn rlimit_core(value: &str) -> Result<RlimitCore, String> {
@@ -520,6 +528,9 @@ mod tests {
         assert_eq!(stderr_mode("discard"), Ok(StderrMode::Discard));
         assert_eq!(stderr_mode("fastcgi"), Ok(StderrMode::Fastcgi));
         assert!(stderr_mode("stdout").is_err());
+        assert_eq!(app_start("first_use"), Ok(AppStart::FirstUse));
+        assert_eq!(app_start("Worker_Start"), Ok(AppStart::WorkerStart));
+        assert!(app_start("ondemand").is_err());
         assert_eq!(rlimit_core("Unlimited"), Ok(RlimitCore::Unlimited));
         assert_eq!(rlimit_core("0"), Ok(RlimitCore::Bytes(0)));
         assert!(rlimit_core("-1").is_err());

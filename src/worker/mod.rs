@@ -288,6 +288,7 @@ pub fn run(mut spec: WorkerSpec<'_>) -> ! {
     let signals = setup::set_up(&mut spec);
     let listener = spec.listener;
     let mut ctx = WorkerCtx::new(spec, signals);
+    resident::start_at_worker_start(&mut ctx);
     let code = accept::accept_loop(&mut ctx, listener);
     let mut residents = std::mem::take(&mut ctx.residents);
     residents.stop_all(&ctx);

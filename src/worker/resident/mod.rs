@@ -52,6 +52,24 @@ impl Residents {
     }
 }
 
+/// `cgi.fastcgi_app_start = worker_start`: start the pool's apps now, before the first
+/// request, which then does not wait for them. An app that cannot start is logged here
+/// and tried again (after its backoff) by the first request that needs it.
+pub fn start_at_worker_start(ctx: &mut WorkerCtx<'_>) {
+    if ctx.status_only || ctx.pool.cgi.fastcgi_app_start != crate::config::AppStart::WorkerStart {
+        return;
+    }
+    let mut residents = std::mem::take(&mut ctx.residents);
+    for command in &ctx.pool.cgi.fastcgi_apps {
+        let mut resident = residents.take(command, ctx);
+        if let Err(reason) = resident.ready(ctx) {
+            log::error!("{} {reason}", ctx.log_prefix());
+        }
+        residents.restore(resident);
+    }
+    ctx.residents = residents;
+}
+
 /// One command's app in this worker, and what its restarts have taught us.
 pub struct Resident {
     command: Vec<String>,
