@@ -959,3 +959,156 @@ fn apps_start_with_their_workers_when_asked() {
     let pid = pid_of(lazy.get(&page, &[]).body());
     assert_eq!(common::children_of(worker), [pid]);
 }
+
+/// The slowlog of a resident request describes the app and runs the trace command
+/// against the app's pid, not the worker's.
+#[test]
+fn the_slowlog_traces_the_app_of_a_slow_request() {
+    let Some(php) = php_cgi() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slowlog = dir.path().join("slow.log");
+    std::fs::create_dir(dir.path().join("www")).expect("mkdir www");
+    let config = format!(
+        "[global]\n\n{}",
+        common::pool_section(
+            "www",
+            dir.path(),
+            1,
+            &format!(
+                "cgi.fastcgi_app[.php] = {php}\nslowlog = {}\nrequest_slowlog_timeout = 1s\n\
+                 request_slowlog_trace_command = \"echo traced %p && cat /proc/%p/comm\"\n",
+                slowlog.display()
+            ),
+        )
+    );
+    let address = dir.path().join("www.sock").display().to_string();
+    let fpm = Fpm::start_with(dir, &config, &address);
+    let page = fpm.script("pid.php", PID_PHP);
+    let app = pid_of(fpm.get(&page, &[]).body());
+    let worker = fpm.worker_pids()[0];
+    let gate = fpm.path("gate");
+    let gated = gated_php(&fpm, "gated.php", &gate);
+    let request = get_in_background(&fpm, &gated);
+    let traced = format!("traced {app}\nphp-cgi");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&slowlog).is_ok_and(|t| t.contains(&traced)) {
+        assert!(
+            Instant::now() < deadline,
+            "no {traced:?} in the slowlog within 10 s:\n{}\nlog:\n{}",
+            std::fs::read_to_string(&slowlog).unwrap_or_default(),
+            fpm.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&gate, b"").expect("open the gate");
+    let response = request.join().expect("thread").expect("gated request");
+    assert_eq!(pid_of(response.body()), app);
+    let record = std::fs::read_to_string(&slowlog).expect("slowlog");
+    assert!(
+        record.contains(&format!("script_filename = {}", gated.display())),
+        "{record}"
+    );
+    assert!(
+        record.contains(&format!("cgi process {app} (state ")),
+        "the record describes the app: {record}"
+    );
+    assert!(!record.contains(&format!("traced {worker}")), "{record}");
+    fpm.wait_for_log("executing too slow", Duration::from_secs(5));
+}
+
+/// Requests to a resident php-cgi from several threads while the master reloads (USR2)
+/// three times: none fails, and every app seen is gone once its worker has left (no
+/// orphaned app, whatever the reload did to its worker).
+#[test]
+fn reloads_under_load_lose_no_request_and_orphan_no_app() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(php) = php_cgi() else { return };
+    // A small PHP_FCGI_MAX_REQUESTS adds apps that end by themselves to the mix.
+    let fpm = Fpm::start(
+        3,
+        &format!("cgi.fastcgi_app[.php] = {php}\nenv[PHP_FCGI_MAX_REQUESTS] = 25\n"),
+    );
+    let page = fpm.script("pid.php", PID_PHP).display().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            let (address, page) = (fpm.address.clone(), page.clone());
+            std::thread::spawn(move || {
+                let mut apps = HashSet::new();
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let result = common::Client::connect(&address, Duration::from_secs(30))
+                        .and_then(|mut c| {
+                            c.request(
+                                &[("REQUEST_METHOD", "GET"), ("SCRIPT_FILENAME", &page)],
+                                b"",
+                                false,
+                            )
+                        });
+                    match result {
+                        Ok(r) if r.status() == 200 => {
+                            apps.insert(pid_of(r.body()));
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => errors.push(format!("{r:?}")),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (apps, errors)
+            })
+        })
+        .collect();
+    let flowing = |more: usize| {
+        let from = ok.load(Ordering::Relaxed);
+        wait_until(
+            &format!("{more} more requests are answered"),
+            Duration::from_secs(20),
+            || ok.load(Ordering::Relaxed) >= from + more,
+        );
+    };
+    flowing(30);
+    for _ in 0..3 {
+        let before = fpm
+            .log_text()
+            .matches("ready to handle connections")
+            .count();
+        fpm.signal(nix::sys::signal::Signal::SIGUSR2);
+        wait_until(
+            "the reloaded master is ready",
+            Duration::from_secs(15),
+            || {
+                fpm.log_text()
+                    .matches("ready to handle connections")
+                    .count()
+                    > before
+            },
+        );
+        flowing(30);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut apps = HashSet::new();
+    let mut errors = Vec::new();
+    for thread in threads {
+        let (seen, failed) = thread.join().expect("load thread");
+        apps.extend(seen);
+        errors.extend(failed);
+    }
+    println!(
+        "{} requests answered by {} apps across 3 reloads",
+        ok.load(Ordering::Relaxed),
+        apps.len()
+    );
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    fpm.wait_workers(3);
+    let workers = fpm.worker_pids();
+    for app in apps {
+        wait_until(
+            &format!("app {app} is gone or belongs to a current worker"),
+            Duration::from_secs(10),
+            || common::parent_of(app).is_none_or(|parent| workers.contains(&parent)),
+        );
+    }
+}
