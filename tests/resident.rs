@@ -1071,21 +1071,7 @@ fn reloads_under_load_lose_no_request_and_orphan_no_app() {
     };
     flowing(30);
     for _ in 0..3 {
-        let before = fpm
-            .log_text()
-            .matches("ready to handle connections")
-            .count();
-        fpm.signal(nix::sys::signal::Signal::SIGUSR2);
-        wait_until(
-            "the reloaded master is ready",
-            Duration::from_secs(15),
-            || {
-                fpm.log_text()
-                    .matches("ready to handle connections")
-                    .count()
-                    > before
-            },
-        );
+        fpm.reload();
         flowing(30);
     }
     stop.store(true, Ordering::Relaxed);

@@ -320,6 +320,22 @@ impl Fpm {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
+    /// Send SIGUSR2 and wait until the new image is ready.
+    pub fn reload(&self) {
+        let ready = || {
+            self.log_text()
+                .matches("ready to handle connections")
+                .count()
+        };
+        let before = ready();
+        self.signal(nix::sys::signal::Signal::SIGUSR2);
+        wait_until(
+            "the reloaded master is ready",
+            Duration::from_secs(15),
+            || ready() > before,
+        );
+    }
+
     /// The master's direct children (its workers).
     pub fn worker_pids(&self) -> Vec<i32> {
         children_of(self.pid())
