@@ -3,13 +3,16 @@
 //!
 //! Below the limit nothing changes: workers accept on the pool's socket themselves. The
 //! worker that takes the last idle slot rings the master's doorbell; if the pool cannot
-//! grow (every slot taken), the master starts *holding* for it: it accepts the waiting
-//! connections itself, stamps their arrival, and keeps them in the lot (`lot.rs`) with
-//! the pool's kept connections whose next request has come. While it holds, a worker that
+//! grow (every slot taken), the master watches the pool's socket and, for as long as no
+//! worker is free, accepts the connections that arrive itself, stamps their arrival, and
+//! keeps them in the lot (`lot.rs`) with the pool's kept connections whose next request
+//! has come. While requests wait there the master *holds* for the pool: a worker that
 //! turns idle rings the doorbell, and one that accepts a connection itself hands it to
 //! the master too, so that each idle worker gets the oldest request, from the lot. A
 //! request still there at its deadline is answered 503 with Retry-After. Once nothing
-//! waits and a worker is idle, the master stops holding and workers accept directly again.
+//! waits and a worker is free, the master stops watching and workers accept directly
+//! again; a pool that was full for a moment with nothing waiting costs two epoll_ctl
+//! calls and one accept that finds nothing.
 
 use super::tokens::LISTENER_BASE;
 use super::{Master, PoolKind, State};
@@ -33,10 +36,10 @@ pub struct Queues {
 struct PoolQueue {
     /// request_queue_timeout; zero is off.
     timeout: Duration,
-    /// The master accepts the pool's connections and hands them out.
+    /// Requests wait for a worker in the lot: the scoreboard's flag is up.
     holding: bool,
-    /// It registered the pool's listening socket for that (an ondemand pool's is
-    /// registered anyway).
+    /// The pool is full: the master registered its listening socket, to take what
+    /// arrives (an ondemand pool's is registered anyway).
     watching: bool,
     /// Out of descriptors at accept (see `shortage`).
     accept_shortage: crate::shortage::Episode,
@@ -63,6 +66,10 @@ impl Queues {
 
     fn holding(&self, pool: usize) -> bool {
         self.pools.get(pool).is_some_and(|p| p.holding)
+    }
+
+    fn watching(&self, pool: usize) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.watching)
     }
 }
 
@@ -92,7 +99,7 @@ impl Master {
             let limited =
                 running && !self.queues.timeout(index).is_zero() && self.channels[index].is_some();
             if !limited {
-                if self.queues.holding(index) {
+                if self.queues.holding(index) || self.queues.watching(index) {
                     self.stop_holding(index);
                 }
                 if self.lot.held(index) > 0
@@ -107,9 +114,6 @@ impl Master {
                 }
                 continue;
             }
-            if self.queues.holding(index) {
-                self.accept_waiting(index);
-            }
             let mut available = self.available_workers(index);
             let sent =
                 self.lot
@@ -118,12 +122,19 @@ impl Master {
                 handed.insert(index);
             }
             available -= sent;
-            let holding = self.queues.holding(index);
-            let waiting = self.lot.held(index);
-            if !holding && available == 0 && (waiting > 0 || self.cannot_grow(index)) {
-                self.start_holding(index);
-            } else if holding && waiting == 0 && available > 0 {
-                self.stop_holding(index);
+            // Connections are taken from the socket only while no worker can take them;
+            // the socket is watched for as long as that lasts.
+            let full = available == 0 && self.cannot_grow(index);
+            if full {
+                self.watch(index);
+                self.accept_waiting(index);
+            }
+            let waiting = self.lot.held(index) > 0;
+            if waiting != self.queues.holding(index) {
+                self.set_holding(index, waiting);
+            }
+            if !full && !waiting {
+                self.unwatch(index);
             }
             self.pools[index]
                 .scoreboard
@@ -161,54 +172,64 @@ impl Master {
         self.pools[index].scoreboard.free_slot().is_none() || self.process_max_reached
     }
 
-    fn start_holding(&mut self, index: usize) {
+    /// Watch the pool's socket: connections that arrive while it is full are taken and
+    /// stamped at once (an ondemand pool's socket is watched anyway).
+    fn watch(&mut self, index: usize) {
         let pool = &self.pools[index];
-        log::debug!(
-            "[pool {}] no worker free: the master holds new connections (request_queue_timeout)",
-            pool.name
-        );
         let queue = &mut self.queues.pools[index];
-        queue.holding = true;
-        // An ondemand pool's socket is watched already, and stays so.
-        if pool.settings.pm != ProcessManager::Ondemand {
-            match self.poll.registry().register(
-                &mut SourceFd(&pool.listener.raw_fd()),
-                Token(LISTENER_BASE + index),
-                Interest::READABLE,
-            ) {
-                Ok(()) => queue.watching = true,
-                Err(e) => log::warn!(
-                    "[pool {}] cannot watch the listening socket ({e}); requests waiting there are not timed",
-                    pool.name
-                ),
-            }
+        if queue.watching || pool.settings.pm == ProcessManager::Ondemand {
+            return;
         }
+        match self.poll.registry().register(
+            &mut SourceFd(&pool.listener.raw_fd()),
+            Token(LISTENER_BASE + index),
+            Interest::READABLE,
+        ) {
+            Ok(()) => queue.watching = true,
+            Err(e) => log::warn!(
+                "[pool {}] cannot watch the listening socket ({e}); requests waiting there are not timed",
+                pool.name
+            ),
+        }
+    }
+
+    fn unwatch(&mut self, index: usize) {
+        let queue = &mut self.queues.pools[index];
+        if std::mem::take(&mut queue.watching) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&self.pools[index].listener.raw_fd()));
+        }
+    }
+
+    /// Connections wait in the lot (`true`) or no longer do: the pool's workers hand the
+    /// master what they accept and ring when they turn idle for as long as some wait.
+    fn set_holding(&mut self, index: usize, holding: bool) {
+        log::debug!(
+            "[pool {}] {}",
+            self.pools[index].name,
+            if holding {
+                "requests wait for a worker in the master (request_queue_timeout)"
+            } else {
+                "no request waits for a worker in the master"
+            }
+        );
+        self.queues.pools[index].holding = holding;
         // A worker that turned idle before the flag was up did not ring: look again.
-        let idle_already = pool.scoreboard.set_holding(true);
-        self.accept_waiting(index);
-        if idle_already {
+        if self.pools[index].scoreboard.set_holding(holding) {
             let available = self.available_workers(index);
             self.lot
                 .dispatch(self.poll.registry(), index, available, &mut self.channels);
         }
     }
 
+    /// The pool no longer has the limit (the master is stopping): back to workers alone.
     fn stop_holding(&mut self, index: usize) {
-        let pool = &self.pools[index];
-        log::debug!(
-            "[pool {}] a worker is free: workers accept directly again",
-            pool.name
-        );
-        pool.scoreboard.set_holding(false);
-        let queue = &mut self.queues.pools[index];
-        queue.holding = false;
-        if std::mem::take(&mut queue.watching) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pool.listener.raw_fd()));
-        }
-        pool.scoreboard
+        self.set_holding(index, false);
+        self.unwatch(index);
+        self.pools[index]
+            .scoreboard
             .counters()
             .held_for_worker
             .store(self.lot.held(index), Ordering::Relaxed);
