@@ -10,6 +10,7 @@
 //! default, and the pidfd comes with the clone itself (CLONE_PIDFD). BENCHMARKS.md has the
 //! figures.
 
+use super::env::EnvVar;
 use super::resolve::Resolved;
 use crate::config::StderrMode;
 use nix::errno::Errno;
@@ -17,7 +18,7 @@ use nix::libc::{self, c_char, c_int, c_void};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::cell::RefCell;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -43,11 +44,7 @@ impl CgiChild {
 }
 
 /// Spawn the script with exactly `env` as its environment, in the script's directory.
-pub fn spawn(
-    script: &Resolved,
-    env: &[(OsString, OsString)],
-    stderr: StderrMode,
-) -> io::Result<CgiChild> {
+pub fn spawn(script: &Resolved, env: &[EnvVar<'_>], stderr: StderrMode) -> io::Result<CgiChild> {
     let (child_stdin, stdin) = pipe()?;
     let (stdout, child_stdout) = pipe()?;
     let (stderr_ours, child_stderr) = if stderr == StderrMode::Discard {
@@ -84,10 +81,10 @@ pub fn spawn(
 /// With `parent_death`, the kernel sends it that signal when the calling worker ends,
 /// however it ends: for resident programs, which must not outlive their worker.
 /// Returns the pid and, on Linux 5.2+, a pidfd.
-pub fn spawn_program(
+pub fn spawn_program<N: AsRef<OsStr>, V: AsRef<OsStr>>(
     argv: &[OsString],
     dir: &std::path::Path,
-    env: &[(OsString, OsString)],
+    env: &[(N, V)],
     stdio: [RawFd; 3],
     parent_death: Option<Signal>,
 ) -> io::Result<(Pid, Option<OwnedFd>)> {
@@ -101,10 +98,13 @@ pub fn spawn_program(
     if !directory.push(&[dir.as_os_str().as_bytes()]) {
         return Err(nul_error());
     }
-    let size = env.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let size = env
+        .iter()
+        .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 2)
+        .sum();
     let mut envp = StringBlock::with_capacity(size, env.len());
     for (name, value) in env {
-        let name = name.as_bytes();
+        let (name, value) = (name.as_ref().as_bytes(), value.as_ref());
         // What exec cannot carry is left out: an empty name, `=` in it, a NUL anywhere.
         if !name.is_empty() && !name.contains(&b'=') {
             envp.push(&[name, b"=", value.as_bytes()]);
@@ -527,8 +527,11 @@ mod tests {
         }
     }
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs.iter().map(|(n, v)| (n.into(), v.into())).collect()
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<EnvVar<'a>> {
+        pairs
+            .iter()
+            .map(|(n, v)| (OsStr::new(n).into(), OsStr::new(v).into()))
+            .collect()
     }
 
     /// Run to completion with blocking reads; stdout and the exit status.
@@ -621,11 +624,7 @@ mod tests {
     #[test]
     fn unusable_env_entries_are_left_out() {
         let s = script(&["/usr/bin/env"], "/");
-        let entries = vec![
-            (OsString::from("GOOD"), OsString::from("yes")),
-            (OsString::from("BAD=NAME"), OsString::from("x")),
-            (OsString::from(""), OsString::from("x")),
-        ];
+        let entries = env(&[("GOOD", "yes"), ("BAD=NAME", "x"), ("", "x")]);
         let (out, _) = run(spawn(&s, &entries, StderrMode::Discard).unwrap());
         assert_eq!(out, "GOOD=yes\n");
     }
