@@ -259,24 +259,41 @@ fn a_request_whose_worker_frees_up_in_time_is_served() {
 /// own deadline: the first is served, those behind it that would wait too long are not.
 #[test]
 fn waiting_requests_are_served_oldest_first() {
-    let setup = Setup::start(Listen::Unix, 3);
+    let setup = Setup::start(Listen::Unix, 5);
+    let order = setup.fpm.path("order");
+    let names = ["one", "two", "three"];
+    let scripts: Vec<PathBuf> = names
+        .iter()
+        .map(|name| {
+            setup.fpm.script(
+                &format!("{name}.sh"),
+                &format!(
+                    "#!/bin/sh\necho {name} >> {}\nprintf 'Content-Type: text/plain\\r\\n\\r\\n{name}'\n",
+                    order.display()
+                ),
+            )
+        })
+        .collect();
     let occupied = setup.occupy();
-    let first = timed(&setup.fpm.address, &setup.gated);
-    wait_until("the first waits", Duration::from_secs(2), || {
-        setup.status()["listen queue"] == 1
-    });
-    let second = timed(&setup.fpm.address, &hello());
-    wait_until("both wait", Duration::from_secs(2), || {
-        setup.status()["listen queue"] == 2
-    });
-    // The worker frees up: the first (gated too, released already) then the second.
+    let waiting: Vec<_> = scripts
+        .iter()
+        .enumerate()
+        .map(|(n, script)| {
+            let handle = timed(&setup.fpm.address, script);
+            wait_until("the request waits", Duration::from_secs(2), || {
+                setup.status()["listen queue"] == n + 1
+            });
+            handle
+        })
+        .collect();
+    // The worker frees up and takes them one by one, in the order they came.
     setup.release();
-    let (first, _) = first.join().expect("first");
-    let (second, waited) = second.join().expect("second");
-    assert_eq!(first.status(), 200);
-    assert_eq!(String::from_utf8_lossy(first.body()), "released");
-    assert_eq!(second.status(), 200, "served after {waited:?}");
+    for handle in waiting {
+        assert_eq!(handle.join().expect("waiting request").0.status(), 200);
+    }
     assert_eq!(occupied.join().expect("gated request"), 200);
+    let served = std::fs::read_to_string(&order).expect("order");
+    assert_eq!(served, "one\ntwo\nthree\n");
     assert_eq!(setup.refusals(), 0);
 }
 

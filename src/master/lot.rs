@@ -657,14 +657,14 @@ mod tests {
         (poll, lot)
     }
 
-    /// A connection whose whole request (id 1, not kept) has arrived, held by the lot as
-    /// arrived `ago`; returns the web server's end.
-    fn held(poll: &mio::Poll, lot: &mut Lot, ago: Duration) -> UnixStream {
+    /// A connection whose whole request (id `id`, not kept) has arrived, held by the lot
+    /// as arrived `ago`; returns the web server's end.
+    fn held(poll: &mio::Poll, lot: &mut Lot, ago: Duration, id: u16) -> UnixStream {
         let (mut web, ours) = UnixStream::pair().unwrap();
         let mut request = Vec::new();
-        write_begin_request(&mut request, 1, Role::Responder, 0);
-        write_stream_end(&mut request, RecordType::Params, 1);
-        write_stream_end(&mut request, RecordType::Stdin, 1);
+        write_begin_request(&mut request, id, Role::Responder, 0);
+        write_stream_end(&mut request, RecordType::Params, id);
+        write_stream_end(&mut request, RecordType::Stdin, id);
         web.write_all(&request).unwrap();
         web.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         lot.hold(poll.registry(), ours.into(), 0, Instant::now() - ago);
@@ -690,9 +690,9 @@ mod tests {
     fn waiting_connections_go_out_oldest_first_and_the_overdue_get_503() {
         let (mut poll, mut lot) = lot(Duration::from_secs(2), 8);
         let mut channels = vec![Some(Channels::new().unwrap())];
-        let mut overdue = held(&poll, &mut lot, Duration::from_secs(3));
-        let _young = held(&poll, &mut lot, Duration::ZERO);
-        let _older = held(&poll, &mut lot, Duration::from_secs(1));
+        let mut overdue = held(&poll, &mut lot, Duration::from_secs(3), 1);
+        let _young = held(&poll, &mut lot, Duration::ZERO, 2);
+        let _older = held(&poll, &mut lot, Duration::from_secs(1), 3);
         pass(&mut poll, &mut lot, &mut channels);
         assert_eq!(lot.held(0), 3);
         // The overdue one's deadline is the first, and passed.
@@ -716,6 +716,7 @@ mod tests {
         let mut first = [0u8; 8];
         handed.read_exact(&mut first).unwrap();
         assert_eq!(first[1], RecordType::BeginRequest.as_u8());
+        assert_eq!(u16::from_be_bytes([first[2], first[3]]), 3, "the older");
         assert_eq!(lot.held(0), 1);
         // Nothing else is due before the young one's deadline.
         lot.expire(poll.registry(), Instant::now());
@@ -729,11 +730,11 @@ mod tests {
     fn a_full_lot_of_waiting_connections_answers_the_oldest_rather_than_drop_one() {
         let (mut poll, mut lot) = lot(Duration::from_secs(60), 2);
         let mut channels = vec![Some(Channels::new().unwrap())];
-        let mut oldest = held(&poll, &mut lot, Duration::from_secs(2));
-        let _next = held(&poll, &mut lot, Duration::from_secs(1));
+        let mut oldest = held(&poll, &mut lot, Duration::from_secs(2), 1);
+        let _next = held(&poll, &mut lot, Duration::from_secs(1), 2);
         pass(&mut poll, &mut lot, &mut channels);
         assert!(!lot.has_room());
-        let _newest = held(&poll, &mut lot, Duration::ZERO);
+        let _newest = held(&poll, &mut lot, Duration::ZERO, 3);
         assert_eq!(lot.take_refused(), vec![0]);
         let got = answer(&mut oldest);
         assert!(String::from_utf8_lossy(&got).contains("Status: 503"));
