@@ -58,6 +58,8 @@ pub struct App {
     pub conn: OwnedFd,
     /// The read end of its descriptor 2 (non-blocking), until every writer closed it.
     pub stderr: Option<OwnedFd>,
+    /// `is_usable` found its stderr readable.
+    pub stderr_waiting: bool,
     pidfd: Option<OwnedFd>,
     /// Requests it has answered completely.
     pub served: u64,
@@ -90,6 +92,7 @@ impl App {
             pid,
             conn,
             stderr: Some(stderr),
+            stderr_waiting: false,
             pidfd,
             served: 0,
             started: Instant::now(),
@@ -136,6 +139,7 @@ impl App {
     /// neither been closed nor carries anything unasked for. Checked before every request,
     /// so that an app that ended between requests costs none: one poll over the
     /// connection and the pidfd (waitpid only without a pidfd, or once it has exited).
+    /// The same poll tells whether it wrote to its stderr since (`stderr_waiting`).
     pub fn is_usable(&mut self) -> bool {
         if self.exited.is_some() {
             return false;
@@ -146,9 +150,11 @@ impl App {
         // a reset, stray bytes) means the connection is not fit for the next one.
         let conn = set.add(self.conn.as_fd(), READABLE);
         let exit = self.pidfd.as_ref().map(|fd| set.add(fd.as_fd(), IN));
+        let stderr = self.stderr.as_ref().map(|fd| set.add(fd.as_fd(), IN));
         if set.wait(Some(Duration::ZERO)).is_err() || set.revents(conn) != 0 {
             return false;
         }
+        self.stderr_waiting = stderr.is_some_and(|index| set.revents(index) != 0);
         match exit {
             Some(index) => set.revents(index) == 0,
             None => self.exit_status().is_none(),

@@ -121,11 +121,13 @@ impl Resident {
     /// PHP_FCGI_MAX_REQUESTS, a crash, a kill) is replaced here, before the request is
     /// sent, so it costs no request. Err: why no app can serve (for a 502).
     fn ready(&mut self, ctx: &WorkerCtx<'_>) -> Result<(), String> {
-        // Written since the last request: it belongs to none, in particular not to the
-        // one about to be sent.
-        self.log_stderr(ctx);
         if let Some(app) = &mut self.app {
             if app.is_usable() {
+                // Written since the last request: it belongs to none, in particular
+                // not to the one about to be sent.
+                if app.stderr_waiting {
+                    self.log_stderr(ctx);
+                }
                 return Ok(());
             }
             let how = app
