@@ -297,6 +297,25 @@ fn waiting_requests_are_served_oldest_first() {
     assert_eq!(setup.refusals(), 0);
 }
 
+/// An ondemand pool at pm.max_children is full the same way: the master, which watches
+/// its socket anyway, takes and times what arrives.
+#[test]
+fn an_ondemand_pool_at_its_limit_answers_503_too() {
+    let timeout = Duration::from_secs(1);
+    let setup = Setup::start_with(
+        Listen::Unix,
+        "pm = ondemand\npm.process_idle_timeout = 60s\nrequest_queue_timeout = 1s\n",
+    );
+    assert_eq!(setup.status()["process manager"], "ondemand");
+    let occupied = setup.occupy();
+    let (response, waited) = timed(&setup.fpm.address, &hello()).join().expect("waiting");
+    assert_refused(&response, waited, timeout);
+    setup.release();
+    assert_eq!(occupied.join().expect("gated request"), 200);
+    assert_eq!(setup.fpm.get(&hello(), &[]).status(), 200);
+    assert_eq!(setup.refusals(), 1);
+}
+
 /// A worker that frees up calls for the next waiting request at once: three quick ones
 /// behind a slow one are all served well within a second of it (the master's round, once
 /// a second, would take one a second).

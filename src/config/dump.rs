@@ -326,6 +326,7 @@ mod tests {
         assert!(text.contains("cgi.fastcgi_app_start = first_use\n"));
         assert!(text.contains("cgi.stderr = fastcgi\n"));
         assert!(text.contains("cgi.request_header_timeout = 30s\n"));
+        assert!(text.contains("request_queue_timeout = 0s\n"));
         assert!(text.contains("cgi.held_output_limit = 64M\n"));
         assert!(text.contains("clear_env = yes\n"));
         let www = text.find("[www]").unwrap_or(0);
