@@ -161,6 +161,15 @@ impl App {
         }
     }
 
+    /// Kill the app and everything it started without waiting for it: for an app that
+    /// is on its way out already. `exit_status` reaps it later.
+    pub fn kill(&self) {
+        let _ = nix::sys::socket::shutdown(self.conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        if self.exited.is_none() {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+        }
+    }
+
     /// Stop the app and everything it started, and reap it: TERM to its group, KILL
     /// after a grace, then KILL for stragglers. What it used, when it was reaped here.
     pub fn stop(mut self, grace: bool) -> Option<Usage> {

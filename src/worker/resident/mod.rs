@@ -48,6 +48,9 @@ impl Residents {
             if let Some(next) = resident.successor.take() {
                 stop_and_log(ctx, next, true);
             }
+            for gone in resident.departing.drain(..) {
+                stop_and_log(ctx, gone, false);
+            }
         }
     }
 }
@@ -87,6 +90,10 @@ pub struct Resident {
     /// left between requests. Its successor is started a little before that, so that its
     /// start (tens of ms for php-cgi) costs no request a wait.
     lifetime: Option<u64>,
+    /// Apps that ended by themselves, killed but not yet reaped: their exit (php-cgi's
+    /// module shutdown, 15 ms and more on a busy machine) is not waited for in a
+    /// request's path; they are reaped before later requests.
+    departing: Vec<App>,
 }
 
 impl Resident {
@@ -110,6 +117,7 @@ impl Resident {
             last_failure: String::new(),
             successor: None,
             lifetime: None,
+            departing: Vec::new(),
         }
     }
 
@@ -121,6 +129,14 @@ impl Resident {
     /// PHP_FCGI_MAX_REQUESTS, a crash, a kill) is replaced here, before the request is
     /// sent, so it costs no request. Err: why no app can serve (for a 502).
     fn ready(&mut self, ctx: &WorkerCtx<'_>) -> Result<(), String> {
+        // Apps that ended by themselves are reaped once gone, with their last words.
+        self.departing.retain_mut(|gone| {
+            if gone.exit_status().is_none() {
+                return true;
+            }
+            log_app_stderr(ctx, gone.pid.as_raw(), &mut gone.stderr);
+            false
+        });
         if let Some(app) = &mut self.app {
             if app.is_usable() {
                 // Written since the last request: it belongs to none, in particular
@@ -145,7 +161,7 @@ impl Resident {
                 self.command_line()
             );
             self.ended_by_itself();
-            self.discard(ctx, false);
+            self.let_go(ctx);
         }
         if let Some(mut next) = self.successor.take() {
             if next.is_usable() {
@@ -262,6 +278,26 @@ impl Resident {
         if let Some(app) = &mut self.app {
             log_app_stderr(ctx, app.pid.as_raw(), &mut app.stderr);
         }
+    }
+
+    /// Forget an app that ended by itself (or closed its connection): it is killed, and
+    /// reaped later instead of waited for now.
+    fn let_go(&mut self, ctx: &WorkerCtx<'_>) {
+        let Some(app) = self.app.take() else {
+            return;
+        };
+        if records::failed_start(app.served, app.started.elapsed()) {
+            self.note_failure(format!(
+                "app {} ended right after its start, before completing a request",
+                app.pid
+            ));
+        }
+        log::debug!("{} letting FastCGI app {} go", ctx.log_prefix(), app.pid);
+        let mut app = app;
+        log_app_stderr(ctx, app.pid.as_raw(), &mut app.stderr);
+        app.kill();
+        self.departing.push(app);
+        self.input.clear();
     }
 
     /// The request is over: count it, and retire the app if it has served enough or the

@@ -619,7 +619,7 @@ impl<'a> Relay<'a> {
             );
             self.retried = true;
             self.resident.ended_by_itself();
-            self.resident.discard(ctx, false);
+            self.resident.let_go(ctx);
             match self.resident.ready(ctx) {
                 Ok(()) => {
                     self.to_app.rewind();
