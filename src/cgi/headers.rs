@@ -53,6 +53,11 @@ impl ResponseHeaders {
         &self.headers
     }
 
+    /// The headers, taken out (for the access log once the response is over).
+    pub fn take_headers(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.headers)
+    }
+
     /// A header's value; names compare case-insensitively, as HTTP's do.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.headers

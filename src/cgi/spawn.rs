@@ -88,13 +88,14 @@ pub fn spawn_program<N: AsRef<OsStr>, V: AsRef<OsStr>>(
     stdio: [RawFd; 3],
     parent_death: Option<Signal>,
 ) -> io::Result<(Pid, Option<OwnedFd>)> {
-    let mut args = StringBlock::default();
+    let arg_bytes = argv.iter().map(|a| a.len() + 1).sum();
+    let mut args = StringBlock::with_capacity(arg_bytes, argv.len());
     for arg in argv {
         if !args.push(&[arg.as_bytes()]) {
             return Err(nul_error());
         }
     }
-    let mut directory = StringBlock::default();
+    let mut directory = StringBlock::with_capacity(dir.as_os_str().len() + 1, 1);
     if !directory.push(&[dir.as_os_str().as_bytes()]) {
         return Err(nul_error());
     }

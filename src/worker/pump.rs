@@ -78,6 +78,8 @@ pub struct Pump<'a> {
     usage: Usage,
     background_at: Option<Instant>,
     poll_set: PollSet,
+    /// What each entry of `poll_set` is (see `fill_poll_set`).
+    sources: Vec<(Source, usize)>,
 }
 
 impl<'a> Pump<'a> {
@@ -101,6 +103,7 @@ impl<'a> Pump<'a> {
             usage: Usage::default(),
             background_at: None,
             poll_set: PollSet::default(),
+            sources: Vec::with_capacity(6),
         }
     }
 
@@ -115,7 +118,9 @@ impl<'a> Pump<'a> {
         self.x.response_done = true;
     }
 
-    pub fn summary(&self) -> Summary {
+    /// What the access log needs; the response headers are taken, not copied (the
+    /// request is over).
+    fn summary(&mut self) -> Summary {
         Summary {
             status: self.x.own_status.unwrap_or_else(|| {
                 if self.child.is_some() && self.x.stdout_bytes == 0 {
@@ -124,7 +129,7 @@ impl<'a> Pump<'a> {
                     self.x.headers.status()
                 }
             }),
-            headers: self.x.headers.headers().to_vec(),
+            headers: self.x.headers.take_headers(),
             usage: self.usage,
         }
     }
@@ -289,14 +294,14 @@ impl<'a> Pump<'a> {
         if self.decode_buffered(ctx) {
             return Ok(());
         }
-        let (sources, deadline) = self.fill_poll_set();
+        let (mut sources, deadline) = self.fill_poll_set();
         match ctx.wait(&mut self.poll_set, deadline)? {
             Some(SignalRequest::Terminate) => self.x.terminate = true,
             // An orphan's request gets its grace from now.
             Some(SignalRequest::Quit) => self.x.orphan_deadline = ctx.orphan_deadline,
             None => {}
         }
-        for (source, index) in sources {
+        for &(source, index) in &sources {
             let events = self.poll_set.revents(index);
             if events == 0 {
                 continue;
@@ -321,6 +326,8 @@ impl<'a> Pump<'a> {
                 }
             }
         }
+        sources.clear();
+        self.sources = sources;
         if self.exit.is_none() && self.child.as_ref().is_some_and(|c| c.pidfd.is_none()) {
             self.reap();
         }
@@ -331,7 +338,10 @@ impl<'a> Pump<'a> {
     /// The descriptors worth waiting on now, each with what it is, and until when.
     fn fill_poll_set(&mut self) -> (Vec<(Source, usize)>, Option<Instant>) {
         let mut deadline = self.next_deadline();
-        let mut sources: Vec<(Source, usize)> = Vec::with_capacity(6);
+        // The list is the pump's, lent out for one wait: one allocation per request, not
+        // one per wait.
+        let mut sources = std::mem::take(&mut self.sources);
+        sources.clear();
         let set = &mut self.poll_set;
         set.clear();
         let mut conn_events = 0;
