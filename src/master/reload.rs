@@ -10,131 +10,13 @@
 //! tells the old ones to finish the request in hand and exit.
 
 use super::inherit::{self, Inherited};
+use super::reexec::{Reexec, exec};
 use super::{Master, PoolKind, State, listener};
-use crate::config::ListenAddress;
+use crate::config::{Config, ListenAddress};
 use crate::handover::{self, Handover, set_cloexec};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
-use nix::unistd::Pid;
-use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsString};
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-/// How to start this program again, taken when it started.
-#[derive(Debug, Clone)]
-pub struct Reexec {
-    /// Its path, so that a binary replaced on disk since is the one that runs.
-    pub exe: PathBuf,
-    pub args: Vec<OsString>,
-    pub config_path: PathBuf,
-    pub prefix: Option<PathBuf>,
-    pub allow_root: bool,
-    /// `-g`, which wins over the configuration's `pid`.
-    pub pid_override: Option<PathBuf>,
-    /// `-O`: the error log stays on stderr.
-    pub force_stderr: bool,
-}
-
-/// Workers of the previous image, finishing their last request.
-#[derive(Debug, Default)]
-pub struct OldWorkers {
-    pids: HashSet<Pid>,
-    /// The next escalation: TERM at the deadline, then KILL.
-    escalate: Option<(Instant, Signal)>,
-}
-
-impl OldWorkers {
-    /// The pids the previous image handed over.
-    pub fn handed_over(pids: &[i32]) -> OldWorkers {
-        OldWorkers {
-            pids: pids
-                .iter()
-                .filter(|&&p| p > 0)
-                .map(|&p| Pid::from_raw(p))
-                .collect(),
-            escalate: None,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pids.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.pids.len()
-    }
-
-    /// Forget a reaped worker; false if it was not an old one.
-    pub fn remove(&mut self, pid: Pid) -> bool {
-        self.pids.remove(&pid)
-    }
-
-    pub fn signal(&self, signal: Signal) {
-        for pid in &self.pids {
-            let _ = kill(*pid, signal);
-        }
-    }
-
-    /// Ask every old worker to finish its request and exit; after `timeout` (when not 0)
-    /// the stragglers get TERM, then KILL.
-    pub fn retire(&mut self, timeout: Duration) {
-        self.signal(Signal::SIGQUIT);
-        self.escalate = (!timeout.is_zero()).then(|| (Instant::now() + timeout, Signal::SIGTERM));
-    }
-
-    pub fn deadline(&self) -> Option<Instant> {
-        self.escalate
-            .filter(|_| !self.pids.is_empty())
-            .map(|(at, _)| at)
-    }
-
-    pub fn escalate_if_due(&mut self) {
-        let Some((at, signal)) = self.escalate else {
-            return;
-        };
-        if self.pids.is_empty() || Instant::now() < at {
-            return;
-        }
-        log::warn!(
-            "{} worker(s) of the previous configuration still busy after process_control_timeout; sending {}",
-            self.pids.len(),
-            signal.as_str()
-        );
-        // A killed worker cannot stop its CGI child, and this image has no scoreboard
-        // that names it (the old one did not cross the exec): find it through /proc first.
-        let groups: Vec<Pid> = match signal {
-            Signal::SIGKILL => self.pids.iter().flat_map(|&p| children_of(p)).collect(),
-            _ => Vec::new(),
-        };
-        self.signal(signal);
-        for group in groups {
-            // Each CGI child leads its own process group, which holds what it started.
-            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
-        }
-        self.escalate = match signal {
-            Signal::SIGTERM => Some((Instant::now() + crate::grace::WORKER, Signal::SIGKILL)),
-            _ => None,
-        };
-    }
-}
-
-/// Direct children of `pid`, across its threads (empty if /proc cannot tell).
-fn children_of(pid: Pid) -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .map(Pid::from_raw)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
 
 impl Master {
     /// SIGUSR2. Returns only if the reload did not happen (the reason is logged); on
@@ -148,51 +30,36 @@ impl Master {
             return;
         };
         log::info!("Reloading in progress ...");
-        let (loaded, warnings) =
-            crate::config::load_reporting(&reexec.config_path, reexec.prefix.as_deref());
-        let config = match loaded {
-            Ok(c) => c,
-            Err(errors) => {
-                // The new image would print the warnings of a good file; a bad one's may
-                // explain its errors.
-                warnings.iter().for_each(|w| log::warn!("{w}"));
-                errors.iter().for_each(|e| log::error!("{e}"));
-                log::error!(
-                    "reload aborted: '{}' has errors; the running configuration stays in effect",
-                    reexec.config_path.display()
-                );
-                return;
-            }
+        let Some(config) = vet(&reexec) else {
+            return;
         };
-        if let Err(errors) = crate::isolation::prepare(&config, reexec.allow_root) {
-            errors.iter().for_each(|e| log::error!("{e}"));
-            log::error!("reload aborted; the running configuration stays in effect");
+        let Some(NewSockets {
+            mut listeners,
+            opened,
+            ..
+        }) = self.sockets_for(&config)
+        else {
             return;
-        }
-        // What the new image would refuse at start (its error log, pid file, limits):
-        // refused there, the master would exit and take every pool with it.
-        let refusals =
-            crate::preflight::check(&config, reexec.pid_override.as_deref(), reexec.force_stderr);
-        if !refusals.is_empty() {
-            refusals.iter().for_each(|e| log::error!("{e}"));
-            log::error!("reload aborted; the running configuration stays in effect");
-            return;
-        }
-        // The new image would refuse to start with too few descriptors: refuse here,
-        // while the old configuration can still keep serving. When the soft limit must
-        // grow, it grows now: this image opens the new pools' sockets before the exec.
-        match crate::fdplan::apply(&config) {
-            Ok(notice) => notice.iter().for_each(|n| log::info!("{n}")),
-            Err(e) => {
-                log::error!("{e}");
-                log::error!("reload aborted; the running configuration stays in effect");
-                return;
-            }
-        }
+        };
+        self.hand_over_dropped_files(&mut listeners);
+        crate::systemd::reloading();
+        let handover = self.handover(listeners);
+        let error = exec_with(&reexec, &handover);
 
-        // Every socket the new configuration listens on (the pools', then the master's
-        // endpoint): kept, or opened now so that an address that cannot be bound aborts
-        // the reload here.
+        // Still here: the exec failed. Undo, and keep serving as before.
+        log::error!(
+            "reload failed: cannot execute {}: {error}; the running configuration stays in effect",
+            reexec.exe.display()
+        );
+        Handover::remove_from_environment();
+        opened.into_iter().for_each(listener::Listener::close);
+        crate::systemd::ready("Ready to handle connections");
+    }
+
+    /// Every socket the new configuration listens on (the pools', then the master's
+    /// endpoint): kept, or opened now so that an address that cannot be bound aborts the
+    /// reload here. None if it aborted (the reason is logged).
+    fn sockets_for(&self, config: &Config) -> Option<NewSockets> {
         let mut sockets = NewSockets::ours(self);
         let mut none_inherited = Inherited::default();
         for pool in &config.pools {
@@ -201,7 +68,8 @@ impl Master {
                 if let Err(e) = sockets.keep_or_open(address, || {
                     listener::open_at(pool, address, &mut none_inherited)
                 }) {
-                    return sockets.abort(&e);
+                    sockets.abort(&e);
+                    return None;
                 }
             }
         }
@@ -210,18 +78,17 @@ impl Master {
                 super::endpoint::open(address, &mut none_inherited)
             })
         {
-            return sockets.abort(&e);
+            sockets.abort(&e);
+            return None;
         }
-        let NewSockets {
-            mut listeners,
-            opened,
-            ..
-        } = sockets;
+        Some(sockets)
+    }
 
-        // The socket files of addresses the new configuration drops are handed over too,
-        // and the new image closes them and removes the files. Removing them here, before
-        // the exec, left pools that nobody could reach when the exec failed. (Sockets
-        // without a file of ours, systemd's or TCP, just close at the exec.)
+    /// The socket files of addresses the new configuration drops are handed over too,
+    /// and the new image closes them and removes the files. Removing them here, before
+    /// the exec, left pools that nobody could reach when the exec failed. (Sockets
+    /// without a file of ours, systemd's or TCP, just close at the exec.)
+    fn hand_over_dropped_files(&self, listeners: &mut Vec<handover::Listener>) {
         let endpoint = self.endpoint.as_ref().map(|e| e.listener());
         for listener in self.pools.iter().map(|p| &p.listener).chain(endpoint) {
             let fd = listener.raw_fd();
@@ -232,11 +99,16 @@ impl Master {
                 listeners.push(handover::Listener { key, fd });
             }
         }
-        crate::systemd::reloading();
+    }
+
+    /// Everything the new image takes over: `listeners`, every worker still running
+    /// (this image's and earlier ones'), the parked connections and their channels, the
+    /// emergency-restart state, the figures and the scoreboards.
+    fn handover(&mut self, listeners: Vec<handover::Listener>) -> Handover {
         self.lot.receive_all(self.poll.registry(), &self.channels);
         let mut old_workers: Vec<i32> = self.children.keys().map(|p| p.as_raw()).collect();
-        old_workers.extend(self.old_workers.pids.iter().map(|p| p.as_raw()));
-        let handover = Handover {
+        old_workers.extend(self.old_workers.pids().map(|p| p.as_raw()));
+        Handover {
             listeners,
             old_workers,
             emergency: self.emergency.handover(),
@@ -247,41 +119,83 @@ impl Master {
                 ..self.figures
             }),
             scoreboards: self.scoreboards_to_hand_over(),
-        };
-        handover.put_in_environment();
-        for fd in handover.fds() {
-            set_cloexec(fd, false);
         }
-        let mut saved = SigSet::empty();
-        let _ = sigprocmask(
-            SigmaskHow::SIG_BLOCK,
-            // Blocked across the exec: one arriving before the new image has its
-            // handlers stays pending instead of killing it (SIGUSR2's default).
-            Some(&crate::master_signals::master_signal_set()),
-            Some(&mut saved),
-        );
-        log::info!(
-            "re-executing {} with {} socket(s), {} worker(s) and {} idle kept connection(s) handed over",
-            reexec.exe.display(),
-            handover.listeners.len(),
-            handover.old_workers.len(),
-            handover.parked.len()
-        );
-        let error = exec(&reexec);
-
-        // Still here: the exec failed. Undo, and keep serving as before.
-        log::error!(
-            "reload failed: cannot execute {}: {error}; the running configuration stays in effect",
-            reexec.exe.display()
-        );
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-        for fd in handover.fds() {
-            set_cloexec(fd, true);
-        }
-        Handover::remove_from_environment();
-        opened.into_iter().for_each(listener::Listener::close);
-        crate::systemd::ready("Ready to handle connections");
     }
+}
+
+/// Check the new configuration as the new image would at start; None (the reasons
+/// logged) if it would refuse it, so that the running configuration stays in effect.
+fn vet(reexec: &Reexec) -> Option<Config> {
+    let (loaded, warnings) =
+        crate::config::load_reporting(&reexec.config_path, reexec.prefix.as_deref());
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            // The new image would print the warnings of a good file; a bad one's may
+            // explain its errors.
+            warnings.iter().for_each(|w| log::warn!("{w}"));
+            errors.iter().for_each(|e| log::error!("{e}"));
+            log::error!(
+                "reload aborted: '{}' has errors; the running configuration stays in effect",
+                reexec.config_path.display()
+            );
+            return None;
+        }
+    };
+    if let Err(errors) = would_start(&config, reexec) {
+        errors.iter().for_each(|e| log::error!("{e}"));
+        log::error!("reload aborted; the running configuration stays in effect");
+        return None;
+    }
+    Some(config)
+}
+
+/// What the new image would refuse at start beyond the file itself (its users, error
+/// log, pid file, limits): refused there, the master would exit and take every pool
+/// with it.
+fn would_start(config: &Config, reexec: &Reexec) -> Result<(), Vec<String>> {
+    crate::isolation::prepare(config, reexec.allow_root)?;
+    let refusals =
+        crate::preflight::check(config, reexec.pid_override.as_deref(), reexec.force_stderr);
+    if !refusals.is_empty() {
+        return Err(refusals);
+    }
+    // Too few descriptors: refused here, while the old configuration can still keep
+    // serving. When the soft limit must grow, it grows now: this image opens the new
+    // pools' sockets before the exec.
+    let notice = crate::fdplan::apply(config).map_err(|e| vec![e])?;
+    notice.iter().for_each(|n| log::info!("{n}"));
+    Ok(())
+}
+
+/// Put `handover` where the new image finds it and re-execute; returns only if the exec
+/// failed, with the handover's descriptors and the signal mask as they were before.
+fn exec_with(reexec: &Reexec, handover: &Handover) -> nix::Error {
+    handover.put_in_environment();
+    for fd in handover.fds() {
+        set_cloexec(fd, false);
+    }
+    let mut saved = SigSet::empty();
+    let _ = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        // Blocked across the exec: one arriving before the new image has its
+        // handlers stays pending instead of killing it (SIGUSR2's default).
+        Some(&crate::master_signals::master_signal_set()),
+        Some(&mut saved),
+    );
+    log::info!(
+        "re-executing {} with {} socket(s), {} worker(s) and {} idle kept connection(s) handed over",
+        reexec.exe.display(),
+        handover.listeners.len(),
+        handover.old_workers.len(),
+        handover.parked.len()
+    );
+    let error = exec(reexec);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+    for fd in handover.fds() {
+        set_cloexec(fd, true);
+    }
+    error
 }
 
 /// The listening sockets a reload hands over, gathered address by address.
@@ -389,43 +303,5 @@ impl Master {
                 arrived_monotonic_us: arrived.map(handover::instant_to_monotonic_us),
             })
             .collect()
-    }
-}
-
-/// Replace this process with `reexec`; returns only on failure.
-fn exec(reexec: &Reexec) -> nix::Error {
-    let to_c = |s: &std::ffi::OsStr| CString::new(s.as_bytes());
-    let Ok(path) = to_c(reexec.exe.as_os_str()) else {
-        return nix::Error::EINVAL;
-    };
-    let mut argv = vec![path.clone()];
-    for a in &reexec.args {
-        match to_c(a) {
-            Ok(c) => argv.push(c),
-            Err(_) => return nix::Error::EINVAL,
-        }
-    }
-    match nix::unistd::execv(&path, &argv) {
-        Err(e) => e,
-        Ok(never) => match never {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn children_are_found_through_proc() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-        let found = children_of(nix::unistd::getpid()).contains(&pid);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(found);
-        assert!(children_of(Pid::from_raw(i32::MAX)).is_empty());
     }
 }

@@ -6,8 +6,8 @@ use super::emergency::Emergency;
 use super::listener::Listener;
 use super::logs::PoolLogs;
 use super::lot::{Channels, Lot};
+use super::old_workers::OldWorkers;
 use super::pm::PmState;
-use super::reload::OldWorkers;
 use super::{
     Master, Pool, PoolKind, RunOptions, State, TICK, endpoint, handed_over, inherit, listener, pm,
 };
