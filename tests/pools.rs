@@ -189,10 +189,14 @@ fn static_holds_max_children() {
     let fpm = Fpm::start_with(dir, &config, &address);
     fpm.wait_workers(3);
     // A worker is a child before its slot names it (the master or the worker writes the
-    // pid a moment after the fork): wait for the page to count the three.
-    let status = wait_for_status(&address, "the page counts 3 processes", |s| {
-        s["total processes"] == 3
-    });
+    // pid a moment after the fork): wait for the page to count the three. The start's
+    // probe, or the previous poll, may still hold a worker for a moment (it reads until
+    // the client's EOF): wait until only the page's own worker is active too.
+    let status = wait_for_status(
+        &address,
+        "the page counts 3 processes, 1 of them active",
+        |s| s["total processes"] == 3 && s["active processes"] == 1,
+    );
     assert_eq!(status["process manager"], "static");
     assert_eq!(figure(&status, "total processes"), 3);
     assert_eq!(figure(&status, "max children"), 3);
