@@ -4,8 +4,8 @@
 
 use super::account;
 use super::conn::Conn;
+use super::exchange::Outcome;
 use super::park::park;
-use super::pump::Outcome;
 use super::request_head::{Head, read_request};
 use super::{WorkerCtx, request, status};
 use crate::fastcgi::{Limits, Session};

@@ -6,7 +6,6 @@
 
 use super::WorkerCtx;
 use super::conn::{Conn, OUTPUT_CHUNK};
-use super::pump::{DRAIN_TIMEOUT, Outcome};
 use super::slowlog::SlowRecord;
 use crate::cgi::headers::ResponseHeaders;
 use crate::cgi::response::error_response;
@@ -21,6 +20,20 @@ use std::time::{Duration, Instant};
 /// the web server is then woken once per response, not once per piece the script wrote
 /// (hello.sh writes three). Streamed output is late by at most this much.
 pub(crate) const COALESCE: Duration = Duration::from_millis(1);
+/// After the response is complete, how long the web server may take to finish sending a
+/// body the child did not read before we give up on the connection.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a request ended, for the connection loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered; read the next request if `keep_conn`.
+    Answered { keep_conn: bool },
+    /// The connection is unusable (peer gone, protocol error, drain timeout).
+    Close,
+    /// The master told us to stop now.
+    Terminate,
+}
 
 pub(crate) struct Exchange<'a> {
     pub conn: &'a mut Conn,

@@ -11,7 +11,7 @@
 
 use super::WorkerCtx;
 use super::conn::{Conn, Fill, OUTPUT_CHUNK};
-use super::exchange::{Exchange, Settled};
+use super::exchange::{Exchange, Outcome, Settled};
 use super::poll::{self, PollSet};
 use super::signals::Request as SignalRequest;
 use super::slowlog::SlowRecord;
@@ -30,25 +30,11 @@ use std::time::{Duration, Instant};
 
 /// Body bytes we hold for the child before we stop reading the connection.
 const STDIN_HIGH_WATER: usize = 64 * 1024;
-/// After the response is complete, how long the web server may take to finish sending a
-/// body the child did not read before we give up on the connection.
-pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without a pidfd, how often to look for the child's exit.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// After the script exits, how long processes it left behind may keep its output open
 /// before they are stopped (fcgiwrap waits for them for ever, gnosek/fcgiwrap#40).
 pub const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
-
-/// How a request ended, for the connection loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answered; read the next request if `keep_conn`.
-    Answered { keep_conn: bool },
-    /// The connection is unusable (peer gone, protocol error, drain timeout).
-    Close,
-    /// The master told us to stop now.
-    Terminate,
-}
 
 /// What the access log needs to know once the request is over.
 #[derive(Debug, Default)]

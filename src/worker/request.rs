@@ -3,7 +3,8 @@
 
 use super::WorkerCtx;
 use super::conn::Conn;
-use super::pump::{Outcome, Pump, Summary};
+use super::exchange::Outcome;
+use super::pump::{Pump, Summary};
 use crate::accesslog::Entry;
 use crate::cgi::env::encode_app_params;
 use crate::cgi::proxy_path::script_path;

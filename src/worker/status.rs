@@ -3,8 +3,9 @@
 
 use super::WorkerCtx;
 use super::conn::Conn;
+use super::exchange::Outcome;
 use super::poll::{self, PollSet};
-use super::pump::{Outcome, Summary};
+use super::pump::Summary;
 use super::refusal::{REFUSAL_FLUSH_TIMEOUT, flush_within};
 use super::signals::Request as SignalRequest;
 use crate::cgi::headers::ResponseHeaders;

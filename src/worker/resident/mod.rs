@@ -11,7 +11,8 @@ mod stderr;
 
 use super::WorkerCtx;
 use super::conn::Conn;
-use super::pump::{Outcome, Summary};
+use super::exchange::Outcome;
+use super::pump::Summary;
 use crate::cgi::php;
 use crate::config::Interpreter;
 use crate::fastcgi::Session;
