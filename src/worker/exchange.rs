@@ -282,13 +282,13 @@ impl<'a> Exchange<'a> {
             self.conn.queue_stream(RecordType::Stderr, self.id, data);
             self.stderr_records = true;
             if let Err(e) = self.conn.spill_output() {
-                super::pump::log_spool_failure(ctx, &e);
+                super::request_log::log_spool_failure(ctx, &e);
             }
         }
         if matches!(self.stderr_mode, StderrMode::Log | StderrMode::Both) {
             let script = &self.script;
             self.stderr_lines.push(data, |line, hidden| {
-                super::pump::log_stderr(ctx, script, line, hidden)
+                super::request_log::log_stderr(ctx, script, line, hidden)
             });
         }
     }
@@ -297,7 +297,7 @@ impl<'a> Exchange<'a> {
     pub fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
         let script = &self.script;
         self.stderr_lines
-            .finish(|line, hidden| super::pump::log_stderr(ctx, script, line, hidden));
+            .finish(|line, hidden| super::request_log::log_stderr(ctx, script, line, hidden));
     }
 
     /// The deadlines every request has: `running` says whether the script or app is
@@ -341,7 +341,7 @@ impl<'a> Exchange<'a> {
             && self.slow.is_none()
         {
             self.slow_at = None;
-            self.slow = Some(super::pump::start_slow_record(
+            self.slow = Some(super::request_log::start_slow_record(
                 ctx,
                 pid,
                 &self.script,
@@ -352,7 +352,7 @@ impl<'a> Exchange<'a> {
         if self.slow.as_mut().is_some_and(SlowRecord::poll_done)
             && let Some(record) = self.slow.take()
         {
-            super::pump::write_slow_record(ctx, record);
+            super::request_log::write_slow_record(ctx, record);
         }
     }
 
@@ -361,12 +361,12 @@ impl<'a> Exchange<'a> {
     pub fn finish_slow_record(&mut self, ctx: &WorkerCtx<'_>, wait: bool) {
         while wait && self.slow.as_mut().is_some_and(|s| !s.poll_done()) {
             if let Some(s) = &mut self.slow {
-                super::pump::wait_for(s.fd(), s.deadline());
+                super::poll::wait_for(s.fd(), s.deadline());
                 s.on_readable();
             }
         }
         if let Some(record) = self.slow.take() {
-            super::pump::write_slow_record(ctx, record);
+            super::request_log::write_slow_record(ctx, record);
         }
     }
 

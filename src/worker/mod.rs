@@ -13,6 +13,7 @@ mod pump;
 mod refusal;
 mod request;
 mod request_head;
+mod request_log;
 mod resident;
 mod setup;
 mod signals;

@@ -94,6 +94,24 @@ fn poll_millis(timeout: Option<Duration>) -> i32 {
     }
 }
 
+/// Without a pidfd, how often to look for a CGI child's exit.
+pub(super) const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Sleep until `fd` is readable or `deadline` passes, and in any case no longer than
+/// 100 ms with a descriptor (the caller looks again) or EXIT_POLL without one. A
+/// descriptor without a deadline waits until it is readable.
+pub(super) fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match fd {
+        Some(fd) => {
+            let mut set = PollSet::default();
+            set.add(fd, IN);
+            let _ = set.wait(left.map(|l| l.min(Duration::from_millis(100))));
+        }
+        None => std::thread::sleep(left.unwrap_or(EXIT_POLL).min(EXIT_POLL)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{IN, PollSet, poll_millis, wait_one};

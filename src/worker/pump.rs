@@ -12,7 +12,8 @@
 use super::WorkerCtx;
 use super::conn::{Conn, Fill, OUTPUT_CHUNK};
 use super::exchange::{Exchange, Outcome, Settled};
-use super::poll::{self, PollSet};
+use super::poll::{self, EXIT_POLL, PollSet, wait_for};
+use super::request_log::log_spool_failure;
 use super::signals::Request as SignalRequest;
 use super::slowlog::SlowRecord;
 use crate::cgi::response::error_response;
@@ -25,13 +26,10 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Body bytes we hold for the child before we stop reading the connection.
 const STDIN_HIGH_WATER: usize = 64 * 1024;
-/// Without a pidfd, how often to look for the child's exit.
-const EXIT_POLL: Duration = Duration::from_millis(20);
 /// After the script exits, how long processes it left behind may keep its output open
 /// before they are stopped (fcgiwrap waits for them for ever, gnosek/fcgiwrap#40).
 pub const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
@@ -617,21 +615,6 @@ impl<'a> Pump<'a> {
     }
 }
 
-/// Sleep until `fd` is readable or `deadline` passes, and in any case no longer than
-/// 100 ms with a descriptor (the caller looks again) or EXIT_POLL without one. A
-/// descriptor without a deadline waits until it is readable.
-pub(super) fn wait_for(fd: Option<std::os::fd::BorrowedFd<'_>>, deadline: Option<Instant>) {
-    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match fd {
-        Some(fd) => {
-            let mut set = PollSet::default();
-            set.add(fd, poll::IN);
-            let _ = set.wait(left.map(|l| l.min(Duration::from_millis(100))));
-        }
-        None => std::thread::sleep(left.unwrap_or(EXIT_POLL).min(EXIT_POLL)),
-    }
-}
-
 /// The exit status as END_REQUEST's appStatus: the code, or 128 + signal as shells do.
 fn app_status(status: WaitStatus) -> u32 {
     match status {
@@ -639,84 +622,4 @@ fn app_status(status: WaitStatus) -> u32 {
         WaitStatus::Signaled(_, sig, _) => 128 + sig as u32,
         _ => 0,
     }
-}
-
-pub(super) fn start_slow_record(
-    ctx: &WorkerCtx<'_>,
-    cgi_pid: i32,
-    script: &str,
-    request_line: &str,
-    started: Instant,
-) -> SlowRecord {
-    let elapsed = started.elapsed();
-    let worker = std::process::id();
-    log::warn!(
-        "{} script '{script}' (request: \"{request_line}\") executing too slow ({}.{:06} sec), logging",
-        ctx.log_prefix(),
-        elapsed.as_secs(),
-        elapsed.subsec_micros()
-    );
-    ctx.scoreboard
-        .counters()
-        .slow_requests
-        .fetch_add(1, Ordering::Relaxed);
-    // The record spans lines, so its values must not: a newline in one would forge a field.
-    let head = format!(
-        "[{}]  [pool {}] pid {worker}\nscript_filename = {}\nrequest = {}\nelapsed = {}.{:06} s\n",
-        crate::clock::timestamp(),
-        ctx.pool.name,
-        crate::logging::escape_control(script, crate::logging::Keep::Nothing),
-        crate::logging::escape_control(request_line, crate::logging::Keep::Nothing),
-        elapsed.as_secs(),
-        elapsed.subsec_micros()
-    );
-    SlowRecord::start(
-        head,
-        cgi_pid,
-        ctx.pool.request_slowlog_trace_command.as_deref(),
-        ctx.pool.request_slowlog_trace_depth,
-    )
-}
-
-pub(super) fn write_slow_record(ctx: &WorkerCtx<'_>, record: SlowRecord) {
-    if let Some(fd) = ctx.slowlog_fd {
-        crate::logging::write_all_fd(fd, &record.finish());
-    }
-}
-
-pub(super) fn log_spool_failure(ctx: &WorkerCtx<'_>, error: &std::io::Error) {
-    log::warn!(
-        "{} cannot spool a response held until the request body is complete ({error}); sending it now, which nginx may not wait for",
-        ctx.log_prefix()
-    );
-}
-
-/// One entry per line of the child's stderr, however long (php-fpm wraps at log_limit;
-/// we cut, noting how many bytes of the line were left out).
-pub(super) fn log_stderr(ctx: &WorkerCtx<'_>, script: &str, line: &[u8], hidden: usize) {
-    log_said_into_stderr(ctx, &format!("script '{script}'"), line, hidden);
-}
-
-/// A line of stderr from `subject` (`script '/srv/x.sh'`, `FastCGI app 1234`), as
-/// [`log_stderr`] logs it.
-pub(super) fn log_said_into_stderr(ctx: &WorkerCtx<'_>, subject: &str, line: &[u8], hidden: usize) {
-    let line = if hidden == 0 {
-        line.strip_suffix(b"\r").unwrap_or(line)
-    } else {
-        line
-    };
-    if ctx.pool.catch_workers_output && !ctx.pool.decorate_workers_output {
-        // php-fpm's decorate_workers_output = no: the line exactly as the script wrote it,
-        // within log_limit like every entry.
-        crate::logging::write_raw(&String::from_utf8_lossy(line), hidden);
-        return;
-    }
-    crate::logging::warn_cut(
-        format!(
-            "{} {subject} said into stderr: \"{}\"",
-            ctx.log_prefix(),
-            String::from_utf8_lossy(line)
-        ),
-        hidden,
-    );
 }

@@ -347,7 +347,7 @@ fn log_app_stderr(ctx: &WorkerCtx<'_>, pid: i32, pipe: &mut Option<std::os::fd::
     let mut lines = crate::logging::LineSplitter::default();
     let mut emit = |line: &[u8], hidden: usize| {
         if keep {
-            super::pump::log_said_into_stderr(ctx, &subject, line, hidden);
+            super::request_log::log_said_into_stderr(ctx, &subject, line, hidden);
         }
     };
     stderr::drain(pipe, |bytes| lines.push(bytes, &mut emit));

@@ -15,7 +15,8 @@ use crate::worker::conn::{Conn, Fill};
 use crate::worker::exchange::Outcome;
 use crate::worker::exchange::{Exchange, Settled};
 use crate::worker::poll::{self, PollSet};
-use crate::worker::pump::{self, Summary};
+use crate::worker::pump::Summary;
+use crate::worker::request_log;
 use crate::worker::signals::Request as SignalRequest;
 use crate::worker::slowlog::SlowRecord;
 use nix::errno::Errno;
@@ -560,7 +561,7 @@ impl<'a> Relay<'a> {
                         .conn
                         .queue_stream(RecordType::Stdout, self.x.id, data);
                     if let Err(e) = self.x.conn.spill_output() {
-                        pump::log_spool_failure(ctx, &e);
+                        request_log::log_spool_failure(ctx, &e);
                     }
                 }
                 AppEvent::Stderr(data) => {
