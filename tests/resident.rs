@@ -122,6 +122,38 @@ fn an_app_that_exits_between_requests_costs_no_request() {
     );
 }
 
+/// Left to itself php-cgi ends after 500 requests; a pool's resident php-cgi does not, so
+/// that it lives as long as php-fpm's workers do (restarts are `pm.max_requests`').
+#[test]
+fn a_resident_php_cgi_outlives_its_own_five_hundred_requests() {
+    let Some(php) = php_cgi() else { return };
+    let fpm = Fpm::start(1, &format!("cgi.fastcgi_app[.php] = {php}\n"));
+    let page = fpm.script("pid.php", PID_PHP);
+    let mut client =
+        common::Client::connect(&fpm.address, Duration::from_secs(10)).expect("connect");
+    let mut apps = HashSet::new();
+    for i in 0..520 {
+        let response = client
+            .request(
+                &[
+                    ("REQUEST_METHOD", "GET"),
+                    ("SCRIPT_FILENAME", &page.display().to_string()),
+                ],
+                b"",
+                true,
+            )
+            .expect("request");
+        assert_eq!(response.status(), 200, "request {i}: {response:?}");
+        apps.insert(pid_of(response.body()));
+    }
+    assert_eq!(
+        apps.len(),
+        1,
+        "520 requests took {} apps: {apps:?}",
+        apps.len()
+    );
+}
+
 /// Once an app has shown how many requests it serves before it leaves (php-cgi's
 /// PHP_FCGI_MAX_REQUESTS), its successor is started while it still serves, so that no
 /// request waits for an app to start.

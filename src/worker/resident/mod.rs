@@ -97,6 +97,18 @@ pub struct Resident {
     departing: Vec<App>,
 }
 
+/// php-cgi ends itself after 500 requests unless PHP_FCGI_MAX_REQUESTS says otherwise; a
+/// fresh one costs 12-14 ms of CPU, about the whole gap to spawn-fcgi's forked children.
+/// Under a pool, restarts are the pool's business (`pm.max_requests`,
+/// `cgi.fastcgi_app_max_requests`), as in php-fpm, whose `pm.max_requests` defaults to
+/// never: so a resident php-cgi never leaves by itself unless the pool's environment asks.
+fn never_leave_by_itself(env: &mut Vec<(OsString, OsString)>) {
+    const LIMIT: &str = "PHP_FCGI_MAX_REQUESTS";
+    if !env.iter().any(|(name, _)| name == LIMIT) {
+        env.push((LIMIT.into(), "0".into()));
+    }
+}
+
 impl Resident {
     fn new(command: &Interpreter, ctx: &WorkerCtx<'_>) -> Resident {
         let mut argv: Vec<OsString> = command.argv.iter().map(OsString::from).collect();
@@ -104,13 +116,13 @@ impl Resident {
             argv.extend(php::ini_arguments(&ctx.pool.php_settings));
         }
         let dir = ctx.pool.chdir.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let mut env = Launch::environment(&ctx.env_policy);
+        if command.is_php_cgi() {
+            never_leave_by_itself(&mut env);
+        }
         Resident {
             command: command.argv.clone(),
-            launch: Launch {
-                argv,
-                env: Launch::environment(&ctx.env_policy),
-                dir,
-            },
+            launch: Launch { argv, env, dir },
             app: None,
             input: AppInput::default(),
             failures: 0,
