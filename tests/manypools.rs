@@ -200,15 +200,6 @@ fn a_reload_to_too_many_pools_is_refused_and_the_old_pools_keep_serving() {
     );
 }
 
-/// The lowest descriptor number free in `pid`: where its next accept lands.
-fn first_free_fd(pid: i32) -> u64 {
-    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read the worker's fds")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|n| !open.contains(n)).expect("a free number")
-}
-
 /// A static one-worker pool, `extra` added; returns the master and its one worker's pid.
 fn one_worker(extra: &str) -> (Fpm, i32) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -293,7 +284,7 @@ fn worker_first_free_fd() -> u64 {
         Duration::from_secs(5),
         || settled.waits_for_connections(worker),
     );
-    first_free_fd(worker)
+    common::first_free_fd(worker)
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -340,19 +331,7 @@ fn a_worker_out_of_descriptors_at_accept_backs_off_and_logs_once() {
         Duration::from_secs(5),
         || fpm.log_text().contains("accept() failed"),
     );
-    let cpu = || {
-        let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).expect("stat");
-        let fields: Vec<u64> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        fields.iter().sum::<u64>()
-    };
+    let cpu = || common::cpu_ticks(worker);
     let before = cpu();
     // Long enough for several retries at the growing backoff (10, 20, 40 ... ms).
     std::thread::sleep(Duration::from_millis(1500));

@@ -414,28 +414,6 @@ fn set_soft_nofile(pid: i32, soft: u64) -> (u64, u64) {
     (old.rlim_cur, old.rlim_max)
 }
 
-/// The lowest descriptor number free in `pid`.
-fn first_free_fd(pid: i32) -> u64 {
-    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the master's fds")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|n| !open.contains(n)).expect("a free number")
-}
-
-/// CPU time `pid` has used, in clock ticks (user + system).
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    stat.rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum()
-}
-
 /// Out of descriptors, the endpoint cannot accept: the master must not spin on the
 /// still-readable listener (it retries with a growing pause, logging once), and once
 /// descriptors are free again the waiting scraper is answered.
@@ -445,7 +423,7 @@ fn out_of_descriptors_the_endpoint_backs_off_and_answers_once_they_free_up() {
     // A scrape first, so that whatever the endpoint opens once is open already.
     assert!(get(&metrics, "/metrics").starts_with("HTTP/1.1 200"));
     let master = fpm.pid();
-    let (soft, _) = set_soft_nofile(master, first_free_fd(master));
+    let (soft, _) = set_soft_nofile(master, common::first_free_fd(master));
     // Sent into the backlog: the master sees the listener readable and cannot accept.
     let mut scraper = TcpStream::connect(&metrics).expect("connect");
     scraper
@@ -454,14 +432,17 @@ fn out_of_descriptors_the_endpoint_backs_off_and_answers_once_they_free_up() {
     fpm.wait_for_log("metrics.listen: accept failed", Duration::from_secs(5));
     // Several retries (10, 20, 40 ... ms apart): each one a sleep the master wakes from.
     // A master that spins sleeps no more, but burns CPU: stop waiting then as well.
-    let cpu = cpu_ticks(master);
+    let cpu = common::cpu_ticks(master);
     let woken = common::voluntary_context_switches(master);
     wait_until(
         "the master retries six times, or spins",
         Duration::from_secs(10),
-        || common::voluntary_context_switches(master) >= woken + 6 || cpu_ticks(master) >= cpu + 50,
+        || {
+            common::voluntary_context_switches(master) >= woken + 6
+                || common::cpu_ticks(master) >= cpu + 50
+        },
     );
-    let spent = cpu_ticks(master) - cpu;
+    let spent = common::cpu_ticks(master) - cpu;
     assert!(
         spent < 20,
         "the master spun: {spent} clock ticks of CPU while it could not accept"

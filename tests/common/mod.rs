@@ -446,6 +446,29 @@ pub fn voluntary_context_switches(pid: i32) -> u64 {
         .unwrap_or_else(|| panic!("no voluntary_ctxt_switches for {pid}"))
 }
 
+/// The lowest descriptor number free in `pid`: where its next open or accept lands.
+pub fn first_free_fd(pid: i32) -> u64 {
+    let open: std::collections::HashSet<u64> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("the descriptors of {pid}: {e}"))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
+}
+
+/// CPU time `pid` has used, in clock ticks (user + system).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn open_fds(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
