@@ -213,7 +213,7 @@ impl Fpm {
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
         adjust(&mut command);
-        let child = command.spawn().expect("start cgi-fpm");
+        let child = spawn_retrying_text_busy(&mut command);
         Fpm {
             dir,
             child: Some(child),
@@ -358,6 +358,23 @@ impl Fpm {
         self.client()
             .request(&params, b"", false)
             .expect("FastCGI request")
+    }
+}
+
+/// Spawn `command`, again while its program is "text file busy". A test that writes a
+/// program (a copy of the binary, say) closes it before running it, but while it was open
+/// for writing another test's thread may have forked: that child holds a copy of the write
+/// descriptor until it execs, and exec refuses a file open for writing (ETXTBSY). No
+/// flag prevents the inheritance (O_CLOEXEC acts only at exec), so wait it out.
+pub fn spawn_retrying_text_busy(command: &mut Command) -> std::process::Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            spawned => return spawned.expect("start cgi-fpm"),
+        }
     }
 }
 
