@@ -250,9 +250,19 @@ fn status_ping_head_404_405_and_a_reload_keep_their_answers() {
         Some(&before),
         "the socket was replaced"
     );
-    // Workers never hold the endpoint's socket.
+    // Workers never hold the endpoint's socket. A worker is a fork of the master and
+    // holds every descriptor of it until its set-up closes them, first thing; it names
+    // itself ("cgi-fpm: pool") only after that, so its descriptors are looked at then.
     let listener_inode = socket_inodes(fpm.pid());
     for worker in fpm.worker_pids() {
+        wait_until(
+            &format!("worker {worker} finishes its set-up"),
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(format!("/proc/{worker}/comm"))
+                    .is_ok_and(|name| name.starts_with("cgi-fpm: "))
+            },
+        );
         let theirs = socket_inodes(worker);
         let metrics_inode = tcp_listen_inode(port).expect("the endpoint's socket inode");
         assert!(listener_inode.contains(&metrics_inode));
