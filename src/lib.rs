@@ -1,5 +1,9 @@
 //! cgi-fpm: a FastCGI process manager that runs CGI scripts in any language.
 
+// What the binary and tests/ use is `pub`; what only the crate uses says pub(crate) or
+// pub(super), so that a reader knows how far a change to it can reach.
+#![warn(unreachable_pub)]
+
 pub mod accesslog;
 pub mod cgi;
 pub mod cli;

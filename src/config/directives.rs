@@ -57,12 +57,12 @@ pub(super) struct Directive {
 }
 
 impl Directive {
-    pub fn is_array(&self) -> bool {
+    pub(super) fn is_array(&self) -> bool {
         matches!(self.apply, Apply::PoolArray(_))
     }
 
     /// The key as matched in a config line: the name without its `[]`.
-    pub fn key(&self) -> &'static str {
+    pub(super) fn key(&self) -> &'static str {
         self.name.strip_suffix("[]").unwrap_or(self.name)
     }
 }

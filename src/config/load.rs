@@ -38,7 +38,7 @@ pub(super) struct PoolDraft {
 
 impl PoolDraft {
     /// An error about `key` in this pool, at the line that set it or else at the section.
-    pub fn error(&self, key: &str, message: String) -> ConfigError {
+    pub(super) fn error(&self, key: &str, message: String) -> ConfigError {
         let location = self.seen.get(key).unwrap_or(&self.opened_at);
         error_at(location, Some(&self.config.name), Some(key), message)
     }

@@ -22,7 +22,7 @@ use super::tokens::{
 };
 /// Open connections at most; a new one past this closes the oldest, so idle clients
 /// cannot lock a scraper out.
-pub const MAX_CONNECTIONS: usize = crate::fdplan::METRICS_CONNECTIONS as usize;
+pub(super) const MAX_CONNECTIONS: usize = crate::fdplan::METRICS_CONNECTIONS as usize;
 /// From accept to the last byte written.
 const DEADLINE: Duration = Duration::from_secs(5);
 /// Accepted per wake-up at most, so a flood of connections cannot hold the loop; the
@@ -37,7 +37,7 @@ struct Connection {
     deadline: Instant,
 }
 
-pub struct Endpoint {
+pub(super) struct Endpoint {
     listener: Listener,
     allowed: Vec<IpAddr>,
     connections: HashMap<Token, Connection>,
@@ -53,7 +53,7 @@ pub struct Endpoint {
 
 /// The socket `metrics.listen` names: inherited across a reload when it is there. An
 /// error names the directive, not the stand-in pool the socket settings come from.
-pub fn open(
+pub(super) fn open(
     address: &ListenAddress,
     inherited: &mut super::inherit::Inherited,
 ) -> Result<Listener, String> {
@@ -68,7 +68,7 @@ fn listen_settings(address: &ListenAddress) -> PoolConfig {
 }
 
 impl Endpoint {
-    pub fn new(listener: Listener, allowed: Vec<IpAddr>) -> Endpoint {
+    pub(super) fn new(listener: Listener, allowed: Vec<IpAddr>) -> Endpoint {
         Endpoint {
             listener,
             allowed,
@@ -80,15 +80,15 @@ impl Endpoint {
         }
     }
 
-    pub fn raw_fd(&self) -> RawFd {
+    pub(super) fn raw_fd(&self) -> RawFd {
         self.listener.raw_fd()
     }
 
-    pub fn listener(&self) -> &Listener {
+    pub(super) fn listener(&self) -> &Listener {
         &self.listener
     }
 
-    pub fn register(&self, registry: &Registry) -> std::io::Result<()> {
+    pub(super) fn register(&self, registry: &Registry) -> std::io::Result<()> {
         registry.register(
             &mut SourceFd(&self.listener.raw_fd()),
             LISTENER_TOKEN,
@@ -96,16 +96,16 @@ impl Endpoint {
         )
     }
 
-    pub fn owns(token: Token) -> bool {
+    pub(super) fn owns(token: Token) -> bool {
         token == LISTENER_TOKEN || CONNECTION_TOKENS.contains(&token.0)
     }
 
-    pub fn open_connections(&self) -> usize {
+    pub(super) fn open_connections(&self) -> usize {
         self.connections.len()
     }
 
     /// The earliest deadline of an open connection.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         self.connections
             .values()
             .map(|c| c.deadline)
@@ -114,7 +114,7 @@ impl Endpoint {
     }
 
     /// Close the connections past their deadline, unanswered.
-    pub fn expire(&mut self, registry: &Registry) {
+    pub(super) fn expire(&mut self, registry: &Registry) {
         let now = Instant::now();
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
@@ -136,7 +136,7 @@ impl Endpoint {
 
     /// Handle an event on one of our tokens. `figures` renders a page from the master's
     /// figures, and is called only for requests that need them.
-    pub fn on_event<F>(&mut self, registry: &Registry, token: Token, figures: F)
+    pub(super) fn on_event<F>(&mut self, registry: &Registry, token: Token, figures: F)
     where
         F: FnOnce(&mut dyn FnMut(&[PoolView<'_>], &MasterView) -> Vec<u8>) -> Vec<u8>,
     {

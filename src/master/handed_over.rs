@@ -81,7 +81,7 @@ pub(super) fn take(channels: Vec<PoolChannels>, parked: Vec<Parked>) -> HandedOv
 
 /// What `fd` is in this process, asked of the kernel (`/proc` only to tell a memfd from
 /// another file, where it can be read).
-pub fn probe(fd: RawFd) -> Found {
+pub(super) fn probe(fd: RawFd) -> Found {
     use nix::sys::socket::{SockType, getsockopt, sockopt};
     use nix::sys::stat::SFlag;
     let flags = match nix::fcntl::fcntl(

@@ -20,7 +20,7 @@ use super::tokens::{CHANNEL_TOKENS, PARKED_TOKENS};
 /// connections by sending on their end, and the master hands them out by sending on its
 /// own: a socket pair carries each direction apart, so one pair serves both, which keeps
 /// a pool at two descriptors in the master (hundreds of pools add up; see `fdplan`).
-pub struct Channels {
+pub(super) struct Channels {
     master: OwnedFd,
     worker: OwnedFd,
     /// Connections handed out; workers count those they took (pending = the difference).
@@ -28,7 +28,7 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn new() -> nix::Result<Channels> {
+    pub(super) fn new() -> nix::Result<Channels> {
         let (master, worker) = parking::channel()?;
         Ok(Channels {
             master,
@@ -39,7 +39,7 @@ impl Channels {
 
     /// The channels a previous image handed over (see `handed_over`), in the order of
     /// `raw_fds`.
-    pub fn from_fds([master, worker]: [OwnedFd; 2]) -> Channels {
+    pub(super) fn from_fds([master, worker]: [OwnedFd; 2]) -> Channels {
         Channels {
             master,
             worker,
@@ -47,7 +47,7 @@ impl Channels {
         }
     }
 
-    pub fn raw_fds(&self) -> [RawFd; 2] {
+    pub(super) fn raw_fds(&self) -> [RawFd; 2] {
         [self.master.as_raw_fd(), self.worker.as_raw_fd()]
     }
 
@@ -55,7 +55,7 @@ impl Channels {
     /// workers say they took. Counting alone drifts: across a reload, workers of the old
     /// image take some on their own scoreboard. So whenever the channel is seen empty the
     /// count starts again from there.
-    pub fn pending(&mut self, taken: u64) -> u32 {
+    pub(super) fn pending(&mut self, taken: u64) -> u32 {
         let mut byte = [0u8; 1];
         // Peeking without room for control data takes no descriptor.
         let queued = recv(
@@ -71,14 +71,14 @@ impl Channels {
         self.handed_out.saturating_sub(taken).max(1) as u32
     }
 
-    pub fn for_worker(&self) -> crate::worker::Parking<'_> {
+    pub(super) fn for_worker(&self) -> crate::worker::Parking<'_> {
         crate::worker::Parking {
             park: self.worker.as_fd(),
             handoff: self.worker.as_fd(),
         }
     }
 
-    pub fn register(&self, registry: &Registry, pool: usize) -> std::io::Result<()> {
+    pub(super) fn register(&self, registry: &Registry, pool: usize) -> std::io::Result<()> {
         registry.register(
             &mut SourceFd(&self.master.as_raw_fd()),
             Token(CHANNEL_TOKENS.start + pool),
@@ -104,11 +104,11 @@ struct Parked {
 
 /// A connection the previous image held, for [`Lot::restore`]: its pool's index, the
 /// connection, and when the request waiting on it arrived.
-pub type HeldOver = (usize, OwnedFd, Option<Instant>);
+pub(super) type HeldOver = (usize, OwnedFd, Option<Instant>);
 
 /// A pool's name and the limits on the connections the master holds for it (zero: none).
 #[derive(Debug, Clone, Default)]
-pub struct PoolLimits {
+pub(super) struct PoolLimits {
     pub pool: String,
     /// cgi.request_header_timeout: for a head to complete.
     pub header_timeout: Duration,
@@ -118,7 +118,7 @@ pub struct PoolLimits {
 
 /// What an event on a parking token asks of the master.
 #[derive(Debug, PartialEq, Eq)]
-pub enum LotEvent {
+pub(super) enum LotEvent {
     /// Not a parking token.
     None,
     /// Workers parked connections, or a held one changed: nothing more to do.
@@ -138,7 +138,7 @@ struct Waiting {
     live: u32,
 }
 
-pub struct Lot {
+pub(super) struct Lot {
     parked: HashMap<Token, Parked>,
     /// By pool index; a pool missing here has no limits.
     limits: Vec<PoolLimits>,
@@ -161,7 +161,7 @@ impl Lot {
     /// At most `capacity` parked connections (they cost the master a descriptor each);
     /// beyond that the oldest idle one is closed, which nginx takes as a closed idle
     /// connection.
-    pub fn new(capacity: usize) -> Lot {
+    pub(super) fn new(capacity: usize) -> Lot {
         Lot {
             parked: HashMap::new(),
             limits: Vec::new(),
@@ -175,7 +175,7 @@ impl Lot {
     }
 
     /// The pools' names and limits, by pool index.
-    pub fn set_limits(&mut self, limits: Vec<PoolLimits>) {
+    pub(super) fn set_limits(&mut self, limits: Vec<PoolLimits>) {
         self.waiting.resize_with(limits.len(), Waiting::default);
         self.limits = limits;
     }
@@ -201,13 +201,13 @@ impl Lot {
     /// When something held is next due: a head that must be complete, or a wait for a
     /// worker that ends. May be early (a connection gone since): the master then wakes
     /// once for nothing.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Close the connections whose head did not complete in time, as a worker would, and
     /// answer 503 to the requests that waited for a worker past request_queue_timeout.
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+    pub(super) fn expire(&mut self, registry: &Registry, now: Instant) {
         while let Some(&Reverse((at, token))) = self.deadlines.peek() {
             if at > now {
                 break;
@@ -237,7 +237,7 @@ impl Lot {
     }
 
     /// The pools of the requests answered 503 since the last call, one entry per request.
-    pub fn take_refused(&mut self) -> Vec<usize> {
+    pub(super) fn take_refused(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.refused)
     }
 
@@ -334,7 +334,7 @@ impl Lot {
     }
 
     /// Handle an event on `token`, if it is a parking one.
-    pub fn on_event(
+    pub(super) fn on_event(
         &mut self,
         registry: &Registry,
         token: Token,
@@ -372,19 +372,19 @@ impl Lot {
     }
 
     /// Watch `fd`, an idle kept connection of pool `pool`, until a request arrives on it.
-    pub fn park(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
+    pub(super) fn park(&mut self, registry: &Registry, fd: OwnedFd, pool: usize) {
         self.park_as(registry, fd, pool, parking::Kind::Idle);
     }
 
     /// Hold `fd`, a new connection of pool `pool` that reached cgi-fpm at `arrived`, until
     /// its head is complete and a worker is free (request_queue_timeout).
-    pub fn hold(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, arrived: Instant) {
+    pub(super) fn hold(&mut self, registry: &Registry, fd: OwnedFd, pool: usize, arrived: Instant) {
         self.insert(registry, fd, pool, Some(arrived), Some(arrived));
     }
 
     /// A connection the previous image held (see `parked_fds`): idle if it had no request
     /// yet, else waiting since `arrived`, as before the reload.
-    pub fn restore(
+    pub(super) fn restore(
         &mut self,
         registry: &Registry,
         fd: OwnedFd,
@@ -446,18 +446,18 @@ impl Lot {
     }
 
     /// Whether another connection fits without closing one.
-    pub fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.parked.len() < self.capacity
     }
 
     /// Connections of pool `pool` with a complete head waiting for a worker.
-    pub fn held(&self, pool: usize) -> u32 {
+    pub(super) fn held(&self, pool: usize) -> u32 {
         self.waiting.get(pool).map_or(0, |w| w.live)
     }
 
     /// Hand at most `available` of the pool's waiting connections to its workers, oldest
     /// first. Returns how many went.
-    pub fn dispatch(
+    pub(super) fn dispatch(
         &mut self,
         registry: &Registry,
         pool: usize,
@@ -507,7 +507,7 @@ impl Lot {
     }
 
     /// Take what workers have sent on every channel (before a reload counts them).
-    pub fn receive_all(&mut self, registry: &Registry, channels: &[Option<Channels>]) {
+    pub(super) fn receive_all(&mut self, registry: &Registry, channels: &[Option<Channels>]) {
         for pool in 0..channels.len() {
             self.receive(registry, pool, channels);
         }
@@ -515,7 +515,7 @@ impl Lot {
 
     /// Every parked connection, with its pool's index and when its request arrived (none
     /// for an idle kept one).
-    pub fn parked_fds(&self) -> impl Iterator<Item = (usize, RawFd, Option<Instant>)> + '_ {
+    pub(super) fn parked_fds(&self) -> impl Iterator<Item = (usize, RawFd, Option<Instant>)> + '_ {
         self.parked
             .values()
             .map(|p| (p.pool, p.fd.as_raw_fd(), p.arrived))
@@ -524,7 +524,7 @@ impl Lot {
     /// Close every parked connection (stopping): nginx drops a cached connection that
     /// closes while idle and opens another, to a server that still listens, rather than
     /// send its next request into one that would be reset when this master exits.
-    pub fn close_all(&mut self, registry: &Registry) {
+    pub(super) fn close_all(&mut self, registry: &Registry) {
         for (_, parked) in self.parked.drain() {
             let _ = registry.deregister(&mut SourceFd(&parked.fd.as_raw_fd()));
         }

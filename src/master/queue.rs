@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// Each pool's request_queue_timeout and whether the master holds connections for it.
 #[derive(Default)]
-pub struct Queues {
+pub(super) struct Queues {
     pools: Vec<PoolQueue>,
 }
 
@@ -48,7 +48,7 @@ struct PoolQueue {
 impl Queues {
     /// Pools by index, with their request_queue_timeout (zero: off; always off for a
     /// status pool, which has no queue of its own to bound).
-    pub fn new(timeouts: impl IntoIterator<Item = Duration>) -> Queues {
+    pub(super) fn new(timeouts: impl IntoIterator<Item = Duration>) -> Queues {
         Queues {
             pools: timeouts
                 .into_iter()

@@ -14,7 +14,7 @@ use crate::fastcgi::record::{
 
 /// What answers one refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(super) struct Refusal {
     /// The records to write back.
     pub bytes: Vec<u8>,
     /// The web server asked to keep the connection (FCGI_KEEP_CONN).
@@ -29,7 +29,7 @@ pub struct Refusal {
 /// The answer to the request that starts `sent` (what was read from the connection), or
 /// `None` when `sent` does not start with a BEGIN_REQUEST (nothing to answer: close).
 /// `retry_after` is the `Retry-After` value in seconds.
-pub fn refuse(sent: &[u8], retry_after: u64) -> Option<Refusal> {
+pub(super) fn refuse(sent: &[u8], retry_after: u64) -> Option<Refusal> {
     let Ok(Some((first, mut used))) = parse_record(sent) else {
         return None;
     };
@@ -89,7 +89,7 @@ fn describe(params: &[u8]) -> Option<String> {
 
 /// The `Retry-After` for a pool's request_queue_timeout: as long as a request waited in
 /// vain, in whole seconds, at least 1.
-pub fn retry_after(queue_timeout: std::time::Duration) -> u64 {
+pub(super) fn retry_after(queue_timeout: std::time::Duration) -> u64 {
     let secs = queue_timeout.as_secs() + u64::from(queue_timeout.subsec_nanos() > 0);
     secs.max(1)
 }

@@ -6,7 +6,7 @@ use crate::fastcgi::Params;
 use crate::scoreboard::RequestInfo;
 
 /// The status page's view of a request.
-pub fn request_info(params: &Params) -> RequestInfo {
+pub(super) fn request_info(params: &Params) -> RequestInfo {
     let get = |name: &str| params.get(name).unwrap_or_default();
     let uri = match params.get("REQUEST_URI") {
         Some(uri) if !uri.is_empty() => uri.to_vec(),

@@ -13,7 +13,7 @@ const INPUT_CAPACITY: usize = 128 * 1024;
 
 /// Stream content read per output record: below the 65535 limit and a multiple of 8, so
 /// full records need no padding.
-pub const OUTPUT_CHUNK: usize = 65528;
+pub(super) const OUTPUT_CHUNK: usize = 65528;
 
 /// Room for one full output record: what the output queue starts with.
 const OUTPUT_CAPACITY: usize = HEADER_LEN + OUTPUT_CHUNK + 64;
@@ -28,7 +28,7 @@ const PADDING: [u8; 8] = [0; 8];
 /// allocating and zeroing them per connection was a measurable part of a small
 /// request's cost (see BENCHMARKS.md).
 #[derive(Default)]
-pub struct ConnBuffers {
+pub(super) struct ConnBuffers {
     input: Box<[u8]>,
     output: Vec<u8>,
     /// A grown output buffer was let go: its memory is free in the heap, not returned.
@@ -38,7 +38,7 @@ pub struct ConnBuffers {
 impl ConnBuffers {
     /// The input buffer, as room to look at a connection's first bytes before it is
     /// served (its content is not kept).
-    pub fn scratch(&mut self) -> &mut [u8] {
+    pub(super) fn scratch(&mut self) -> &mut [u8] {
         if self.input.len() != INPUT_CAPACITY {
             self.input = vec![0; INPUT_CAPACITY].into_boxed_slice();
         }
@@ -46,14 +46,14 @@ impl ConnBuffers {
     }
 
     /// Whether memory is waiting to be handed back (see `trim`).
-    pub fn trim_pending(&self) -> bool {
+    pub(super) fn trim_pending(&self) -> bool {
         self.trim_pending
     }
 
     /// Hand freed heap memory back to the kernel: glibc keeps what a large response
     /// left free, and an idle worker would carry it in its RSS. The worker calls this
     /// when it has nothing else to do, so a run of large responses does not pay for it.
-    pub fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         self.trim_pending = false;
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
@@ -64,7 +64,7 @@ impl ConnBuffers {
     }
 }
 
-pub struct Conn {
+pub(super) struct Conn {
     fd: OwnedFd,
     input: Box<[u8]>,
     start: usize,
@@ -78,7 +78,7 @@ pub struct Conn {
 
 /// Outcome of a non-blocking read.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fill {
+pub(super) enum Fill {
     Data,
     Eof,
     WouldBlock,
@@ -88,7 +88,7 @@ pub enum Fill {
 
 impl Conn {
     /// A connection on `fd` using `buffers` (empty ones are allocated here).
-    pub fn new(fd: OwnedFd, buffers: ConnBuffers) -> Conn {
+    pub(super) fn new(fd: OwnedFd, buffers: ConnBuffers) -> Conn {
         let input = if buffers.input.len() == INPUT_CAPACITY {
             buffers.input
         } else {
@@ -108,7 +108,7 @@ impl Conn {
     }
 
     /// Close the connection and hand its buffers back for the next one.
-    pub fn into_buffers(self) -> ConnBuffers {
+    pub(super) fn into_buffers(self) -> ConnBuffers {
         let output = self.output.into_buffer();
         let grown = output.capacity() > OUTPUT_KEEP_MAX;
         ConnBuffers {
@@ -118,17 +118,17 @@ impl Conn {
         }
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// Bytes received but not yet decoded.
-    pub fn buffered_input(&self) -> usize {
+    pub(super) fn buffered_input(&self) -> usize {
         self.end - self.start
     }
 
     /// Read whatever the socket has, into the free end of the input buffer.
-    pub fn fill(&mut self) -> Result<Fill, Errno> {
+    pub(super) fn fill(&mut self) -> Result<Fill, Errno> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -159,7 +159,7 @@ impl Conn {
 
     /// Read and drop whatever the peer sends (when closing on it): `Some(0)` at its end,
     /// `None` when nothing is there yet.
-    pub fn discard_input(&mut self) -> Result<Option<usize>, Errno> {
+    pub(super) fn discard_input(&mut self) -> Result<Option<usize>, Errno> {
         self.start = 0;
         self.end = 0;
         loop {
@@ -174,7 +174,7 @@ impl Conn {
 
     /// Decode buffered records until one means something to the caller, or the buffer
     /// holds no whole record. Protocol replies the session makes are queued for output.
-    pub fn next_event(
+    pub(super) fn next_event(
         &mut self,
         session: &mut Session,
     ) -> Result<Option<Event<'_>>, ProtocolError> {
@@ -190,54 +190,59 @@ impl Conn {
         }
     }
 
-    pub fn has_output(&self) -> bool {
+    pub(super) fn has_output(&self) -> bool {
         !self.output.is_empty()
     }
 
     /// Queued bytes not yet written.
-    pub fn pending_output(&self) -> usize {
+    pub(super) fn pending_output(&self) -> usize {
         self.output.pending()
     }
 
     /// Drop queued output: the peer is gone.
-    pub fn discard_output(&mut self) {
+    pub(super) fn discard_output(&mut self) {
         self.output.discard();
     }
 
     /// Hold the response back until the request body is complete (see `output`).
-    pub fn hold_output(&mut self) {
+    pub(super) fn hold_output(&mut self) {
         self.output.hold();
     }
 
-    pub fn release_output(&mut self) {
+    pub(super) fn release_output(&mut self) {
         self.output.release();
     }
 
     /// Bytes written to the peer over the connection's life.
-    pub fn bytes_written(&self) -> u64 {
+    pub(super) fn bytes_written(&self) -> u64 {
         self.output.total_written()
     }
 
-    pub fn output_held(&self) -> bool {
+    pub(super) fn output_held(&self) -> bool {
         self.output.is_held()
     }
 
     /// Output is held and `limit` bytes of it (non-zero) are waiting: take no more.
-    pub fn held_output_full(&self, limit: u64) -> bool {
+    pub(super) fn held_output_full(&self, limit: u64) -> bool {
         limit > 0 && self.output.is_held() && self.output.pending() as u64 >= limit
     }
 
     /// Move a large held tail to disk; on error the hold is dropped.
-    pub fn spill_output(&mut self) -> std::io::Result<()> {
+    pub(super) fn spill_output(&mut self) -> std::io::Result<()> {
         self.output.spill_if_needed()
     }
 
     /// Append `data` as stream records.
-    pub fn queue_stream(&mut self, record_type: RecordType, request_id: u16, data: &[u8]) {
+    pub(super) fn queue_stream(&mut self, record_type: RecordType, request_id: u16, data: &[u8]) {
         crate::fastcgi::record::write_stream(self.output.buffer(), record_type, request_id, data);
     }
 
-    pub fn queue_record(&mut self, record_type: RecordType, request_id: u16, content: &[u8]) {
+    pub(super) fn queue_record(
+        &mut self,
+        record_type: RecordType,
+        request_id: u16,
+        content: &[u8],
+    ) {
         crate::fastcgi::record::write_record(
             self.output.buffer(),
             record_type,
@@ -247,13 +252,13 @@ impl Conn {
     }
 
     /// The queue itself, for encoders that write into it directly.
-    pub fn output_mut(&mut self) -> &mut Vec<u8> {
+    pub(super) fn output_mut(&mut self) -> &mut Vec<u8> {
         self.output.buffer()
     }
 
     /// Read from `source` straight into a new output record of `record_type`, sparing a
     /// copy; `observe` sees the bytes read. Returns their count: 0 at end of stream.
-    pub fn queue_read_from(
+    pub(super) fn queue_read_from(
         &mut self,
         source: BorrowedFd<'_>,
         record_type: RecordType,
@@ -286,7 +291,7 @@ impl Conn {
     }
 
     /// Write as much queued output as the socket takes. `Ok(true)` once all is written.
-    pub fn flush(&mut self) -> Result<bool, Errno> {
+    pub(super) fn flush(&mut self) -> Result<bool, Errno> {
         self.output.flush(self.fd.as_fd())
     }
 }

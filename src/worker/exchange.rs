@@ -95,7 +95,7 @@ pub(crate) enum Settled {
 }
 
 impl<'a> Exchange<'a> {
-    pub fn new(
+    pub(super) fn new(
         conn: &'a mut Conn,
         session: &'a mut Session,
         id: u16,
@@ -144,7 +144,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// The web server will send no more body for this request, or we no longer care.
-    pub fn stdin_settled(&self) -> bool {
+    pub(super) fn stdin_settled(&self) -> bool {
         self.session.stdin_done() || self.aborted || self.timed_out
     }
 
@@ -152,7 +152,7 @@ impl<'a> Exchange<'a> {
     /// the body is in, queue END_REQUEST (with `app_status`) once the response and the
     /// body are done, flush, and give up on a web server that does not finish its body
     /// within DRAIN_TIMEOUT of the response.
-    pub fn settle(&mut self, ctx: &WorkerCtx<'_>, app_status: u32) -> Settled {
+    pub(super) fn settle(&mut self, ctx: &WorkerCtx<'_>, app_status: u32) -> Settled {
         if self.conn.output_held() && self.stdin_settled() {
             self.conn.release_output();
         }
@@ -188,7 +188,7 @@ impl<'a> Exchange<'a> {
 
     /// Write what the web server takes, unless it waits for more (see `coalescing`).
     /// True if the connection broke just now.
-    pub fn flush(&mut self) -> bool {
+    pub(super) fn flush(&mut self) -> bool {
         if self.broken {
             self.conn.discard_output();
             return false;
@@ -213,7 +213,7 @@ impl<'a> Exchange<'a> {
     /// coalesces, while the output is smaller than a record, no body is still to come
     /// (so END_REQUEST may follow soon), and the web server has taken everything before
     /// it; for at most `COALESCE` from its first byte.
-    pub fn coalescing(&mut self) -> bool {
+    pub(super) fn coalescing(&mut self) -> bool {
         let small = self.conn.has_output()
             && !self.conn.output_held()
             && self.conn.pending_output() < OUTPUT_CHUNK;
@@ -235,7 +235,7 @@ impl<'a> Exchange<'a> {
     /// out already; they carry no part of the response, so they do not count, and
     /// whatever of them is still queued stays, since a record cut in half would break
     /// the stream.
-    pub fn answer_timeout(&mut self) {
+    pub(super) fn answer_timeout(&mut self) {
         if self.stdout_bytes == 0 {
             self.own_status = Some(504);
         } else if self.conn.bytes_written() == self.written_before {
@@ -247,7 +247,7 @@ impl<'a> Exchange<'a> {
 
     /// Queue the end of the response: our own answer when there is one, the end of the
     /// stdout stream, and the end of the stderr stream when some went out.
-    pub fn end_response(&mut self) {
+    pub(super) fn end_response(&mut self) {
         if let Some(status) = self.own_status {
             let body = error_response(status, crate::cgi::response::public_message(status));
             self.conn.queue_stream(RecordType::Stdout, self.id, &body);
@@ -260,7 +260,7 @@ impl<'a> Exchange<'a> {
 
     /// Output is held for an incomplete body and has reached cgi.held_output_limit: take
     /// no more of it (logged once per request).
-    pub fn held_output_full(&mut self, ctx: &WorkerCtx<'_>) -> bool {
+    pub(super) fn held_output_full(&mut self, ctx: &WorkerCtx<'_>) -> bool {
         if !self.conn.held_output_full(self.held_limit) {
             return false;
         }
@@ -277,7 +277,7 @@ impl<'a> Exchange<'a> {
 
     /// Queue response bytes the script or app wrote to stderr as FCGI_STDERR and/or log
     /// them, as cgi.stderr says.
-    pub fn stderr(&mut self, ctx: &WorkerCtx<'_>, data: &[u8], to_fastcgi: bool) {
+    pub(super) fn stderr(&mut self, ctx: &WorkerCtx<'_>, data: &[u8], to_fastcgi: bool) {
         if to_fastcgi && matches!(self.stderr_mode, StderrMode::Fastcgi | StderrMode::Both) {
             self.conn.queue_stream(RecordType::Stderr, self.id, data);
             self.stderr_records = true;
@@ -294,7 +294,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Log the stderr line the script left unfinished.
-    pub fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
+    pub(super) fn flush_stderr_line(&mut self, ctx: &WorkerCtx<'_>) {
         let script = &self.script;
         self.stderr_lines
             .finish(|line, hidden| super::request_log::log_stderr(ctx, script, line, hidden));
@@ -303,7 +303,7 @@ impl<'a> Exchange<'a> {
     /// The deadlines every request has: `running` says whether the script or app is
     /// still at work (request_terminate_timeout applies only then), `traceable` whether a
     /// slowlog record could be started for it (see `slow_time_is_up`).
-    pub fn deadlines(&self, running: bool, traceable: bool) -> [Option<Instant>; 6] {
+    pub(super) fn deadlines(&self, running: bool, traceable: bool) -> [Option<Instant>; 6] {
         [
             self.drain_deadline,
             self.coalesce_until,
@@ -315,7 +315,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Past the orphan's grace (the master died): logged, the caller stops its script.
-    pub fn orphan_time_is_up(
+    pub(super) fn orphan_time_is_up(
         &self,
         ctx: &WorkerCtx<'_>,
         now: Instant,
@@ -335,7 +335,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// request_slowlog_timeout passed with `pid` at work: start its slowlog record.
-    pub fn slow_time_is_up(&mut self, ctx: &WorkerCtx<'_>, now: Instant, pid: Option<i32>) {
+    pub(super) fn slow_time_is_up(&mut self, ctx: &WorkerCtx<'_>, now: Instant, pid: Option<i32>) {
         if let (Some(at), Some(pid)) = (self.slow_at, pid)
             && now >= at
             && self.slow.is_none()
@@ -358,7 +358,7 @@ impl<'a> Exchange<'a> {
 
     /// Write the slow record, if any. After an answered request (`wait`), one whose
     /// trace is still running completes first, within the trace's own time limit.
-    pub fn finish_slow_record(&mut self, ctx: &WorkerCtx<'_>, wait: bool) {
+    pub(super) fn finish_slow_record(&mut self, ctx: &WorkerCtx<'_>, wait: bool) {
         while wait && self.slow.as_mut().is_some_and(|s| !s.poll_done()) {
             if let Some(s) = &mut self.slow {
                 super::poll::wait_for(s.fd(), s.deadline());
@@ -374,7 +374,7 @@ impl<'a> Exchange<'a> {
     /// an abort the web server sends nothing more for this request (it waits for
     /// END_REQUEST), so the connection is as good as after a complete body; after a
     /// timeout the rest of the body may still be on its way.
-    pub fn answered(&self, keep_conn: bool) -> Outcome {
+    pub(super) fn answered(&self, keep_conn: bool) -> Outcome {
         let reusable = (self.session.stdin_done() || self.aborted) && !self.timed_out;
         Outcome::Answered {
             keep_conn: keep_conn && reusable,

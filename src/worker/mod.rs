@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What the master hands a freshly forked worker.
-pub struct WorkerSpec<'a> {
+pub(crate) struct WorkerSpec<'a> {
     pub pool: &'a PoolConfig,
     pub scoreboard: &'a Scoreboard,
     pub slot_index: usize,
@@ -71,12 +71,12 @@ pub struct WorkerSpec<'a> {
 
 /// An orphaned worker's time to finish its request when process_control_timeout is 0
 /// (no limit): bounded all the same, so a stuck script cannot keep it alive for ever.
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// A worker's ends of its pool's parking channels. The master keeps them open for the
 /// worker's lifetime (the forked copy of its objects is never dropped).
 #[derive(Debug, Clone, Copy)]
-pub struct Parking<'a> {
+pub(crate) struct Parking<'a> {
     /// Where the worker sends an idle kept connection.
     pub park: BorrowedFd<'a>,
     /// Where the master hands out parked connections that have a request waiting.
@@ -85,7 +85,7 @@ pub struct Parking<'a> {
 
 /// Where a status page's figures come from.
 #[derive(Clone, Copy)]
-pub struct StatusSource<'a> {
+pub(crate) struct StatusSource<'a> {
     pub scoreboard: &'a Scoreboard,
     /// The pool's listening socket, for its queue figures.
     pub listener: BorrowedFd<'a>,
@@ -94,7 +94,7 @@ pub struct StatusSource<'a> {
 }
 
 /// The access log as a worker writes it.
-pub struct AccessLog<'a> {
+pub(crate) struct AccessLog<'a> {
     fd: BorrowedFd<'a>,
     format: crate::accesslog::Format,
     suppress: Vec<String>,
@@ -118,7 +118,7 @@ impl<'a> AccessLog<'a> {
 }
 
 /// The worker's state while it serves.
-pub struct WorkerCtx<'a> {
+pub(crate) struct WorkerCtx<'a> {
     pub pool: &'a PoolConfig,
     pub scoreboard: &'a Scoreboard,
     slot_index: usize,
@@ -154,7 +154,7 @@ pub struct WorkerCtx<'a> {
 
 /// `[pool www] child 1234,`: how every log line of a worker about its own work starts,
 /// as php-fpm's do.
-pub struct LogPrefix<'a> {
+pub(crate) struct LogPrefix<'a> {
     pool: &'a str,
 }
 
@@ -165,13 +165,13 @@ impl std::fmt::Display for LogPrefix<'_> {
 }
 
 impl WorkerCtx<'_> {
-    pub fn log_prefix(&self) -> LogPrefix<'_> {
+    pub(crate) fn log_prefix(&self) -> LogPrefix<'_> {
         LogPrefix {
             pool: &self.pool.name,
         }
     }
 
-    pub fn slot(&self) -> &Slot {
+    pub(crate) fn slot(&self) -> &Slot {
         // The master gives every worker an index within its pool's scoreboard.
         self.scoreboard
             .slot(self.slot_index)
@@ -285,7 +285,7 @@ fn exit(code: i32) -> ! {
 }
 
 /// Run the worker. Called in the child right after fork, with all signals blocked.
-pub fn run(mut spec: WorkerSpec<'_>) -> ! {
+pub(crate) fn run(mut spec: WorkerSpec<'_>) -> ! {
     let signals = setup::set_up(&mut spec);
     let listener = spec.listener;
     let mut ctx = WorkerCtx::new(spec, signals);

@@ -28,7 +28,7 @@ struct Spool {
 }
 
 #[derive(Default)]
-pub struct Output {
+pub(super) struct Output {
     mem: Vec<u8>,
     written: usize,
     /// Older bytes than `mem`, when a held response outgrew memory.
@@ -41,7 +41,7 @@ pub struct Output {
 impl Output {
     /// An output queue appending to `mem` (emptied first), so a worker can reuse one
     /// allocation for all its connections.
-    pub fn with_buffer(mut mem: Vec<u8>) -> Output {
+    pub(super) fn with_buffer(mut mem: Vec<u8>) -> Output {
         mem.clear();
         Output {
             mem,
@@ -50,45 +50,45 @@ impl Output {
     }
 
     /// The in-memory buffer back, for the next connection. Any spool is dropped.
-    pub fn into_buffer(self) -> Vec<u8> {
+    pub(super) fn into_buffer(self) -> Vec<u8> {
         self.mem
     }
 
     /// The in-memory tail, for encoders that append to it.
-    pub fn buffer(&mut self) -> &mut Vec<u8> {
+    pub(super) fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.mem
     }
 
-    pub fn pending(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         let spooled = self.spool.as_ref().map_or(0, |s| {
             (s.len - s.sent) as usize + s.stage.len() - s.stage_written
         });
         spooled + self.mem.len() - self.written
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.pending() == 0
     }
 
-    pub fn total_written(&self) -> u64 {
+    pub(super) fn total_written(&self) -> u64 {
         self.total_written
     }
 
-    pub fn is_held(&self) -> bool {
+    pub(super) fn is_held(&self) -> bool {
         self.held
     }
 
-    pub fn hold(&mut self) {
+    pub(super) fn hold(&mut self) {
         self.held = true;
     }
 
-    pub fn release(&mut self) {
+    pub(super) fn release(&mut self) {
         self.held = false;
     }
 
     /// After appending: while held, move a large in-memory tail to the spool file.
     /// On failure to spool, the hold is dropped (memory stays bounded; the caller logs).
-    pub fn spill_if_needed(&mut self) -> std::io::Result<()> {
+    pub(super) fn spill_if_needed(&mut self) -> std::io::Result<()> {
         if !self.held || self.mem.len() - self.written < SPILL_AT {
             return Ok(());
         }
@@ -120,7 +120,7 @@ impl Output {
 
     /// Write what the socket takes, spool first. `Ok(true)` once all is out; while held,
     /// nothing is written.
-    pub fn flush(&mut self, fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    pub(super) fn flush(&mut self, fd: BorrowedFd<'_>) -> Result<bool, Errno> {
         if self.held {
             return Ok(self.is_empty());
         }
@@ -159,7 +159,7 @@ impl Output {
         Ok(true)
     }
 
-    pub fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         self.mem.clear();
         self.written = 0;
         self.spool = None;

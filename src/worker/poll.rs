@@ -9,27 +9,27 @@ use nix::libc;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-pub const IN: i16 = libc::POLLIN;
-pub const OUT: i16 = libc::POLLOUT;
-pub const HUP: i16 = libc::POLLHUP;
-pub const ERR: i16 = libc::POLLERR;
+pub(crate) const IN: i16 = libc::POLLIN;
+pub(crate) const OUT: i16 = libc::POLLOUT;
+pub(crate) const HUP: i16 = libc::POLLHUP;
+pub(crate) const ERR: i16 = libc::POLLERR;
 /// The peer shut down its writing side.
-pub const RDHUP: i16 = libc::POLLRDHUP;
+pub(crate) const RDHUP: i16 = libc::POLLRDHUP;
 /// Readable, or nothing more will ever be: a read will not block.
-pub const READABLE: i16 = IN | HUP | ERR | RDHUP;
+pub(crate) const READABLE: i16 = IN | HUP | ERR | RDHUP;
 
 #[derive(Default)]
-pub struct PollSet {
+pub(crate) struct PollSet {
     fds: Vec<libc::pollfd>,
 }
 
 impl PollSet {
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.fds.clear();
     }
 
     /// Add a descriptor; returns its index for [`PollSet::revents`].
-    pub fn add(&mut self, fd: BorrowedFd<'_>, events: i16) -> usize {
+    pub(crate) fn add(&mut self, fd: BorrowedFd<'_>, events: i16) -> usize {
         self.fds.push(libc::pollfd {
             fd: fd.as_raw_fd(),
             events,
@@ -40,7 +40,7 @@ impl PollSet {
 
     /// Wait until a descriptor is ready or `timeout` passes (`None`: no limit). EINTR
     /// counts as a wake-up with nothing ready.
-    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Errno> {
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Errno> {
         let ms = poll_millis(timeout);
         for fd in &mut self.fds {
             fd.revents = 0;
@@ -57,27 +57,27 @@ impl PollSet {
 
     /// [`PollSet::wait`] until `deadline` (`None`: no limit); a deadline already passed
     /// polls without waiting.
-    pub fn wait_until(&mut self, deadline: Option<Instant>) -> Result<(), Errno> {
+    pub(crate) fn wait_until(&mut self, deadline: Option<Instant>) -> Result<(), Errno> {
         self.wait(deadline.map(|d| d.saturating_duration_since(Instant::now())))
     }
 
-    pub fn revents(&self, index: usize) -> i16 {
+    pub(crate) fn revents(&self, index: usize) -> i16 {
         self.fds.get(index).map_or(0, |f| f.revents)
     }
 
     /// How many descriptors the set holds.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.fds.len()
     }
 
     /// Forget the descriptors added after the first `len`.
-    pub fn truncate(&mut self, len: usize) {
+    pub(crate) fn truncate(&mut self, len: usize) {
         self.fds.truncate(len);
     }
 }
 
 /// Wait until `fd` has one of `events` or `deadline` passes; what it has (0: nothing).
-pub fn wait_one(fd: BorrowedFd<'_>, events: i16, deadline: Instant) -> Result<i16, Errno> {
+pub(crate) fn wait_one(fd: BorrowedFd<'_>, events: i16, deadline: Instant) -> Result<i16, Errno> {
     let mut set = PollSet::default();
     let index = set.add(fd, events);
     set.wait_until(Some(deadline))?;

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 const STDIN_HIGH_WATER: usize = 64 * 1024;
 /// After the script exits, how long processes it left behind may keep its output open
 /// before they are stopped (fcgiwrap waits for them for ever, gnosek/fcgiwrap#40).
-pub const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
+pub(super) const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
 
 /// What the access log needs to know once the request is over.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(super) struct Summary {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub usage: Usage,
@@ -53,7 +53,7 @@ enum Source {
     Trace,
 }
 
-pub struct Pump<'a> {
+pub(super) struct Pump<'a> {
     x: Exchange<'a>,
     child: Option<CgiChild>,
     /// Body bytes waiting for the child's stdin.
@@ -67,7 +67,7 @@ pub struct Pump<'a> {
 }
 
 impl<'a> Pump<'a> {
-    pub fn new(
+    pub(super) fn new(
         conn: &'a mut Conn,
         session: &'a mut Session,
         id: u16,
@@ -91,12 +91,12 @@ impl<'a> Pump<'a> {
         }
     }
 
-    pub fn attach(&mut self, child: CgiChild) {
+    pub(super) fn attach(&mut self, child: CgiChild) {
         self.child = Some(child);
     }
 
     /// Answer with our own error response; the body, if any, is still drained.
-    pub fn answer_without_child(&mut self, status: u16) {
+    pub(super) fn answer_without_child(&mut self, status: u16) {
         self.x.own_status = Some(status);
         self.x.end_response();
         self.x.response_done = true;
@@ -125,7 +125,7 @@ impl<'a> Pump<'a> {
         }
     }
 
-    pub fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
+    pub(super) fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
         let outcome = self.run_loop(ctx, keep_conn);
         let answered = matches!(outcome, Outcome::Answered { .. });
         self.x.finish_slow_record(ctx, answered);

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 /// Serve `request`, whose params are complete, on `conn`.
-pub fn serve(
+pub(super) fn serve(
     conn: &mut Conn,
     session: &mut Session,
     request: Request,

@@ -7,21 +7,21 @@ use std::io;
 
 /// What the master asked of this worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// TERM or INT: stop now, killing the CGI child.
     Terminate,
     /// QUIT: finish the request in hand, then exit.
     Quit,
 }
 
-pub struct WorkerSignals {
+pub(super) struct WorkerSignals {
     fd: SignalFd,
 }
 
 impl WorkerSignals {
     /// Undo the master's signal set-up and route the worker's signals to a signalfd.
     /// Called first thing after fork, while every signal is still blocked.
-    pub fn install() -> io::Result<WorkerSignals> {
+    pub(super) fn install() -> io::Result<WorkerSignals> {
         for sig in crate::master_signals::MASTER_SIGNALS {
             // SAFETY: SIG_DFL installs no Rust code as a handler. signal-hook's handlers
             // would otherwise write into the master's self-pipe from this process.
@@ -49,13 +49,13 @@ impl WorkerSignals {
         Ok(WorkerSignals { fd })
     }
 
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.fd.as_fd()
     }
 
     /// Drain pending signals; the strongest request wins.
-    pub fn take(&self) -> Option<Request> {
+    pub(super) fn take(&self) -> Option<Request> {
         let mut result = None;
         while let Ok(Some(info)) = self.fd.read_signal() {
             let request = match Signal::try_from(info.ssi_signo as i32) {

@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a trace command may run before it is killed.
-pub const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a trace whose output has ended is checked for its exit.
 const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// Trace output kept in a record; the rest is cut with a note.
@@ -25,7 +25,7 @@ fn read_proc(pid: i32, file: &str) -> Option<Vec<u8>> {
 }
 
 /// `1234 (state S, wchan do_select): /usr/bin/python3 /srv/app.py`, or `None` once gone.
-pub fn describe_process(pid: i32) -> Option<String> {
+pub(super) fn describe_process(pid: i32) -> Option<String> {
     let stat = String::from_utf8(read_proc(pid, "stat")?).ok()?;
     let after_comm = stat.rsplit_once(')')?.1;
     let state = after_comm.split_whitespace().next().unwrap_or("?");
@@ -46,7 +46,7 @@ pub fn describe_process(pid: i32) -> Option<String> {
 }
 
 /// Every process in a process group, the leader first.
-pub fn group_members(pgid: i32) -> Vec<i32> {
+pub(super) fn group_members(pgid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -70,7 +70,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 }
 
 /// `%p` → the CGI child's pid, `%d` → request_slowlog_trace_depth, `%%` → `%`.
-pub fn expand_command(template: &str, pid: i32, depth: u32) -> String {
+pub(super) fn expand_command(template: &str, pid: i32, depth: u32) -> String {
     let mut out = String::with_capacity(template.len() + 8);
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
@@ -102,14 +102,19 @@ struct Trace {
 }
 
 /// One slow request's record, complete once its trace (if any) is.
-pub struct SlowRecord {
+pub(super) struct SlowRecord {
     text: String,
     trace: Option<Trace>,
 }
 
 impl SlowRecord {
     /// Describe the request and its CGI process group now, and start the trace command.
-    pub fn start(head: String, cgi_pid: i32, command: Option<&str>, depth: u32) -> SlowRecord {
+    pub(super) fn start(
+        head: String,
+        cgi_pid: i32,
+        command: Option<&str>,
+        depth: u32,
+    ) -> SlowRecord {
         let mut text = head;
         let members = group_members(cgi_pid);
         for (i, pid) in members.iter().enumerate() {
@@ -139,14 +144,14 @@ impl SlowRecord {
     }
 
     /// The trace's output pipe, while it is open.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.trace.as_ref()?.stdout.as_ref().map(|s| s.as_fd())
     }
 
     /// When the caller must look at the record again (`poll_done`) if nothing else wakes
     /// it: the trace's time limit, or soon once its output has ended, since the command
     /// usually exits just after closing it and no descriptor tells when it has.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         self.trace.as_ref().map(|t| match t.stdout {
             Some(_) => t.deadline,
             None => t.deadline.min(Instant::now() + EXIT_CHECK),
@@ -154,7 +159,7 @@ impl SlowRecord {
     }
 
     /// Take what the trace has written so far.
-    pub fn on_readable(&mut self) {
+    pub(super) fn on_readable(&mut self) {
         let Some(trace) = &mut self.trace else { return };
         let Some(stdout) = &mut trace.stdout else {
             return;
@@ -177,7 +182,7 @@ impl SlowRecord {
     }
 
     /// Whether the record is complete; kills a trace that outlived its time limit.
-    pub fn poll_done(&mut self) -> bool {
+    pub(super) fn poll_done(&mut self) -> bool {
         let Some(trace) = &mut self.trace else {
             return true;
         };
@@ -193,7 +198,7 @@ impl SlowRecord {
     }
 
     /// The finished record as one block of text.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub(super) fn finish(mut self) -> Vec<u8> {
         if let Some(mut trace) = self.trace.take() {
             // Whatever state it is in, it must not outlive the record.
             let _ = killpg(Pid::from_raw(trace.child.id() as i32), Signal::SIGKILL);

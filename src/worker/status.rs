@@ -22,7 +22,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request the worker answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
+pub(super) enum Page {
     Status(Query),
     Ping,
     /// On a `pm.status_listen` socket, anything that is neither.
@@ -43,7 +43,7 @@ fn request_path(request: &Request) -> Option<&str> {
 
 /// Whether `request` is for the status or ping page, which this worker answers itself.
 /// A status worker (`pm.status_listen`) answers status on any path but the ping path.
-pub fn page_for(request: &Request, ctx: &WorkerCtx<'_>) -> Option<Page> {
+pub(super) fn page_for(request: &Request, ctx: &WorkerCtx<'_>) -> Option<Page> {
     let path = request_path(request);
     let pool = ctx.pool;
     let query = || Query::parse(request.params.get_str("QUERY_STRING").unwrap_or(""));
@@ -63,7 +63,7 @@ pub fn page_for(request: &Request, ctx: &WorkerCtx<'_>) -> Option<Page> {
 }
 
 /// Answer a status, ping or not-found page.
-pub fn answer(
+pub(super) fn answer(
     conn: &mut Conn,
     session: &mut Session,
     request: &Request,

@@ -28,7 +28,7 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// What starting an app takes: all decided by the pool, the same for every start.
 #[derive(Debug, Clone)]
-pub struct Launch {
+pub(super) struct Launch {
     pub argv: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub dir: PathBuf,
@@ -37,7 +37,7 @@ pub struct Launch {
 impl Launch {
     /// The app's environment: what a CGI child gets besides the request's params (the
     /// master's environment only with `clear_env = no`, then the pool's `env[]`).
-    pub fn environment(policy: &EnvPolicy) -> Vec<(OsString, OsString)> {
+    pub(super) fn environment(policy: &EnvPolicy) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = Vec::new();
         let pool = policy
             .pool_env
@@ -53,7 +53,7 @@ impl Launch {
 
 /// A running app and the worker's connection to it (non-blocking).
 #[derive(Debug)]
-pub struct App {
+pub(super) struct App {
     pub pid: Pid,
     pub conn: OwnedFd,
     /// The read end of its descriptor 2 (non-blocking), until every writer closed it.
@@ -68,7 +68,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn start(launch: &Launch) -> io::Result<App> {
+    pub(super) fn start(launch: &Launch) -> io::Result<App> {
         let (listener, conn) = private_socket_pair()?;
         let null = dev_null()?;
         // Its stderr is a pipe the worker reads, as a CGI child's is (see stderr.rs).
@@ -100,17 +100,17 @@ impl App {
         })
     }
 
-    pub fn conn(&self) -> BorrowedFd<'_> {
+    pub(super) fn conn(&self) -> BorrowedFd<'_> {
         self.conn.as_fd()
     }
 
     /// Readable once the app has exited.
-    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+    pub(super) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         self.pidfd.as_ref().map(AsFd::as_fd)
     }
 
     /// How it ended, once it has (reaped here).
-    pub fn exit_status(&mut self) -> Option<WaitStatus> {
+    pub(super) fn exit_status(&mut self) -> Option<WaitStatus> {
         if self.exited.is_none()
             && let Ok(Some((status, _))) = reap(self.pid, false)
         {
@@ -121,7 +121,7 @@ impl App {
 
     /// How it ended, waiting up to `limit` for it to end: an app that closed its
     /// connection is usually on its way out.
-    pub fn exit_status_within(&mut self, limit: Duration) -> Option<WaitStatus> {
+    pub(super) fn exit_status_within(&mut self, limit: Duration) -> Option<WaitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.exit_status() {
@@ -140,7 +140,7 @@ impl App {
     /// so that an app that ended between requests costs none: one poll over the
     /// connection and the pidfd (waitpid only without a pidfd, or once it has exited).
     /// The same poll tells whether it wrote to its stderr since (`stderr_waiting`).
-    pub fn is_usable(&mut self) -> bool {
+    pub(super) fn is_usable(&mut self) -> bool {
         if self.exited.is_some() {
             return false;
         }
@@ -163,7 +163,7 @@ impl App {
 
     /// Kill the app and everything it started without waiting for it: for an app that
     /// is on its way out already. `exit_status` reaps it later.
-    pub fn kill(&self) {
+    pub(super) fn kill(&self) {
         let _ = nix::sys::socket::shutdown(self.conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if self.exited.is_none() {
             let _ = killpg(self.pid, Signal::SIGKILL);
@@ -172,7 +172,7 @@ impl App {
 
     /// Stop the app and everything it started, and reap it: TERM to its group, KILL
     /// after a grace, then KILL for stragglers. What it used, when it was reaped here.
-    pub fn stop(mut self, grace: bool) -> Option<Usage> {
+    pub(super) fn stop(mut self, grace: bool) -> Option<Usage> {
         let mut usage = None;
         // The end of its connection is what many apps wait for; php-cgi goes back to
         // accept() and notices the TERM there.

@@ -5,7 +5,7 @@
 //! status page, deadlines, the slowlog and the access log work as for CGI children.
 
 mod app;
-pub mod records;
+pub(super) mod records;
 mod relay;
 mod stderr;
 
@@ -25,7 +25,7 @@ use std::time::Instant;
 
 /// The worker's apps, one per command.
 #[derive(Default)]
-pub struct Residents {
+pub(super) struct Residents {
     apps: Vec<Resident>,
 }
 
@@ -43,7 +43,7 @@ impl Residents {
     }
 
     /// The worker is leaving: its apps go with it.
-    pub fn stop_all(&mut self, ctx: &WorkerCtx<'_>) {
+    pub(super) fn stop_all(&mut self, ctx: &WorkerCtx<'_>) {
         for mut resident in self.apps.drain(..) {
             resident.discard(ctx, true);
             if let Some(next) = resident.successor.take() {
@@ -59,7 +59,7 @@ impl Residents {
 /// `cgi.fastcgi_app_start = worker_start`: start the pool's apps now, before the first
 /// request, which then does not wait for them. An app that cannot start is logged here
 /// and tried again (after its backoff) by the first request that needs it.
-pub fn start_at_worker_start(ctx: &mut WorkerCtx<'_>) {
+pub(super) fn start_at_worker_start(ctx: &mut WorkerCtx<'_>) {
     if ctx.status_only || ctx.pool.cgi.fastcgi_app_start != crate::config::AppStart::WorkerStart {
         return;
     }
@@ -75,7 +75,7 @@ pub fn start_at_worker_start(ctx: &mut WorkerCtx<'_>) {
 }
 
 /// One command's app in this worker, and what its restarts have taught us.
-pub struct Resident {
+pub(super) struct Resident {
     command: Vec<String>,
     launch: Launch,
     app: Option<App>,
@@ -377,7 +377,7 @@ fn publish_app(ctx: &WorkerCtx<'_>, pid: i32) {
 /// Relay `request` to the app for `command`. Err: no app could be started (the caller
 /// answers 502 with the reason).
 #[allow(clippy::too_many_arguments)]
-pub fn relay(
+pub(super) fn relay(
     conn: &mut Conn,
     session: &mut Session,
     request: &crate::fastcgi::Request,

@@ -10,31 +10,31 @@ use crate::fastcgi::record::{
 use std::time::Duration;
 
 /// The one request id the worker uses on its connection to the app: one request at a time.
-pub const APP_REQUEST_ID: u16 = 1;
+pub(crate) const APP_REQUEST_ID: u16 = 1;
 
 /// BEGIN_REQUEST (responder, keep the connection) and the params, ended.
-pub fn request_head(out: &mut Vec<u8>, encoded_params: &[u8]) {
+pub(crate) fn request_head(out: &mut Vec<u8>, encoded_params: &[u8]) {
     write_begin_request(out, APP_REQUEST_ID, Role::Responder, FCGI_KEEP_CONN);
     write_stream(out, RecordType::Params, APP_REQUEST_ID, encoded_params);
     write_stream_end(out, RecordType::Params, APP_REQUEST_ID);
 }
 
 /// Body bytes for the app (nothing for empty `data`: the empty record ends the body).
-pub fn stdin(out: &mut Vec<u8>, data: &[u8]) {
+pub(crate) fn stdin(out: &mut Vec<u8>, data: &[u8]) {
     write_stream(out, RecordType::Stdin, APP_REQUEST_ID, data);
 }
 
-pub fn stdin_end(out: &mut Vec<u8>) {
+pub(crate) fn stdin_end(out: &mut Vec<u8>) {
     write_stream_end(out, RecordType::Stdin, APP_REQUEST_ID);
 }
 
-pub fn abort(out: &mut Vec<u8>) {
+pub(crate) fn abort(out: &mut Vec<u8>) {
     write_record(out, RecordType::AbortRequest, APP_REQUEST_ID, &[]);
 }
 
 /// What one record from the app means for the request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum AppEvent<'a> {
+pub(crate) enum AppEvent<'a> {
     /// Response bytes (empty: the app ended its stdout stream, which we end ourselves).
     Stdout(&'a [u8]),
     Stderr(&'a [u8]),
@@ -49,7 +49,7 @@ pub enum AppEvent<'a> {
 
 /// The app's side of the connection, decoded from a fixed buffer: at most one maximal
 /// record plus a read's worth is held, whatever the response size.
-pub struct AppInput {
+pub(crate) struct AppInput {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -70,7 +70,7 @@ impl Default for AppInput {
 
 impl AppInput {
     /// Where the next read goes; empty only while a whole record waits to be decoded.
-    pub fn space(&mut self) -> &mut [u8] {
+    pub(crate) fn space(&mut self) -> &mut [u8] {
         if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < HEADER_LEN) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -79,23 +79,23 @@ impl AppInput {
         &mut self.buf[self.end..]
     }
 
-    pub fn commit(&mut self, read: usize) {
+    pub(crate) fn commit(&mut self, read: usize) {
         self.end = (self.end + read).min(self.buf.len());
     }
 
     /// Bytes read but not decoded.
     #[cfg(test)]
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.end - self.start
     }
 
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
     }
 
     /// The next whole record's meaning, if one is buffered.
-    pub fn next_event(&mut self) -> Result<Option<AppEvent<'_>>, ProtocolError> {
+    pub(crate) fn next_event(&mut self) -> Result<Option<AppEvent<'_>>, ProtocolError> {
         // A record may straddle the end of the buffer: move it down before it is needed.
         if self.start > 0 && self.buf.len() - self.start < HEADER_LEN + 65535 + 255 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -129,16 +129,16 @@ impl AppInput {
 /// PHP_FCGI_MAX_REQUESTS, right after answering), the request is sent again to a fresh
 /// app instead of failing. A request larger than the limit cannot be replayed.
 #[derive(Debug, Default)]
-pub struct Replay {
+pub(crate) struct Replay {
     bytes: Vec<u8>,
     overflowed: bool,
 }
 
 /// How much of a request is kept for a replay: heads and small bodies.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
+pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
 
 impl Replay {
-    pub fn record(&mut self, sent: &[u8]) {
+    pub(crate) fn record(&mut self, sent: &[u8]) {
         if self.overflowed {
             return;
         }
@@ -151,14 +151,14 @@ impl Replay {
     }
 
     /// Everything sent so far, if all of it was kept.
-    pub fn bytes(&self) -> Option<&[u8]> {
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
         (!self.overflowed).then_some(&self.bytes[..])
     }
 }
 
 /// How an app that closed its connection in the middle of a request had been doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone {
+pub(crate) struct Gone {
     /// It sent some record for the request: a replay could repeat what it did.
     pub said_anything: bool,
     /// Everything sent to it for the request is kept (see `Replay`).
@@ -175,7 +175,7 @@ pub struct Gone {
 /// app left by itself at the end of its life (it had served requests and exited cleanly)
 /// without a word about this request, the whole request is kept, and it was not retried
 /// already. A request that crashed its app is never repeated.
-pub fn may_retry(gone: Gone) -> bool {
+pub(crate) fn may_retry(gone: Gone) -> bool {
     !gone.said_anything
         && gone.replay_complete
         && !gone.retried
@@ -185,14 +185,14 @@ pub fn may_retry(gone: Gone) -> bool {
 
 /// Whether an app's end counts against restarting it: it died before completing any
 /// request, soon after its start (a bad path, a syntax error, a missing module).
-pub fn failed_start(served: u64, lifetime: Duration) -> bool {
+pub(crate) fn failed_start(served: u64, lifetime: Duration) -> bool {
     served == 0 && lifetime < Duration::from_secs(1)
 }
 
 /// How long to wait before starting an app again after `failures` starts in a row that
 /// died before answering a request: none for the first, then doubling from 250 ms up to
 /// 30 s, so a broken app never spins a CPU.
-pub fn restart_delay(failures: u32) -> Duration {
+pub(crate) fn restart_delay(failures: u32) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
     }
@@ -204,13 +204,13 @@ pub fn restart_delay(failures: u32) -> Duration {
 /// `lifetime` requests it will serve: in its last fifth (at least its last request), so
 /// that the successor has started by the time it is needed, and no earlier, since it
 /// waits as a second process.
-pub fn start_successor(served: u64, lifetime: u64) -> bool {
+pub(crate) fn start_successor(served: u64, lifetime: u64) -> bool {
     served < lifetime && served + (lifetime / 5).max(1) >= lifetime
 }
 
 /// Whether to stop the app after a request: it has served `cgi.fastcgi_app_max_requests`
 /// (`max` 0: never) or the request left it in an unknown state.
-pub fn retire_after(served: u64, max: u64, clean: bool) -> bool {
+pub(crate) fn retire_after(served: u64, max: u64, clean: bool) -> bool {
     !clean || (max > 0 && served >= max)
 }
 

@@ -69,7 +69,7 @@ impl ToApp {
     }
 }
 
-pub struct Relay<'a> {
+pub(super) struct Relay<'a> {
     x: Exchange<'a>,
     resident: &'a mut Resident,
     to_app: ToApp,
@@ -89,7 +89,7 @@ pub struct Relay<'a> {
 
 impl<'a> Relay<'a> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         conn: &'a mut Conn,
         session: &'a mut Session,
         id: u16,
@@ -118,7 +118,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    pub fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
+    pub(super) fn run(mut self, ctx: &mut WorkerCtx<'_>, keep_conn: bool) -> (Outcome, Summary) {
         let outcome = self.run_loop(ctx, keep_conn);
         let answered = matches!(outcome, Outcome::Answered { .. });
         self.x.finish_slow_record(ctx, answered);

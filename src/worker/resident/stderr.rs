@@ -9,12 +9,12 @@ use std::os::fd::OwnedFd;
 
 /// Bytes read from the pipe per call, and the most one drain takes before it lets the
 /// caller go on: an app that writes to stderr without pause must not hold the worker.
-pub const CHUNK: usize = 16 * 1024;
-pub const DRAIN_LIMIT: usize = 256 * 1024;
+pub(super) const CHUNK: usize = 16 * 1024;
+pub(super) const DRAIN_LIMIT: usize = 256 * 1024;
 
 /// What one read of the pipe gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Read {
+pub(super) enum Read {
     Data(usize),
     /// Nothing now.
     Empty,
@@ -23,7 +23,7 @@ pub enum Read {
 }
 
 /// Read once from the app's stderr pipe (non-blocking) into `buf`.
-pub fn read(pipe: &mut Option<OwnedFd>, buf: &mut [u8]) -> Read {
+pub(super) fn read(pipe: &mut Option<OwnedFd>, buf: &mut [u8]) -> Read {
     let Some(fd) = pipe else {
         return Read::Closed;
     };
@@ -45,7 +45,7 @@ pub fn read(pipe: &mut Option<OwnedFd>, buf: &mut [u8]) -> Read {
 }
 
 /// Read what the pipe holds now, up to [`DRAIN_LIMIT`], handing each piece to `take`.
-pub fn drain(pipe: &mut Option<OwnedFd>, mut take: impl FnMut(&[u8])) {
+pub(super) fn drain(pipe: &mut Option<OwnedFd>, mut take: impl FnMut(&[u8])) {
     let mut buf = [0u8; CHUNK];
     let mut taken = 0;
     while taken < DRAIN_LIMIT {
