@@ -136,11 +136,7 @@ impl Master {
             if !full && !waiting {
                 self.unwatch(index);
             }
-            self.pools[index]
-                .scoreboard
-                .counters()
-                .held_for_worker
-                .store(self.lot.held(index), Ordering::Relaxed);
+            self.publish_held(index);
         }
     }
 
@@ -224,15 +220,20 @@ impl Master {
         }
     }
 
-    /// The pool no longer has the limit (the master is stopping): back to workers alone.
-    fn stop_holding(&mut self, index: usize) {
-        self.set_holding(index, false);
-        self.unwatch(index);
+    /// The count of connections held for a worker, for the status page's `listen queue`.
+    fn publish_held(&self, index: usize) {
         self.pools[index]
             .scoreboard
             .counters()
             .held_for_worker
             .store(self.lot.held(index), Ordering::Relaxed);
+    }
+
+    /// The pool no longer has the limit (the master is stopping): back to workers alone.
+    fn stop_holding(&mut self, index: usize) {
+        self.set_holding(index, false);
+        self.unwatch(index);
+        self.publish_held(index);
     }
 
     /// Take every connection waiting on the pool's socket into the lot, stamped with the

@@ -507,3 +507,25 @@ pub fn spooled_bytes(pid: i32) -> u64 {
         .map(|meta| meta.len())
         .sum()
 }
+
+/// With `cgi.held_output_limit = 1M` and a client that sends no more body: over 0.7 s the
+/// worker's spool file stays at the limit (plus at most one read and the in-memory part),
+/// and the limit is logged once.
+pub fn assert_held_output_capped_at_1_mib(fpm: &Fpm, worker: i32) {
+    let mut most = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(700) {
+        most = most.max(spooled_bytes(worker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most > 0, "the held output went to a spool file");
+    assert!(
+        most <= (1 << 20) + (512 << 10),
+        "the spool grew to {most} bytes past a 1 MiB limit"
+    );
+    assert_eq!(
+        fpm.log_text().matches("cgi.held_output_limit").count(),
+        1,
+        "one log line"
+    );
+}

@@ -270,17 +270,24 @@ impl Resident {
         self.last_failure = reason;
     }
 
-    /// Stop and forget the app (TERM first with `grace`).
-    fn discard(&mut self, ctx: &WorkerCtx<'_>, grace: bool) {
-        let Some(app) = self.app.take() else {
-            return;
-        };
+    /// The app in hand, taken to be stopped or let go; one that ends before completing a
+    /// request counts towards the start back-off.
+    fn take_app(&mut self) -> Option<App> {
+        let app = self.app.take()?;
         if records::failed_start(app.served, app.started.elapsed()) {
             self.note_failure(format!(
                 "app {} ended right after its start, before completing a request",
                 app.pid
             ));
         }
+        Some(app)
+    }
+
+    /// Stop and forget the app (TERM first with `grace`).
+    fn discard(&mut self, ctx: &WorkerCtx<'_>, grace: bool) {
+        let Some(app) = self.take_app() else {
+            return;
+        };
         log::debug!("{} stopping FastCGI app {}", ctx.log_prefix(), app.pid);
         stop_and_log(ctx, app, grace);
         self.input.clear();
@@ -296,15 +303,9 @@ impl Resident {
     /// Forget an app that ended by itself (or closed its connection): it is killed, and
     /// reaped later instead of waited for now.
     fn let_go(&mut self, ctx: &WorkerCtx<'_>) {
-        let Some(app) = self.app.take() else {
+        let Some(app) = self.take_app() else {
             return;
         };
-        if records::failed_start(app.served, app.started.elapsed()) {
-            self.note_failure(format!(
-                "app {} ended right after its start, before completing a request",
-                app.pid
-            ));
-        }
         log::debug!("{} letting FastCGI app {} go", ctx.log_prefix(), app.pid);
         let mut app = app;
         log_app_stderr(ctx, app.pid.as_raw(), &mut app.stderr);
