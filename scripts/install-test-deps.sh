@@ -16,6 +16,10 @@ install_cargo_deb() {
     if command -v cargo-deb >/dev/null 2>&1 || [ -x "$cargo_bin/cargo-deb" ]; then
         return 0
     fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo is not on PATH: install Rust (rustup) first; the tests need it too" >&2
+        exit 1
+    fi
     echo "installing: cargo-deb (cargo install, a few minutes)"
     cargo install --quiet --locked cargo-deb
 }

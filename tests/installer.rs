@@ -245,3 +245,74 @@ fn another_python_gets_both_packages_from_pypi_as_the_user() {
     assert!(!calls.contains("python3-prometheus-client"), "{calls}");
     assert!(!calls.contains("sudo python3"), "{calls}");
 }
+
+/// A machine that lacks one thing (groff) and has everything else: apt-get is asked for
+/// that one package, nothing else is touched, and the run exits 0.
+#[test]
+fn a_machine_missing_only_groff_installs_groff_base_alone_and_exits_0() {
+    let m = Machine::new(0, 0);
+    for tool in [
+        "nginx",
+        "apache2",
+        "cgi-fcgi",
+        "php-cgi",
+        "perl",
+        "gdb",
+        "dpkg-shlibdeps",
+        "cargo-deb",
+    ] {
+        m.stub(tool, "exit 0\n");
+    }
+    m.stub("cc", "echo /usr/lib/x86_64-linux-gnu/libc.a\n");
+    // A python3 that has prometheus_client, flup and pip.
+    m.stub("python3", "exit 0\n");
+    let out = m.run();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&m, &out));
+    let calls = m.calls();
+    let install = calls
+        .lines()
+        .find(|l| l.starts_with("apt-get install"))
+        .unwrap_or_else(|| panic!("groff was not installed: {}", explain(&m, &out)));
+    assert_eq!(
+        install
+            .split_whitespace()
+            .filter(|w| !w.starts_with('-'))
+            .collect::<Vec<_>>(),
+        ["apt-get", "install", "groff-base"],
+        "{}",
+        explain(&m, &out)
+    );
+    assert!(calls.contains("policy in place"), "{}", explain(&m, &out));
+    assert!(!m.policy().exists(), "{}", explain(&m, &out));
+    assert!(!calls.contains("pip install"), "{calls}");
+    assert!(!calls.contains("cargo install"), "{calls}");
+}
+
+/// Without cargo on PATH, cargo-deb cannot be installed: the run says why instead of
+/// failing with a bare "cargo: not found".
+#[test]
+fn without_cargo_the_run_says_to_install_rust_first() {
+    let m = Machine::new(0, 0);
+    for tool in [
+        "nginx",
+        "apache2",
+        "cgi-fcgi",
+        "php-cgi",
+        "perl",
+        "gdb",
+        "dpkg-shlibdeps",
+        "groff",
+        "python3",
+    ] {
+        m.stub(tool, "exit 0\n");
+    }
+    m.stub("cc", "echo /usr/lib/x86_64-linux-gnu/libc.a\n");
+    fs::remove_file(m.dir.path().join("bin").join("cargo")).expect("rm cargo stub");
+    let out = m.run();
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&m, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cargo is not on PATH"),
+        "{}",
+        explain(&m, &out)
+    );
+}
