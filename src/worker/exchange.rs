@@ -143,6 +143,17 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// The web server sent FCGI_ABORT_REQUEST: nothing more is written to it.
+    pub(super) fn note_abort(&mut self, ctx: &WorkerCtx<'_>) {
+        log::info!(
+            "{} the web server aborted the request for '{}'",
+            ctx.log_prefix(),
+            self.script
+        );
+        self.aborted = true;
+        self.response_done = true;
+    }
+
     /// The web server will send no more body for this request, or we no longer care.
     pub(super) fn stdin_settled(&self) -> bool {
         self.session.stdin_done() || self.aborted || self.timed_out

@@ -425,14 +425,8 @@ impl<'a> Pump<'a> {
                 }
                 Ok(Some(Event::StdinEnd | Event::None)) => {}
                 Ok(Some(Event::Abort)) => {
-                    log::info!(
-                        "{} the web server aborted the request for '{}'",
-                        ctx.log_prefix(),
-                        self.x.script
-                    );
-                    self.x.aborted = true;
+                    self.x.note_abort(ctx);
                     self.kill_child();
-                    self.x.response_done = true;
                 }
                 // Neither can happen while a request is active; the session answers
                 // other BEGIN_REQUESTs itself.

@@ -455,13 +455,7 @@ impl<'a> Relay<'a> {
                 }
                 Ok(Some(Event::None)) => {}
                 Ok(Some(Event::Abort)) => {
-                    log::info!(
-                        "{} the web server aborted the request for '{}'",
-                        ctx.log_prefix(),
-                        self.x.script
-                    );
-                    self.x.aborted = true;
-                    self.x.response_done = true;
+                    self.x.note_abort(ctx);
                     self.abort_app();
                 }
                 Ok(Some(Event::Request(_) | Event::Rejected { .. })) => {}
